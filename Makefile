@@ -1,0 +1,40 @@
+# One-command setup: `make test` builds the venv, fetches and verifies the data, runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEBIAN_DATA := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data test export train bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 needed, found " + sys.version)'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# The IDX files come from Debian's dataset-fashion-mnist package where apt exists;
+# training.data verifies every file's sha256 and lays them out for torchvision.
+data: setup
+	@if [ ! -d data/FashionMNIST/raw ] && [ ! -d $(DEBIAN_DATA) ] && command -v apt-get >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; fi; \
+	fi
+	$(BIN)/python -m training.data
+
+test: setup data
+	$(BIN)/python -m pytest -q
+
+export: setup
+	$(BIN)/fmnist-export --format all --weights artifacts/fmnist_mlp.pt --out-dir artifacts
+
+train: setup data
+	$(BIN)/fmnist-train --device cpu --out artifacts --overwrite
+
+bench: setup data
+	$(BIN)/fmnist-bench train
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,190 @@
+"""Checkpoints (resumable, written every epoch) and the final weights file.
+
+Both are plain dicts of tensors and primitives, so `torch.load(path,
+weights_only=True)` reads them: nothing is unpickled beyond tensors.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.atomic import atomic_path
+from training.config import Recipe
+
+CHECKPOINT_FORMAT = "fmnist-deploy/checkpoint"
+WEIGHTS_FORMAT = "fmnist-deploy/weights"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A file is not a checkpoint or weights file of this project (or is damaged)."""
+
+
+def _cpu_state(module_or_state: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The complete state of a run after `len(history)` epochs."""
+
+    recipe: Recipe
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    history: list[dict[str, float]]
+    rng_cpu: torch.Tensor
+    rng_cuda: torch.Tensor | None
+    data_sha256: dict[str, str]
+    device: str
+    loader: str
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+    @classmethod
+    def capture(
+        cls,
+        recipe: Recipe,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        history: list[Any],
+        data_sha256: dict[str, str],
+        device: torch.device,
+        loader: str,
+    ) -> Checkpoint:
+        return cls(
+            recipe=recipe,
+            model=_cpu_state(model),
+            optimizer=optimizer.state_dict(),
+            history=[asdict(h) for h in history],
+            rng_cpu=torch.get_rng_state(),
+            rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            data_sha256=dict(data_sha256),
+            device=str(device),
+            loader=loader,
+        )
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "epoch": ckpt.epoch,
+        "recipe": ckpt.recipe.to_dict(),
+        "model": ckpt.model,
+        "optimizer": ckpt.optimizer,
+        "history": ckpt.history,
+        "rng": {"cpu": ckpt.rng_cpu, "cuda": ckpt.rng_cuda},
+        "data_sha256": ckpt.data_sha256,
+        "device": ckpt.device,
+        "loader": ckpt.loader,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_dict(path: Path, expected_format: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({first[:160]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: expected a {expected_format} file, found {found!r}")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format version {payload.get('format_version')!r}, this tool reads {FORMAT_VERSION}"
+        )
+    return payload
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    payload = _load_dict(path, CHECKPOINT_FORMAT)
+    return Checkpoint(
+        recipe=Recipe.from_dict(payload["recipe"]),
+        model=payload["model"],
+        optimizer=payload["optimizer"],
+        history=payload["history"],
+        rng_cpu=payload["rng"]["cpu"],
+        rng_cuda=payload["rng"]["cuda"],
+        data_sha256=payload["data_sha256"],
+        device=payload["device"],
+        loader=payload["loader"],
+    )
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The final, deployable result of a run: what export and runtime read."""
+
+    recipe: Recipe
+    model: dict[str, torch.Tensor]  # course-compatible state_dict
+    class_names: tuple[str, ...]
+    test_loss: float
+    test_accuracy: float
+    per_class_accuracy: list[float]
+    confusion_matrix: list[list[int]]
+    data_sha256: dict[str, str]
+    versions: dict[str, str]
+    device: str
+    loader: str
+
+
+def save_weights(path: Path, weights: Weights) -> None:
+    payload = {"format": WEIGHTS_FORMAT, "format_version": FORMAT_VERSION, **asdict(weights)}
+    payload["recipe"] = weights.recipe.to_dict()
+    payload["class_names"] = list(weights.class_names)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_weights(path: Path) -> Weights:
+    """Read a weights file safely (`weights_only=True`) and check its structure."""
+    payload = _load_dict(path, WEIGHTS_FORMAT)
+    try:
+        recipe = Recipe.from_dict(payload["recipe"])
+        return Weights(
+            recipe=recipe,
+            model=payload["model"],
+            class_names=tuple(payload["class_names"]),
+            test_loss=float(payload["test_loss"]),
+            test_accuracy=float(payload["test_accuracy"]),
+            per_class_accuracy=list(payload["per_class_accuracy"]),
+            confusion_matrix=payload["confusion_matrix"],
+            data_sha256=payload["data_sha256"],
+            versions=payload["versions"],
+            device=payload["device"],
+            loader=payload["loader"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: weights file is missing or has a bad field ({exc})") from None
+
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "Weights",
+    "load_checkpoint",
+    "load_weights",
+    "save_checkpoint",
+    "save_weights",
+    "versions",
+]

@@ -1,0 +1,114 @@
+"""fmnist-train: reproduce the course's training run."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from training.checkpoint import CheckpointError, load_checkpoint
+from training.config import Recipe
+from training.data import DataError, load
+from training.loop import CHECKPOINT_NAME, Batch, EpochStats, TrainingError, resolve_device, run
+from training.report import WEIGHTS_NAME, finalise
+
+DEFAULTS = Recipe()
+RECIPE_FLAGS = {"lr": "lr", "batch_size": "batch_size", "seed": "seed", "limit": "train_limit"}
+
+
+def _epoch_line(stats: EpochStats, total: int) -> str:
+    return (
+        f"Epoch {stats.epoch:3d}/{total}  "
+        f"train loss {stats.train_loss:.4f} acc {stats.train_acc:.4f}  "
+        f"valid loss {stats.valid_loss:.4f} acc {stats.valid_acc:.4f}  "
+        f"{stats.seconds:.2f}s"
+    )
+
+
+def _progress(batches: Iterator[Batch], length: int) -> Iterable[Batch]:
+    with click.progressbar(batches, length=length, file=sys.stderr, update_min_steps=25, label="  batches") as bar:
+        yield from bar
+
+
+def _recipe_for_resume(ctx: click.Context, out: Path, epochs: int, given: dict[str, object]) -> Recipe:
+    """The checkpoint's recipe with the new epoch count; a recipe flag given that contradicts it is an error."""
+    saved = load_checkpoint(out / CHECKPOINT_NAME).recipe
+    for flag, field in RECIPE_FLAGS.items():
+        if ctx.get_parameter_source(flag) == ParameterSource.COMMANDLINE and getattr(saved, field) != given[flag]:
+            option = "--" + flag.replace("_", "-")
+            raise click.BadParameter(
+                f"the run in {out} used {field}={getattr(saved, field)!r}, cannot resume with {given[flag]!r}",
+                param_hint=option,
+            )
+    return replace(saved, epochs=epochs)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto = CUDA when available.")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder with the four IDX files (plain or .gz, or under FashionMNIST/raw).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("artifacts"), show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=60000), default=None,
+              help="Train on the first N training images only (smoke runs).")
+@click.option("--loader", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
+              help="fast: one tensor on the device; reference: the course's DataLoader. Same weights.")
+@click.option("--resume", is_flag=True, help="Continue the run checkpointed in --out up to --epochs.")
+@click.option("--overwrite", is_flag=True, help="Start a new run even if --out holds one.")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str,
+    data_dir: Path | None,
+    out: Path,
+    limit: int | None,
+    loader: str,
+    resume: bool,
+    overwrite: bool,
+) -> None:
+    """Train the course's Fashion-MNIST network and write weights, history and plots to --out."""
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other; give one")
+    try:
+        if resume:
+            recipe = _recipe_for_resume(ctx, out, epochs, {"lr": lr, "batch_size": batch_size, "seed": seed, "limit": limit})
+        else:
+            if (out / CHECKPOINT_NAME).exists() and not overwrite:
+                raise click.UsageError(
+                    f"{out / CHECKPOINT_NAME} holds an earlier run: pass --resume to continue it "
+                    "or --overwrite to start over"
+                )
+            recipe = Recipe(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, train_limit=limit)
+        torch_device = resolve_device(device)
+        data = load(data_dir)
+        click.echo(f"Training on {torch_device} with the {loader} loader: {recipe}", err=True)
+        state = run(
+            recipe,
+            data,
+            out,
+            device=torch_device,
+            loader=loader,
+            resume=resume,
+            on_epoch=lambda stats: click.echo(_epoch_line(stats, recipe.epochs)),
+            wrap_batches=_progress if sys.stderr.isatty() else None,
+        )
+        weights = finalise(out, recipe, state.model, state.history, data, device=torch_device, loader=loader)
+    except (DataError, CheckpointError, TrainingError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Test accuracy {weights.test_accuracy:.4f}, loss {weights.test_loss:.4f}; wrote {out / WEIGHTS_NAME}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""The training loop: the course's DataLoader path and an exact fast path.
+
+Both paths draw from torch's global generator in the same order as the course
+loop (per epoch: the train iterator's base seed, the RandomSampler's seed, the
+dropout masks, then the validation iterator's base seed), so for one seed they
+give bit-identical weights on the same device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from training.config import Recipe
+from training.data import FashionMNIST
+from training.model import FashionMLP, normalise
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class TrainingError(Exception):
+    """A run cannot start or continue as asked; the message says why."""
+
+
+def _draw_loader_seed() -> int:
+    """One int64 from the global generator, drawn exactly as DataLoader and RandomSampler do."""
+    return int(torch.empty((), dtype=torch.int64).random_().item())
+
+
+class Batches(Protocol):
+    """Where a training loop gets its batches; both implementations draw the same RNG."""
+
+    n_train: int
+    batch_size: int
+
+    def train_batches(self) -> Iterator[Batch]: ...
+
+    def valid_batches(self) -> Iterator[Batch]: ...
+
+
+class TensorBatches:
+    """The fast path: the whole normalised set as one tensor on the training device."""
+
+    def __init__(self, data: FashionMNIST, recipe: Recipe, device: torch.device) -> None:
+        n = recipe.train_limit or len(data.train_labels)
+        norm = (recipe.norm_mean, recipe.norm_std)
+        self.x = normalise(data.train_images[:n], *norm).reshape(n, -1).to(device)  # (n, 784)
+        self.y = data.train_labels[:n].to(device)
+        self.x_valid = normalise(data.test_images, *norm).reshape(len(data.test_labels), -1).to(device)
+        self.y_valid = data.test_labels.to(device)
+        self.n_train = n
+        self.batch_size = recipe.batch_size
+        self.device = device
+
+    def train_batches(self) -> Iterator[Batch]:
+        _draw_loader_seed()  # the DataLoader iterator's base seed
+        sampler = torch.Generator()
+        sampler.manual_seed(_draw_loader_seed())  # RandomSampler's own generator
+        # One host-to-device copy per epoch; every batch is then gathered on the device.
+        order = torch.randperm(self.n_train, generator=sampler).to(self.device)
+        for start in range(0, self.n_train, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+
+    def valid_batches(self) -> Iterator[Batch]:
+        _draw_loader_seed()  # the validation DataLoader draws one too, though it does not shuffle
+        yield from in_order(self.x_valid, self.y_valid, self.batch_size)
+
+
+def in_order(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+    """Consecutive batches, no shuffling and no RNG draw."""
+    for start in range(0, len(y), batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+class CourseBatches:
+    """The course's own path: DataLoader(shuffle=True) over ToTensor + Normalize."""
+
+    def __init__(self, data: FashionMNIST, recipe: Recipe, device: torch.device) -> None:
+        from torch.utils.data import DataLoader, Subset
+        from torchvision import datasets, transforms
+
+        transform = transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize((recipe.norm_mean,), (recipe.norm_std,))]
+        )
+        train = datasets.FashionMNIST(str(data.root), train=True, download=False, transform=transform)
+        test = datasets.FashionMNIST(str(data.root), train=False, download=False, transform=transform)
+        if recipe.train_limit:
+            train = Subset(train, range(recipe.train_limit))
+        self.trainloader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True)
+        self.testloader = DataLoader(test, batch_size=recipe.batch_size, shuffle=False)
+        self.n_train = len(train)
+        self.batch_size = recipe.batch_size
+        self.device = device
+
+    def train_batches(self) -> Iterator[Batch]:
+        for images, labels in self.trainloader:
+            yield images.to(self.device), labels.to(self.device)
+
+    def valid_batches(self) -> Iterator[Batch]:
+        for images, labels in self.testloader:
+            yield images.to(self.device), labels.to(self.device)
+
+
+LOADERS: dict[str, type[TensorBatches] | type[CourseBatches]] = {
+    "fast": TensorBatches,
+    "reference": CourseBatches,
+}
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    valid_loss: float
+    valid_acc: float
+    seconds: float
+
+
+def train_one_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch]
+) -> tuple[float, float]:
+    """One pass of SGD; returns (mean loss, accuracy). Sums stay on the device until the end."""
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    seen = 0
+    for images, labels in batches:
+        if loss_sum.device != labels.device:
+            loss_sum, correct = loss_sum.to(labels.device), correct.to(labels.device)
+        optimizer.zero_grad()
+        logits = model(images)
+        loss = criterion(logits, labels)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += len(labels)
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Batch], n_classes: int = 10) -> tuple[float, float, torch.Tensor]:
+    """(mean loss, accuracy, confusion matrix [true, predicted]) in eval mode."""
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    model.eval()
+    loss_sum = 0.0
+    confusion = torch.zeros(n_classes, n_classes, dtype=torch.int64)
+    for images, labels in batches:
+        logits = model(images)
+        loss_sum += criterion(logits, labels).item()
+        pairs = labels.cpu() * n_classes + logits.argmax(1).cpu()
+        confusion += torch.bincount(pairs, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    total = int(confusion.sum())
+    return loss_sum / total, int(confusion.trace()) / total, confusion
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available; 'cuda' without a GPU is an error, never a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda: torch.cuda.is_available() is False on this machine; use --device cpu")
+    return torch.device(name)
+
+
+@dataclass
+class RunState:
+    model: FashionMLP
+    optimizer: torch.optim.Optimizer
+    history: list[EpochStats]
+
+
+def _fresh_state(recipe: Recipe, device: torch.device) -> RunState:
+    torch.manual_seed(recipe.seed)
+    model = FashionMLP.from_recipe(recipe).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    return RunState(model, optimizer, [])
+
+
+def _resumed_state(ckpt: Checkpoint, device: torch.device) -> RunState:
+    state = _fresh_state(ckpt.recipe, device)
+    state.model.load_state_dict(ckpt.model)
+    state.optimizer.load_state_dict(ckpt.optimizer)
+    state.history = [EpochStats(**h) for h in ckpt.history]
+    torch.set_rng_state(ckpt.rng_cpu)
+    if device.type == "cuda" and ckpt.rng_cuda is not None:
+        torch.cuda.set_rng_state(ckpt.rng_cuda, device)
+    return state
+
+
+def run(
+    recipe: Recipe,
+    data: FashionMNIST,
+    out_dir: Path,
+    *,
+    device: torch.device,
+    loader: str = "fast",
+    resume: bool = False,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    wrap_batches: Callable[[Iterator[Batch], int], Iterable[Batch]] | None = None,
+) -> RunState:
+    """Train `recipe` to `recipe.epochs`, checkpointing atomically after every epoch.
+
+    With `resume`, continue the run checkpointed in `out_dir`: its recipe (all but
+    `epochs`) and RNG states are restored, so the result equals an uninterrupted run.
+    """
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    if resume:
+        if not ckpt_path.is_file():
+            raise TrainingError(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = load_checkpoint(ckpt_path)
+        if replace(ckpt.recipe, epochs=recipe.epochs) != recipe:
+            raise TrainingError(
+                f"--resume: {ckpt_path} was trained with {ckpt.recipe}, which differs from {recipe} "
+                "in more than the number of epochs"
+            )
+        state = _resumed_state(ckpt, device)
+        state.model.train()
+    else:
+        state = _fresh_state(recipe, device)
+    batches = LOADERS[loader](data, recipe, device)
+    n_batches = -(-batches.n_train // batches.batch_size)
+
+    for epoch in range(len(state.history), recipe.epochs):
+        start = time.perf_counter()
+        train_iter: Iterable[Batch] = batches.train_batches()
+        if wrap_batches is not None:
+            train_iter = wrap_batches(train_iter, n_batches)
+        train_loss, train_acc = train_one_epoch(state.model, state.optimizer, train_iter)
+        valid_loss, valid_acc, _ = evaluate(state.model, batches.valid_batches(), recipe.n_classes)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stats = EpochStats(epoch + 1, train_loss, train_acc, valid_loss, valid_acc, time.perf_counter() - start)
+        state.history.append(stats)
+        save_checkpoint(
+            ckpt_path,
+            Checkpoint.capture(recipe, state.model, state.optimizer, state.history, data.sha256, device, loader),
+        )
+        if on_epoch is not None:
+            on_epoch(stats)
+    return state
