@@ -28,7 +28,7 @@ test: setup data
 	$(BIN)/python -m pytest -q
 
 export: setup
-	$(BIN)/fmnist-export --format all --weights artifacts/fmnist_mlp.pt --out-dir artifacts
+	$(BIN)/fmnist-export --format all --quantize int8 --weights artifacts/fmnist_mlp.pt --out-dir artifacts
 
 train: setup data
 	$(BIN)/fmnist-train --device cpu --out artifacts --overwrite

@@ -1,0 +1,1 @@
+"""Export stage: the trained net + its preprocessing as ONNX, TorchScript and .pt2, behind a gate."""

@@ -6,6 +6,7 @@ weights_only=True)` reads them: nothing is unpickled beyond tensors.
 
 from __future__ import annotations
 
+import pickle
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,7 +104,8 @@ def _load_dict(path: Path, expected_format: str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    # torch.load reports a foreign file through many types (a text file: KeyError).
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({first[:160]})") from None
     if not isinstance(payload, dict) or payload.get("format") != expected_format:

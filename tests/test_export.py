@@ -1,0 +1,294 @@
+"""Export: round trips, self-description, byte-identical re-export, and a gate that fails for real."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from export import golden as golden_mod
+from export import onnx_format
+from export.api import ALL_FORMATS, eager_outputs, prepare, run_export, verify_file
+from export.checks import ExportError, GateError
+from export.cli import main as export_cli
+from export.contract import REQUIRED_KEYS, build_metadata, sidecar_path, write_sidecar
+from export.gate import FORMATS, EagerReference, verify
+from export.wrapper import Deployable, from_weights
+from tests.conftest import ARTIFACTS, REPO
+from training.checkpoint import Weights, load_weights, save_weights
+from training.config import CLASS_NAMES, Recipe
+from training.model import FashionMLP
+
+EXPORTED = ("fmnist_mlp.onnx", "fmnist_mlp.torchscript", "fmnist_mlp.pt2")
+
+
+def random_weights(path: Path, seed: int = 0) -> Path:
+    """A seeded random-weight model saved as a real weights file."""
+    torch.manual_seed(seed)
+    recipe = Recipe()
+    model = FashionMLP.from_recipe(recipe)
+    weights = Weights(recipe, {k: v.clone() for k, v in model.state_dict().items()}, CLASS_NAMES, 2.3, 0.1,
+                      [0.1] * 10, [[0] * 10] * 10, {}, {"torch": "test"}, "cpu", "fast")
+    save_weights(path, weights)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, data) -> Path:
+    """Every format of a random-weight model, exported and gated once for the module."""
+    out = tmp_path_factory.mktemp("export")
+    weights = random_weights(out / "weights.pt")
+    results = run_export(weights, ALL_FORMATS, out, int8=True, data_dir=data.root)
+    assert [r.path.name for r in results] == [*EXPORTED, "fmnist_mlp.int8.onnx"]
+    assert all(r.report.passed for r in results)
+    return out
+
+
+@pytest.fixture(scope="module")
+def source(exported, data):
+    return prepare(exported / "weights.pt", exported, data)
+
+
+def test_every_format_round_trips_with_eager_outputs(exported, source) -> None:
+    images = source.golden.images
+    for name in EXPORTED:
+        fmt = FORMATS[name.split(".")[-1]]
+        for label, run in fmt.runners(exported / name).items():
+            logits, probs = run(images)
+            assert np.abs(logits - source.golden.logits).max() <= 1e-5, (name, label)
+            assert np.allclose(probs.sum(1), 1.0, atol=1e-6)
+
+
+def test_gate_completeness_every_format_has_a_round_trip_case() -> None:
+    assert set(FORMATS) == set(ALL_FORMATS) == {n.split(".")[-1] for n in EXPORTED}
+
+
+def test_files_describe_themselves(exported) -> None:
+    for name in [*EXPORTED, "fmnist_mlp.int8.onnx"]:
+        path = exported / name
+        fmt = FORMATS["onnx" if name.endswith(".onnx") else name.split(".")[-1]]
+        meta = fmt.read_metadata(path)
+        side = json.loads(sidecar_path(path).read_text())
+        assert set(REQUIRED_KEYS) <= set(meta)
+        assert {k: v for k, v in side.items() if k not in ("file", "file_sha256")} == meta
+        assert meta["class_names"] == list(CLASS_NAMES)
+        assert meta["inputs"][0] == {**meta["inputs"][0], "name": "image", "dtype": "uint8", "shape": ["N", 28, 28]}
+        assert [o["name"] for o in meta["outputs"]] == ["logits", "probabilities"]
+        assert meta["normalisation"]["mean"] == 0.5 and meta["normalisation"]["inside_graph"] is True
+        assert not any("time" in k or "date" in k for k in meta), "no timestamps in metadata"
+    onnx_meta = FORMATS["onnx"].read_metadata(exported / "fmnist_mlp.onnx")
+    assert onnx_meta["opset"] == onnx_format.DEFAULT_OPSET and set(onnx_meta["exporter"]) == {"torch", "onnx", "onnxscript"}
+    assert FORMATS["onnx"].read_metadata(exported / "fmnist_mlp.int8.onnx")["precision"] == "int8"
+
+
+def test_no_path_of_the_exporting_machine_inside_any_file(exported) -> None:
+    for name in [*EXPORTED, "fmnist_mlp.int8.onnx"]:
+        blob = (exported / name).read_bytes()
+        for needle in (str(REPO).encode(), str(exported).encode(), b"site-packages", b"/tmp/"):
+            assert needle not in blob, (name, needle)
+
+
+def test_reexport_is_byte_identical(exported, tmp_path: Path, data) -> None:
+    run_export(exported / "weights.pt", ALL_FORMATS, tmp_path, int8=True, data_dir=data.root)
+    for name in [*EXPORTED, "fmnist_mlp.int8.onnx", "golden.npz"]:
+        assert (tmp_path / name).read_bytes() == (exported / name).read_bytes(), name
+        if name != "golden.npz":
+            assert sidecar_path(tmp_path / name).read_bytes() == sidecar_path(exported / name).read_bytes()
+
+
+def test_export_never_mutates_the_callers_model(tmp_path: Path) -> None:
+    module = Deployable(FashionMLP(), 0.5, 0.5).train()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    for fmt in FORMATS.values():
+        fmt.export(module, tmp_path / f"m{fmt.SUFFIX}", {"x": 1})
+    assert module.training and module.net.dropout1.training
+    assert isinstance(module.net.dropout1, torch.nn.Dropout) and isinstance(module.net.fc1, torch.nn.Linear)
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_golden_file_is_plain_npz(exported) -> None:
+    golden = golden_mod.load(exported / "golden.npz")
+    assert golden.images.dtype == np.uint8 and golden.images.shape == (100, 28, 28)
+    assert np.bincount(golden.labels).tolist() == [10] * 10
+    with np.load(exported / "golden.npz", allow_pickle=False) as f:
+        assert int(f["format_version"]) == golden_mod.GOLDEN_VERSION
+
+
+# --- the gate catches what it claims to -------------------------------------------------------
+
+
+def _raw_onnx(module: torch.nn.Module, path: Path, meta: dict, *, dynamic: bool = True, opset: int = 18) -> Path:
+    """An ONNX file written WITHOUT the project's exporter safeguards (no eval copy, any shape, any opset)."""
+    program = torch.onnx.export(
+        module, (torch.zeros(2, 28, 28, dtype=torch.uint8),), dynamo=True, input_names=["image"],
+        output_names=["logits", "probabilities"], opset_version=opset, external_data=False, verbose=False,
+        dynamic_shapes={"image": {0: torch.export.Dim("N", min=1)}} if dynamic else None,
+    )
+    onnx_format.save(program.model_proto, path, meta)
+    write_sidecar(path, meta)
+    return path
+
+
+def _gate_failures(path: Path, source, **kwargs) -> set[str]:
+    with pytest.raises(GateError) as info:
+        verify(path, golden=source.golden, test_set=source.test_set, weights_sha256=source.weights_sha256, **kwargs)
+    report = info.value.reports[0]
+    assert json.loads((path.parent / f"{path.name}.gate.json").read_text())["passed"] is False
+    return {c.name for c in report.failures}
+
+
+def _meta(source, opset: int = 18) -> dict:
+    return build_metadata(source.weights, source.weights_sha256, "onnx", opset=opset, ir_version=onnx_format.ir_version_for(opset))
+
+
+def test_gate_passes_a_good_file_written_the_raw_way(tmp_path: Path, source) -> None:
+    """The control case for the failures below: same path, eval mode, dynamic batch, opset 18 as claimed."""
+    path = _raw_onnx(from_weights(source.weights), tmp_path / "good.onnx", _meta(source))
+    model = onnx.load(path)
+    model.ir_version = onnx_format.ir_version_for(18)  # the raw exporter writes the newest IR
+    onnx_format.save(model, path, _meta(source))
+    write_sidecar(path, _meta(source))
+    report = verify(path, golden=source.golden, test_set=source.test_set, weights_sha256=source.weights_sha256)
+    assert report.passed
+
+
+def test_gate_catches_a_train_mode_export(tmp_path: Path, source) -> None:
+    module = from_weights(source.weights).train()
+    failures = _gate_failures(_raw_onnx(module, tmp_path / "train.onnx", _meta(source)), source)
+    assert "no_training_nodes" in failures
+    assert "ort_unoptimised:test_set_parity" in failures  # dropout really runs when ORT does not optimise it away
+
+
+class _NoNormalisation(Deployable):
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(image.to(torch.float32))
+        return logits, torch.softmax(logits, dim=-1)
+
+
+def test_gate_catches_missing_normalisation(tmp_path: Path, source) -> None:
+    module = _NoNormalisation(from_weights(source.weights).net, 0.5, 0.5).eval()
+    path = tmp_path / "nonorm.onnx"
+    onnx_format.export(module, path, _meta(source, onnx_format.DEFAULT_OPSET))
+    write_sidecar(path, _meta(source, onnx_format.DEFAULT_OPSET))
+    failures = _gate_failures(path, source)
+    assert {"ort_optimised:golden_parity", "ort_optimised:test_set_parity"} <= failures
+
+
+def test_gate_catches_a_fixed_batch_dimension(tmp_path: Path, source) -> None:
+    path = _raw_onnx(from_weights(source.weights), tmp_path / "fixed.onnx", _meta(source), dynamic=False)
+    failures = _gate_failures(path, source)
+    assert {"input_contract", "output_contract", "ort_optimised:batch_sizes"} <= failures
+
+
+def test_gate_catches_a_wrong_opset(tmp_path: Path, source) -> None:
+    path = _raw_onnx(from_weights(source.weights), tmp_path / "opset18.onnx", _meta(source))
+    assert "opset" in _gate_failures(path, source, expected_opset=17)
+
+
+def test_unreachable_opset_is_a_clear_export_error(tmp_path: Path, source) -> None:
+    with pytest.raises(ExportError, match="cannot convert the ONNX graph to opset 13"):
+        onnx_format.export(source.module, tmp_path / "old.onnx", {}, opset=13)
+
+
+@pytest.mark.parametrize("name", [*EXPORTED, "fmnist_mlp.int8.onnx"])
+def test_gate_catches_a_truncated_file(tmp_path: Path, exported, source, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes((exported / name).read_bytes()[:50_000])
+    shutil.copy(sidecar_path(exported / name), sidecar_path(path))
+    assert "loads" in _gate_failures(path, source)
+
+
+def test_gate_catches_an_edited_sidecar(tmp_path: Path, exported, source) -> None:
+    path = tmp_path / "fmnist_mlp.onnx"
+    shutil.copy(exported / path.name, path)
+    side = json.loads(sidecar_path(exported / path.name).read_text())
+    side["class_names"][0] = "Hat"
+    sidecar_path(path).write_text(json.dumps(side))
+    assert _gate_failures(path, source) == {"sidecar"}
+
+
+def test_gate_catches_other_weights(tmp_path: Path, exported, source) -> None:
+    other = from_weights(load_weights(random_weights(tmp_path / "other.pt", seed=1)))
+    images = source.test_set.images
+    reference = EagerReference(images, source.test_set.labels, eager_outputs(other, images)[0])
+    with pytest.raises(GateError) as info:
+        verify(exported / "fmnist_mlp.onnx", test_set=reference, weights_sha256="0" * 64, write_report=False)
+    assert {"weights", "ort_optimised:test_set_parity"} <= {c.name for c in info.value.reports[0].failures}
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+
+def test_cli_missing_weights_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(export_cli, ["--weights", str(tmp_path / "none.pt"), "--out-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"Error: {tmp_path / 'none.pt'}: no such file"]
+
+
+@pytest.mark.parametrize("content", [b"hello, not a checkpoint\n", b""])
+def test_cli_not_a_checkpoint_is_one_line(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    result = CliRunner().invoke(export_cli, ["--weights", str(bad), "--out-dir", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "not a readable torch checkpoint" in lines[0]
+
+
+def test_cli_other_torch_file_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "state.pt"
+    torch.save(FashionMLP().state_dict(), other)  # a bare state_dict: no recipe, no metadata
+    result = CliRunner().invoke(export_cli, ["--weights", str(other), "--out-dir", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "expected a fmnist-deploy/weights file" in result.output
+
+
+def test_cli_unknown_format_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(export_cli, ["--format", "tflite"])
+    assert result.exit_code == 2 and "'tflite' is not one of" in result.output
+
+
+def test_cli_verify_fails_for_a_broken_file_with_exit_1(tmp_path: Path, exported) -> None:
+    path = tmp_path / "fmnist_mlp.onnx"
+    path.write_bytes((exported / "fmnist_mlp.onnx").read_bytes()[:1000])
+    result = CliRunner().invoke(export_cli, ["--verify", str(path), "--weights", str(exported / "weights.pt")])
+    assert result.exit_code == 1
+    assert "FAIL loads" in result.output and result.output.strip().splitlines()[-1].startswith("Error:")
+
+
+def test_cli_verify_json_report(exported) -> None:
+    result = CliRunner().invoke(export_cli, ["--verify", str(exported / "fmnist_mlp.pt2"), "--weights", str(exported / "weights.pt"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["passed"] is True and report["format"] == "pt2"
+    assert {"pt2:golden_parity", "pt2:test_set_parity", "pt2:batch_sizes", "no_training_nodes"} <= {c["name"] for c in report["checks"]}
+
+
+# --- the committed artifacts --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [*EXPORTED, "fmnist_mlp.int8.onnx"])
+def test_committed_files_pass_the_gate(name: str, data) -> None:
+    report = verify_file(ARTIFACTS / name, weights_path=ARTIFACTS / "fmnist_mlp.pt", opset=None, data_dir=data.root)
+    assert report.passed
+    assert any(c.name.endswith("test_set_parity") for c in report.checks)
+
+
+def test_make_export_reproduces_the_committed_files_byte_for_byte(tmp_path: Path, data) -> None:
+    """A fresh process, another folder: the same bytes as committed."""
+    subprocess.run(
+        [sys.executable, "-m", "export.cli", "--format", "all", "--quantize", "int8", "--weights",
+         str(ARTIFACTS / "fmnist_mlp.pt"), "--out-dir", str(tmp_path), "--data-dir", str(data.root)],
+        check=True, cwd=tmp_path, capture_output=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+    )
+    for name in [*EXPORTED, "fmnist_mlp.int8.onnx", "golden.npz"]:
+        assert (tmp_path / name).read_bytes() == (ARTIFACTS / name).read_bytes(), name
+        if name != "golden.npz":
+            assert sidecar_path(tmp_path / name).read_bytes() == sidecar_path(ARTIFACTS / name).read_bytes(), name
