@@ -23,6 +23,7 @@ from training.data import load as load_data
 STEM = "fmnist_mlp"
 ALL_FORMATS = ("onnx", "torchscript", "pt2")
 GOLDEN_NAME = "golden.npz"
+SAMPLES_DIR = "samples"  # a few real test images as PNG, for fmnist-predict examples
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ def prepare(weights_path: Path, out_dir: Path, data: FashionMNIST | None) -> Sou
         logits, probs = eager_outputs(module, images[idx])
         golden = golden_mod.Golden(images[idx], labels[idx], idx, logits, probs, weights_sha, tuple(weights.class_names))
         golden_mod.save(golden_path, golden)
+        golden_mod.write_samples(out_dir / SAMPLES_DIR, images, labels, tuple(weights.class_names))
     elif golden_path.is_file():
         golden = golden_mod.load(golden_path)
         if golden.weights_sha256 != weights_sha:

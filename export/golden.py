@@ -75,3 +75,18 @@ def load(path: Path) -> Golden:
             class_names=tuple(str(c) for c in f["class_names"]),
             format_version=version,
         )
+
+
+def write_samples(folder: Path, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], count: int = 10) -> list[Path]:
+    """The first `count` test images as 8-bit grayscale PNGs named `<index>_<true class>.png`."""
+    from PIL import Image
+
+    paths = []
+    for index in range(count):
+        slug = class_names[int(labels[index])].lower().replace("/", "_").replace(" ", "_").replace("-", "_")
+        path = folder / f"{index:04d}_{slug}.png"
+        buffer = io.BytesIO()
+        Image.fromarray(images[index], mode="L").save(buffer, format="PNG")
+        write_bytes_atomic(path, buffer.getvalue())
+        paths.append(path)
+    return paths

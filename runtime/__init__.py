@@ -1,0 +1,64 @@
+"""Runtime stage: load an exported model file and run it, one module per backend.
+
+    from runtime import load
+    predictor = load("artifacts/fmnist_mlp.onnx")        # backend from the file: ONNX Runtime
+    prediction = predictor.predict(images)                # uint8 [N,28,28] or [28,28]
+    prediction.labels, prediction.probabilities
+
+The ONNX path imports onnxruntime and numpy only; torch is imported by the torch
+backends, when one is chosen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runtime.base import Backend, Prediction, Predictor
+from runtime.eager_backend import EagerBackend
+from runtime.errors import DeviceError, InputError, ModelError, RuntimeFailure
+from runtime.onnxruntime_backend import OnnxRuntimeBackend
+from runtime.pt2_backend import Pt2Backend
+from runtime.torchscript_backend import TorchScriptBackend
+
+BACKENDS: dict[str, type[Backend]] = {
+    "onnxruntime": OnnxRuntimeBackend,
+    "torchscript": TorchScriptBackend,
+    "pt2": Pt2Backend,
+    "eager": EagerBackend,
+}
+DEVICES = ("cpu", "cuda")
+
+
+def backend_for(path: Path) -> str:
+    """The backend a file's suffix asks for (`.onnx`, `.torchscript`, `.pt2`, `.pt`)."""
+    for name, cls in BACKENDS.items():
+        if path.suffix in cls.suffixes:
+            return name
+    known = ", ".join(f"{s} ({n})" for n, c in BACKENDS.items() for s in c.suffixes)
+    raise ModelError(f"{path}: cannot tell the backend from the suffix {path.suffix!r}; known: {known}")
+
+
+def load(path: str | Path, backend: str = "auto", device: str = "cpu", **options: Any) -> Predictor:
+    """Load a model file and return its Predictor.
+
+    backend: "auto" (from the suffix) or one of BACKENDS; device: "cpu" or "cuda"
+    (an error, not a CPU fallback, when CUDA cannot really be used). Options go to the
+    backend: for onnxruntime `threads`, `optimization` ("all", "extended", "basic",
+    "disabled") and `spinning`.
+    """
+    path = Path(path)
+    if device not in DEVICES:
+        raise DeviceError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
+    name = backend_for(path) if backend == "auto" else backend
+    if name not in BACKENDS:
+        raise ModelError(f"backend {backend!r}: expected auto or one of {', '.join(BACKENDS)}")
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    if path.suffix not in BACKENDS[name].suffixes:
+        raise ModelError(f"{path}: the {name} backend reads {', '.join(BACKENDS[name].suffixes)} files")
+    return Predictor(BACKENDS[name](path, device, **options))
+
+
+__all__ = ["BACKENDS", "DeviceError", "InputError", "ModelError", "Prediction", "Predictor", "RuntimeFailure",
+           "backend_for", "load"]

@@ -1,0 +1,161 @@
+"""Turn files into model input: images of any kind, .npy batches, IDX files, folders.
+
+Images: the first frame, composited onto black (onto white with `invert`, which
+then turns it dark) when it has transparency, 16-bit scaled to 8-bit, converted to
+8-bit grayscale (ITU-R 601-2 luma), padded to a square with the mean of its border
+pixels so the garment keeps its aspect ratio, resized to 28x28 with Lanczos
+(antialiased) resampling. `invert` turns dark-on-light photos into Fashion-MNIST's
+light-on-dark.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from runtime.base import IMAGE_SHAPE, describe
+from runtime.errors import InputError
+
+MAX_PIXELS = 64_000_000  # 8000 x 8000; a larger image is refused before it is decoded
+MAX_FILE_BYTES = 512 * 1024 * 1024
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
+BATCH_SUFFIXES = {".npy", ".idx", ".ubyte", ".gz"}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image ready for the model, or the reason it is not."""
+
+    name: str
+    image: np.ndarray | None  # (28, 28) uint8
+    error: str | None = None
+
+
+def _to_gray(img: Image.Image, invert: bool) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(np.rint(array * 255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        array = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if array.max() <= 1.0 else 1.0
+        img = Image.fromarray(np.clip(np.rint(array * scale), 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" or img.mode == "LA" or "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255) if invert else (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return img.convert("L")
+
+
+def to_model_input(img: Image.Image, *, invert: bool = False) -> np.ndarray:
+    """A decoded Pillow image -> uint8 (28, 28) raw pixels as the model expects (pure)."""
+    gray = _to_gray(img, invert)
+    width, height = gray.size
+    if (width, height) != IMAGE_SHAPE[::-1]:
+        array = np.asarray(gray)
+        border = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])
+        side = max(width, height)
+        fill = int(round(float(border.mean())))
+        gray = ImageOps.pad(gray, (side, side), color=fill, centering=(0.5, 0.5)) if width != height else gray
+        gray = gray.resize(IMAGE_SHAPE[::-1], Image.Resampling.LANCZOS)
+    array = np.asarray(gray, dtype=np.uint8)
+    return 255 - array if invert else array.copy()
+
+
+def read_image(path: Path, *, invert: bool = False) -> np.ndarray:
+    """One image file -> uint8 (28, 28); refuses non-images, damaged files and decompression bombs."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise InputError(f"{path}: {width}x{height} image ({width * height / 1e6:.0f} Mpx) is over "
+                                 f"the {MAX_PIXELS / 1e6:.0f} Mpx limit")
+            img.seek(0)  # first frame of animations
+            img.load()
+            return to_model_input(img, invert=invert)
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image Pillow can read") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: damaged or truncated image ({exc})") from None
+
+
+def parse_idx_images(data: bytes, name: str) -> np.ndarray:
+    """An uncompressed IDX unsigned-byte file of shape (N, 28, 28) -> uint8 array."""
+    if len(data) < 16 or data[:3] != b"\x00\x00\x08" or data[3] != 3:
+        raise InputError(f"{name}: not an IDX image file (expected magic 00000803, got {data[:4].hex()})")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(3))
+    if shape[1:] != IMAGE_SHAPE or len(data) != 16 + shape[0] * 28 * 28:
+        raise InputError(f"{name}: IDX header says {list(shape)} with {len(data) - 16} payload bytes; expected [N,28,28]")
+    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(shape)
+
+
+def read_batch(path: Path) -> np.ndarray:
+    """A .npy (uint8 [N,28,28] or [28,28]) or IDX (.idx/.ubyte, optionally .gz) file -> uint8 (N, 28, 28)."""
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise InputError(f"{path}: {path.stat().st_size} bytes is over the {MAX_FILE_BYTES} byte limit")
+    if path.suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{path}: not a readable .npy file ({exc})") from None
+        if array.dtype != np.uint8 or array.shape[-2:] != IMAGE_SHAPE or array.ndim not in (2, 3):
+            raise InputError(f"{path}: expected uint8 [N,28,28] or [28,28], got {describe(array)}")
+        return array[None] if array.ndim == 2 else array
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise InputError(f"{path}: damaged gzip file ({exc})") from None
+    return parse_idx_images(data, str(path))
+
+
+def _is_batch(path: Path) -> bool:
+    return path.suffix in BATCH_SUFFIXES or "idx3" in path.name
+
+
+def walk(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files named, and the files under folders named, each folder walked in sorted order."""
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and (child.suffix.lower() in IMAGE_SUFFIXES or _is_batch(child)):
+                    yield child
+        else:
+            yield path
+
+
+def iter_items(paths: Iterable[Path], *, invert: bool = False) -> Iterator[Item]:
+    """Every image of every input, one at a time; a bad input becomes an Item with its error."""
+    for path in walk(paths):
+        if not path.exists():
+            yield Item(str(path), None, f"{path}: no such file or folder")
+            continue
+        try:
+            if _is_batch(path):
+                batch = read_batch(path)
+                for i in range(batch.shape[0]):
+                    image = np.asarray(batch[i])
+                    yield Item(f"{path}[{i}]", 255 - image if invert else image)
+            else:
+                yield Item(str(path), read_image(path, invert=invert))
+        except InputError as exc:
+            yield Item(str(path), None, str(exc))
+
+
+def chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    """Consecutive lists of at most `size` items: bounded memory for any number of files."""
+    chunk: list[Item] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

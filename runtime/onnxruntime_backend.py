@@ -1,0 +1,77 @@
+"""ONNX Runtime backend: numpy in, numpy out, no torch import."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.base import INPUT_NAME, OUTPUT_NAMES, Backend, check_metadata, read_sidecar
+from runtime.errors import DeviceError, ModelError
+
+OPTIMIZATION_LEVELS = ("all", "extended", "basic", "disabled")
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    suffixes = (".onnx",)
+
+    def __init__(self, path: Path, device: str = "cpu", *, threads: int | None = None,
+                 optimization: str = "all", spinning: bool | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }[optimization]
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        if spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise DeviceError("device cuda: this onnxruntime has no CUDAExecutionProvider "
+                                  f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors for damaged files
+            raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(exc).strip().splitlines()[0][:200]})") from None
+        if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            # ORT silently falls back to the CPU when its CUDA libraries are missing.
+            raise DeviceError(f"device cuda: ONNX Runtime fell back to {self.session.get_providers()}; "
+                              "check the CUDA/cuDNN libraries onnxruntime-gpu needs")
+        self.device = device
+        self.providers = self.session.get_providers()
+        self.metadata = check_metadata(self._metadata(path), str(path))
+        self._check_io(path)
+
+    def _metadata(self, path: Path) -> dict[str, Any]:
+        custom = self.session.get_modelmeta().custom_metadata_map
+        if custom:
+            try:
+                return {k: json.loads(v) for k, v in custom.items()}
+            except ValueError as exc:
+                raise ModelError(f"{path}: metadata_props are not JSON values ({exc})") from None
+        return read_sidecar(path)  # files from other tools may only have the sidecar
+
+    def _check_io(self, path: Path) -> None:
+        inputs = [(i.name, i.type, i.shape) for i in self.session.get_inputs()]
+        outputs = [(o.name, o.type) for o in self.session.get_outputs()]
+        ok_in = len(inputs) == 1 and inputs[0][0] == INPUT_NAME and inputs[0][1] == "tensor(uint8)" \
+            and len(inputs[0][2]) == 3 and not isinstance(inputs[0][2][0], int) and list(inputs[0][2][1:]) == [28, 28]
+        ok_out = [o[0] for o in outputs] == list(OUTPUT_NAMES) and all(o[1] == "tensor(float)" for o in outputs)
+        if not (ok_in and ok_out):
+            raise ModelError(f"{path}: graph has inputs {inputs} and outputs {outputs}; expected image tensor(uint8) "
+                             "[N,28,28] with a dynamic N, and logits, probabilities tensor(float)")
+
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, probs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+        return logits, probs

@@ -1,0 +1,25 @@
+"""What the three torch backends share: device resolution and the numpy <-> tensor edge."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from runtime.errors import DeviceError
+
+TorchModel = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def torch_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("device cuda: torch.cuda.is_available() is False on this machine")
+    return torch.device(device)
+
+
+@torch.inference_mode()
+def run_torch(model: TorchModel, images: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    x = torch.from_numpy(images).to(device, non_blocking=False)  # (N, 28, 28) uint8
+    logits, probs = model(x)
+    return logits.cpu().numpy(), probs.cpu().numpy()
