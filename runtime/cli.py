@@ -17,7 +17,7 @@ CHUNK = 256  # images per model call: bounded memory for folders of any size
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", type=click.Path(path_type=Path, dir_okay=False), default=Path("artifacts/fmnist_mlp.onnx"),
+@click.option("--model", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=Path("artifacts/fmnist_mlp.onnx"),
               show_default=True, help=".onnx, .torchscript, .pt2 or a .pt weights file.")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
               help="auto = from the model file's suffix.")

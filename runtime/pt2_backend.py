@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ class Pt2Backend(Backend):
         extra = {METADATA_FILE: ""}
         try:
             program = torch.export.load(str(path), extra_files=extra)
-        except (RuntimeError, ValueError, OSError, KeyError) as exc:
+        except (RuntimeError, ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
             raise ModelError(f"{path}: torch.export.load cannot read it ({str(exc).strip().splitlines()[0][:200]})") from None
         if self._device.type != "cpu":
             from torch.export.passes import move_to_device_pass

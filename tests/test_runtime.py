@@ -1,0 +1,343 @@
+"""Runtime: every backend against the golden vectors, inputs of every kind, errors without tracebacks."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import runtime
+from runtime import BACKENDS, DeviceError, InputError, ModelError, load
+from runtime.cli import main as predict_cli
+from runtime.images import chunks, iter_items, read_image, to_model_input
+from tests.conftest import ARTIFACTS, REPO
+
+# One case per registered backend: the committed file it reads.
+CASES = {
+    "onnxruntime": "fmnist_mlp.onnx",
+    "torchscript": "fmnist_mlp.torchscript",
+    "pt2": "fmnist_mlp.pt2",
+    "eager": "fmnist_mlp.pt",
+}
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, np.ndarray]:
+    with np.load(ARTIFACTS / "golden.npz", allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_every_registered_backend_has_a_parity_case() -> None:
+    assert set(CASES) == set(BACKENDS)
+
+
+@pytest.mark.parametrize("backend", sorted(CASES))
+def test_backend_matches_the_golden_logits(backend: str, golden) -> None:
+    predictor = load(ARTIFACTS / CASES[backend])  # backend chosen from the suffix
+    assert predictor.backend_name == backend
+    prediction = predictor.predict(golden["images"])
+    assert np.abs(prediction.logits - golden["logits"]).max() <= 1e-5
+    assert np.abs(prediction.probabilities - golden["probabilities"]).max() <= 1e-6
+    assert prediction.indices.tolist() == golden["logits"].argmax(1).tolist()
+    assert prediction.labels == [CLASS_NAMES[i] for i in golden["logits"].argmax(1)]
+    assert predictor.class_names == CLASS_NAMES
+
+
+def test_int8_model_runs_through_the_same_interface(golden) -> None:
+    prediction = load(ARTIFACTS / "fmnist_mlp.int8.onnx").predict(golden["images"])
+    assert (prediction.indices == golden["labels"]).mean() >= 0.8
+
+
+def test_single_image_and_forced_backend(golden) -> None:
+    predictor = load(ARTIFACTS / "fmnist_mlp.onnx", backend="onnxruntime", threads=1, optimization="disabled")
+    one = predictor.predict(golden["images"][0])
+    assert one.logits.shape == (1, 10) and one.labels == ["Ankle boot"]
+
+
+@pytest.mark.parametrize(
+    ("images", "given"),
+    [
+        (np.zeros((3, 32, 32), dtype=np.float64), "float64 [3,32,32]"),
+        (np.zeros((3, 28, 28), dtype=np.float32), "float32 [3,28,28]"),
+        (np.zeros((28, 28, 3), dtype=np.uint8), "uint8 [28,28,3]"),
+        (np.zeros((0, 28, 28), dtype=np.uint8), "uint8 [0,28,28]"),
+        (np.zeros((2, 1, 28, 28), dtype=np.uint8), "uint8 [2,1,28,28]"),
+        ([[0] * 28] * 28, "list"),
+    ],
+)
+def test_predict_rejects_wrong_input_with_what_was_given(images, given: str) -> None:
+    predictor = load(ARTIFACTS / "fmnist_mlp.onnx")
+    with pytest.raises(InputError) as info:
+        predictor.predict(images)
+    assert str(info.value) == f"expected uint8 [N,28,28] (N >= 1) or [28,28], got {given}"
+
+
+def test_the_onnx_path_never_imports_torch() -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "import runtime\n"
+        "from runtime.cli import main\n"
+        "p = runtime.load('artifacts/fmnist_mlp.onnx')\n"
+        "p.predict(np.zeros((4, 28, 28), np.uint8))\n"
+        "main(['artifacts/samples/0000_ankle_boot.png'], standalone_mode=False)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('no torch')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines() == ["artifacts/samples/0000_ankle_boot.png: Ankle boot (0.673)", "no torch"]
+
+
+@pytest.mark.parametrize("backend", sorted(CASES))
+def test_a_predictor_shared_by_8_threads_answers_as_one_thread(backend: str, data) -> None:
+    predictor = load(ARTIFACTS / CASES[backend])
+    images = data.test_images[:800].numpy()
+    expected = predictor.predict(images).logits
+    results: dict[int, np.ndarray] = {}
+
+    def work(t: int) -> None:
+        out = [predictor.predict(images[i * 10:(i + 1) * 10]).logits for i in range(80)]
+        results[t] = np.concatenate(out)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 8
+    for out in results.values():
+        assert np.abs(out - expected).max() <= 1e-5
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_cuda_available(), reason="checks the no-GPU errors")
+@pytest.mark.parametrize("backend", sorted(CASES))
+def test_cuda_without_a_gpu_is_an_error_not_a_cpu_run(backend: str) -> None:
+    with pytest.raises(DeviceError, match="cuda"):
+        load(ARTIFACTS / CASES[backend], device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["torchscript", "pt2", "eager"])
+def test_cuda_backends_match_the_golden_logits(backend: str, golden) -> None:
+    prediction = load(ARTIFACTS / CASES[backend], device="cuda").predict(golden["images"])
+    assert np.abs(prediction.logits - golden["logits"]).max() <= 1e-4
+    assert prediction.indices.tolist() == golden["logits"].argmax(1).tolist()
+
+
+def test_load_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no such model file"):
+        load(tmp_path / "missing.onnx")
+    with pytest.raises(ModelError, match="cannot tell the backend from the suffix '.tflite'"):
+        load(tmp_path / "model.tflite")
+    with pytest.raises(ModelError, match="the pt2 backend reads .pt2 files"):
+        load(ARTIFACTS / "fmnist_mlp.onnx", backend="pt2")
+    with pytest.raises(DeviceError, match="expected one of cpu, cuda"):
+        load(ARTIFACTS / "fmnist_mlp.onnx", device="tpu")
+
+
+@pytest.mark.parametrize("name", sorted(CASES.values()))
+def test_a_truncated_model_is_a_model_error(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes((ARTIFACTS / name).read_bytes()[:20_000])
+    with pytest.raises(ModelError):
+        load(path)
+
+
+def test_a_model_off_the_contract_is_refused(tmp_path: Path) -> None:
+    import onnx
+
+    model = onnx.load(ARTIFACTS / "fmnist_mlp.onnx")
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, bare)
+    with pytest.raises(ModelError, match="no fmnist-deploy metadata"):
+        load(bare)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 5  # a fixed batch of 5
+    fixed = tmp_path / "fixed.onnx"
+    onnx.save(model, fixed)
+    fixed.with_name("fixed.onnx.json").write_bytes((ARTIFACTS / "fmnist_mlp.onnx.json").read_bytes())
+    with pytest.raises(ModelError, match="dynamic N"):
+        load(fixed)
+
+
+# --- images in ----------------------------------------------------------------------------
+
+
+def _garment(size: tuple[int, int] = (28, 28)) -> np.ndarray:
+    """A light rectangle on a dark background."""
+    w, h = size
+    array = np.zeros((h, w), dtype=np.uint8)
+    array[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = 200
+    return array
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "1", "I;16", "I", "F", "CMYK"])
+@pytest.mark.parametrize("size", [(28, 28), (56, 56), (100, 40), (7, 13), (1000, 1000)])
+def test_any_mode_and_size_becomes_uint8_28x28(mode: str, size: tuple[int, int]) -> None:
+    base = Image.fromarray(_garment(size), mode="L")
+    if mode == "I;16":
+        img = Image.fromarray(_garment(size).astype(np.uint16) * 257)  # 16-bit, same picture
+        assert img.mode.startswith("I;16")
+    else:
+        img = base.convert(mode)
+    out = to_model_input(img)
+    assert out.dtype == np.uint8 and out.shape == (28, 28)
+    assert out.max() > 100 and out[0, 0] < 30  # the light garment stays light, the dark corner dark
+
+
+def test_28x28_gray_passes_through_unchanged_and_invert_flips(golden) -> None:
+    image = golden["images"][0]
+    assert np.array_equal(to_model_input(Image.fromarray(image, mode="L")), image)
+    assert np.array_equal(to_model_input(Image.fromarray(255 - image, mode="L"), invert=True), image)
+
+
+def test_sixteen_bit_is_scaled_not_clipped() -> None:
+    img = Image.fromarray(np.full((28, 28), 32768, dtype=np.uint16))
+    assert to_model_input(img)[0, 0] == 128
+
+
+def test_transparency_becomes_background() -> None:
+    rgba = np.zeros((28, 28, 4), dtype=np.uint8)
+    rgba[0:5, :, :3] = 255  # transparent pixels whose colour must not show
+    rgba[10:18, 10:18] = (255, 255, 255, 255)  # an opaque white garment
+    out = to_model_input(Image.fromarray(rgba, mode="RGBA"))
+    assert out[0, 0] == 0 and out[12, 12] == 255
+    cutout = np.zeros((28, 28, 4), dtype=np.uint8)
+    cutout[10:18, 10:18] = (20, 20, 20, 255)  # a dark garment cut out of a photo, for --invert
+    out = to_model_input(Image.fromarray(cutout, mode="RGBA"), invert=True)
+    assert out[0, 0] == 0 and out[12, 12] == 235
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP"])
+def test_files_of_every_format_are_read(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"garment.{fmt.lower()}"
+    Image.fromarray(_garment((64, 64)), mode="L").save(path, format=fmt)
+    out = read_image(path)
+    assert out.shape == (28, 28) and out.dtype == np.uint8 and out.max() > 100
+
+
+def test_animated_gif_uses_the_first_frame(tmp_path: Path) -> None:
+    frames = [Image.fromarray(_garment(), mode="L"), Image.fromarray(np.zeros((28, 28), np.uint8), mode="L")]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert read_image(path).max() > 100
+
+
+def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    Image.new("1", (9000, 9000)).save(path)  # 81 Mpx in a few kB
+    assert path.stat().st_size < 100_000
+    with pytest.raises(InputError, match="9000x9000 image .* over the 64 Mpx limit"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ARTIFACTS / "samples").glob("*.png")))
+def test_shipped_samples_predict_their_true_labels(name: str) -> None:
+    label = name.split("_", 1)[1].removesuffix(".png")
+    predicted = load(ARTIFACTS / "fmnist_mlp.onnx").predict(read_image(ARTIFACTS / "samples" / name)).labels[0]
+    assert predicted.lower().replace("/", "_").replace(" ", "_").replace("-", "_") == label
+
+
+def test_batches_npy_and_idx(tmp_path: Path, golden) -> None:
+    np.save(tmp_path / "five.npy", golden["images"][:5])
+    header = b"\x00\x00\x08\x03" + b"".join(int(n).to_bytes(4, "big") for n in (3, 28, 28))
+    (tmp_path / "three-idx3-ubyte.gz").write_bytes(gzip.compress(header + golden["images"][:3].tobytes()))
+    items = list(iter_items([tmp_path / "five.npy", tmp_path / "three-idx3-ubyte.gz"]))
+    assert [i.name.rsplit("/", 1)[1] for i in items] == [f"five.npy[{i}]" for i in range(5)] + [f"three-idx3-ubyte.gz[{i}]" for i in range(3)]
+    assert all(np.array_equal(item.image, golden["images"][i]) for i, item in enumerate(items[:5]))
+
+
+def test_chunks_bound_the_batch_size() -> None:
+    sizes = [len(c) for c in chunks(iter(range(1000)), 256)]  # type: ignore[arg-type]
+    assert sizes == [256, 256, 256, 232]
+
+
+# --- fmnist-predict -----------------------------------------------------------------------
+
+
+def test_cli_readme_example() -> None:
+    result = CliRunner().invoke(predict_cli, ["artifacts/samples/0000_ankle_boot.png", "--model", "artifacts/fmnist_mlp.onnx"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0
+    assert result.output == "artifacts/samples/0000_ankle_boot.png: Ankle boot (0.673)\n"
+
+
+@pytest.mark.parametrize("backend", sorted(CASES))
+def test_cli_top_k_json_on_every_backend(backend: str) -> None:
+    model = ARTIFACTS / CASES[backend]
+    result = CliRunner().invoke(predict_cli, [str(ARTIFACTS / "samples"), "--model", str(model), "--top-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert len(rows) == 10 and rows[0]["class"] == "Ankle boot"
+    assert [r["input"] for r in rows] == sorted(r["input"] for r in rows)
+    assert all(len(r["top_k"]) == 3 and r["top_k"][0]["probability"] >= r["top_k"][1]["probability"] for r in rows)
+
+
+def test_cli_one_bad_input_among_good_ones(tmp_path: Path) -> None:
+    (tmp_path / "notes.png").write_text("not an image")
+    good = ARTIFACTS / "samples" / "0001_pullover.png"
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    result = CliRunner().invoke(predict_cli, [str(good), str(tmp_path / "notes.png"), str(tmp_path / "nope.png"), str(truncated),
+                                              str(ARTIFACTS / "samples" / "0002_trouser.png")])
+    assert result.exit_code == 1
+    out = result.stdout.splitlines()
+    assert [line.split(": ")[1].split(" (")[0] for line in out] == ["Pullover", "Trouser"]
+    errors = result.stderr.splitlines()
+    assert any("notes.png: not an image Pillow can read" in e for e in errors)
+    assert any("nope.png: no such file or folder" in e for e in errors)
+    assert any("cut.png: damaged or truncated image" in e for e in errors)
+    assert errors[-1] == "3 input(s) failed"
+    assert "Traceback" not in result.output
+
+
+def test_cli_errors_and_exit_codes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(predict_cli, ["x.png", "--model", str(tmp_path / "none.onnx")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    bad_backend = runner.invoke(predict_cli, ["x.png", "--backend", "tflite"])
+    assert bad_backend.exit_code == 2
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage")
+    result = runner.invoke(predict_cli, [str(ARTIFACTS / "samples"), "--model", str(corrupt)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [result.output.strip()] and result.output.startswith("Error: ")
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((2, 28, 28), dtype=np.float32))
+    result = runner.invoke(predict_cli, [str(wrong)])
+    assert result.exit_code == 1 and "expected uint8 [N,28,28] or [28,28], got float32 [2,28,28]" in result.stderr
+
+
+def test_cli_folder_larger_than_a_chunk(tmp_path: Path, data) -> None:
+    for i in range(300):
+        Image.fromarray(data.test_images[i].numpy(), mode="L").save(tmp_path / f"img_{i:04d}.png")
+    result = CliRunner().invoke(predict_cli, [str(tmp_path), "--json"])
+    assert result.exit_code == 0
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [Path(r["input"]).name for r in rows] == [f"img_{i:04d}.png" for i in range(300)]
+    expected = load(ARTIFACTS / "fmnist_mlp.onnx").predict(data.test_images[:300].numpy()).labels
+    assert [r["class"] for r in rows] == expected
+
+
+def test_runtime_modules_import_torch_only_in_torch_backends() -> None:
+    torch_free = ["base", "errors", "images", "onnxruntime_backend", "cli", "__init__"]
+    for name in torch_free:
+        source = (REPO / "runtime" / f"{name}.py").read_text()
+        assert "import torch" not in source, name
+    assert runtime.BACKENDS["onnxruntime"].__module__ == "runtime.onnxruntime_backend"
