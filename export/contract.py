@@ -83,6 +83,7 @@ def build_metadata(
             "mean": recipe.norm_mean,
             "std": recipe.norm_std,
             "inside_graph": True,
+            "folded_into_first_layer": fmt == "onnx",
         },
         "weights_sha256": weights_sha256,
         "test_accuracy": weights.test_accuracy,

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, version_converter
 
 from export.checks import Check, ExportError, Runner
 from export.contract import INPUT_NAME, N_CLASSES, OUTPUT_NAMES
-from export.wrapper import eval_copy
+from export.wrapper import FoldedDeployable, eval_copy
 from training.atomic import atomic_path
 
 SUFFIX = ".onnx"
@@ -42,9 +42,16 @@ def _strip_provenance(model: onnx.ModelProto) -> None:
     model.doc_string = ""
 
 
-def export(module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: int = DEFAULT_OPSET) -> None:
-    """Write `module` (a Deployable) to `path` as a single ONNX file at exactly `opset`."""
+def export(module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: int = DEFAULT_OPSET,
+           fold: bool = True) -> None:
+    """Write `module` (a Deployable) to `path` as a single ONNX file at exactly `opset`.
+
+    With `fold`, the normalisation is folded into fc1's weights: the graph then makes one
+    pass over the input (Cast) instead of four (Cast, Div, Sub, Div) before the first Gemm.
+    """
     model = eval_copy(module)
+    if fold:
+        model = FoldedDeployable(model).eval()
     example = torch.zeros(2, 28, 28, dtype=torch.uint8)  # batch >= 2 so the batch dim stays symbolic
     program = torch.onnx.export(
         model,
