@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -47,4 +48,132 @@ def train_cmd(device: str, data_dir: Path | None, reference_epochs: int, fast_ep
     markdown = to_markdown(report)
     stem = "train_speed" if torch_device.type == "cpu" else f"train_speed_{torch_device.type}"
     _write_reports(out_dir, stem, report, markdown)
+    click.echo(json.dumps(report, indent=2) if as_json else markdown)
+
+
+def _test_set(data_dir: Path | None):
+    from training.data import DataError, load
+
+    try:
+        return load(data_dir, download=False)
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _csv_ints(value: str) -> tuple[int, ...]:
+    try:
+        numbers = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise click.BadParameter(f"batch sizes must be >= 1, got {value!r}")
+    return numbers
+
+
+@main.command("latency")
+@click.option("--artifacts", type=click.Path(path_type=Path, file_okay=False, exists=True), default=Path("artifacts"),
+              show_default=True, help="Folder with the exported model files.")
+@click.option("--backend", "backends", multiple=True, help="Repeatable; default: every available backend.")
+@click.option("--device", "devices", multiple=True, type=click.Choice(["cpu", "cuda"]),
+              help="Repeatable; default: cpu, plus cuda when present.")
+@click.option("--batches", default="1,8,32,100,1000,10000", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--budget", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
+              help="Seconds of timed calls per cell.")
+@click.option("--min-repetitions", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option("--e2e-max-batch", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Largest batch also timed end to end from PNG files.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=BENCH_DIR, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def latency_cmd(artifacts: Path, backends: tuple[str, ...], devices: tuple[str, ...], batches: str, budget: float,
+                min_repetitions: int, e2e_max_batch: int, threads: int | None, data_dir: Path | None, out_dir: Path,
+                as_json: bool) -> None:
+    """p50/p90/p99/p99.9 latency and images/s per backend x device x batch size."""
+    from benchmarks.latency import TARGETS, Config, available_devices, measure
+    from benchmarks.report import latency_csv, latency_markdown, latency_plot
+    from runtime import RuntimeFailure
+
+    unknown = [b for b in backends if b not in TARGETS]
+    if unknown:
+        raise click.BadParameter(f"{', '.join(unknown)}: expected one of {', '.join(TARGETS)}", param_hint="--backend")
+    if not backends:
+        backends = tuple(b for b in TARGETS if (artifacts / TARGETS[b][0]).is_file())
+        if not backends:
+            raise click.ClickException(f"{artifacts} holds none of {', '.join(sorted({t[0] for t in TARGETS.values()}))}; "
+                                       "run `make export` first")
+    missing = [TARGETS[b][0] for b in backends if not (artifacts / TARGETS[b][0]).is_file()]
+    if missing:
+        raise click.ClickException(f"{artifacts} lacks {', '.join(missing)}; run `make export` first")
+    if "cuda" in devices and "cuda" not in available_devices():
+        raise click.BadParameter("cuda requested but no CUDA device is available", param_hint="--device")
+    config = Config(artifacts=artifacts, backends=backends, devices=devices or available_devices(),
+                    batches=_csv_ints(batches), budget_s=budget, min_repetitions=min_repetitions,
+                    e2e_max_batch=e2e_max_batch, threads=threads)
+    images = _test_set(data_dir).test_images.numpy()
+
+    def progress(grid):
+        with click.progressbar(grid, label="backend x device", file=sys.stderr,
+                               item_show_func=lambda c: f"{c[0]}/{c[1]}" if c else "") as bar:
+            yield from bar
+
+    try:
+        report = measure(config, images, progress=progress)
+    except RuntimeFailure as exc:
+        raise click.ClickException(str(exc)) from None
+    stem = "latency" if config.devices == ("cpu",) else "latency_" + "_".join(config.devices)
+    markdown = latency_markdown(report)
+    _write_reports(out_dir, stem, report, markdown)
+    write_text_atomic(out_dir / f"{stem}.csv", latency_csv(report))
+    latency_plot(report, out_dir / f"{stem}.png")
+    click.echo(json.dumps(report, indent=2) if as_json else markdown)
+
+
+@main.command("parity")
+@click.option("--artifacts", type=click.Path(path_type=Path, file_okay=False, exists=True), default=Path("artifacts"),
+              show_default=True)
+@click.option("--device", "devices", multiple=True, type=click.Choice(["cpu", "cuda"]),
+              help="Repeatable; default: cpu, plus cuda when present.")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=BENCH_DIR, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def parity_cmd(artifacts: Path, devices: tuple[str, ...], data_dir: Path | None, out_dir: Path, as_json: bool) -> None:
+    """Accuracy and agreement with eager PyTorch of every format x backend x device on the full test set.
+
+    Exit 1 if an fp32 backend disagrees with eager on any image or by more than 1e-5,
+    or int8 loses more than 0.5 points.
+    """
+    from benchmarks.latency import available_devices
+    from benchmarks.parity import measure, to_markdown
+    from runtime import RuntimeFailure
+
+    if not (artifacts / "fmnist_mlp.pt").is_file():
+        raise click.ClickException(f"{artifacts / 'fmnist_mlp.pt'}: no such file (the eager reference)")
+    data = _test_set(data_dir)
+    try:
+        report = measure(artifacts, data.test_images.numpy(), data.test_labels.numpy(), devices or available_devices())
+    except RuntimeFailure as exc:
+        raise click.ClickException(str(exc)) from None
+    markdown = to_markdown(report)
+    _write_reports(out_dir, "parity", report, markdown)
+    click.echo(json.dumps(report, indent=2) if as_json else markdown)
+    if not report["passed"]:
+        raise click.ClickException("parity failed: see the rows marked FAIL")
+
+
+@main.command("coldstart")
+@click.option("--artifacts", type=click.Path(path_type=Path, file_okay=False, exists=True), default=Path("artifacts"),
+              show_default=True)
+@click.option("--image", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              default=Path("artifacts/samples/0000_ankle_boot.png"), show_default=True)
+@click.option("--repetitions", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=BENCH_DIR, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def coldstart_cmd(artifacts: Path, image: Path, repetitions: int, out_dir: Path, as_json: bool) -> None:
+    """Wall time of a fresh `fmnist-predict` process on one image, ONNX vs the torch backends."""
+    from benchmarks.coldstart import measure, to_markdown
+
+    report = measure(artifacts, image, repetitions)
+    markdown = to_markdown(report)
+    _write_reports(out_dir, "coldstart", report, markdown)
     click.echo(json.dumps(report, indent=2) if as_json else markdown)

@@ -1,0 +1,86 @@
+"""Parity and accuracy of every exported format x backend x device x precision on the full test set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.env import environment
+
+# (model file, runtime backend, precision)
+ROWS = (
+    ("fmnist_mlp.onnx", "onnxruntime", "fp32"),
+    ("fmnist_mlp.int8.onnx", "onnxruntime", "int8"),
+    ("fmnist_mlp.torchscript", "torchscript", "fp32"),
+    ("fmnist_mlp.pt2", "pt2", "fp32"),
+    ("fmnist_mlp.pt", "eager", "fp32"),
+)
+LOGIT_TOLERANCE = 1e-5
+INT8_MAX_DROP_POINTS = 0.5
+
+
+def measure(artifacts: Path, images: np.ndarray, labels: np.ndarray, devices: tuple[str, ...]) -> dict[str, Any]:
+    """One row per file x device (ONNX also with graph optimisation off); verdicts against eager PyTorch on the CPU."""
+    import runtime
+
+    reference = runtime.load(artifacts / "fmnist_mlp.pt", backend="eager").predict(images)
+    ref_acc = float((reference.indices == labels).mean())
+    rows = []
+    for file_name, backend, precision in ROWS:
+        path = artifacts / file_name
+        if not path.is_file():
+            continue
+        variants = [{"optimization": "all"}, {"optimization": "disabled"}] if backend == "onnxruntime" else [{}]
+        for device in devices:
+            for options in variants:
+                try:
+                    predictor = runtime.load(path, backend=backend, device=device, **options)
+                except runtime.DeviceError as exc:
+                    rows.append({"file": file_name, "backend": backend, "device": device, "precision": precision,
+                                 **options, "skipped": str(exc)})
+                    continue
+                out = predictor.predict(images)
+                accuracy = float((out.indices == labels).mean())
+                row = {
+                    "file": file_name, "backend": backend, "device": device, "precision": precision, **options,
+                    "accuracy": accuracy,
+                    "accuracy_drop_points": 100 * (ref_acc - accuracy),
+                    "predictions_differing_from_eager": int((out.indices != reference.indices).sum()),
+                    "max_abs_logit_diff": float(np.abs(out.logits.astype(np.float64) - reference.logits).max()),
+                    "max_abs_prob_diff": float(np.abs(out.probabilities.astype(np.float64) - reference.probabilities).max()),
+                }
+                row["pass"] = (row["accuracy_drop_points"] <= INT8_MAX_DROP_POINTS if precision == "int8" else
+                               row["predictions_differing_from_eager"] == 0 and row["max_abs_logit_diff"] <= LOGIT_TOLERANCE)
+                rows.append(row)
+    measured = [r for r in rows if "skipped" not in r]
+    return {
+        "benchmark": "parity",
+        "images": int(len(labels)),
+        "reference": {"backend": "eager", "device": "cpu", "accuracy": ref_acc},
+        "criteria": {"fp32": f"0 differing predictions and max |dlogit| <= {LOGIT_TOLERANCE}",
+                     "int8": f"accuracy drop <= {INT8_MAX_DROP_POINTS} points"},
+        "rows": rows,
+        "passed": bool(measured) and all(r["pass"] for r in measured),
+        "environment": environment(),
+    }
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"Parity on {report['images']} test images against eager PyTorch (CPU, accuracy {report['reference']['accuracy']:.4f}): "
+        f"**{'PASS' if report['passed'] else 'FAIL'}**",
+        "",
+        "| file | backend | device | precision | ORT graph opt. | accuracy | differing predictions | max abs dlogit | max abs dprob | verdict |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in report["rows"]:
+        opt = r.get("optimization", "—")
+        if "skipped" in r:
+            lines.append(f"| {r['file']} | {r['backend']} | {r['device']} | {r['precision']} | {opt} | — | — | — | — | skipped: {r['skipped']} |")
+            continue
+        lines.append(f"| {r['file']} | {r['backend']} | {r['device']} | {r['precision']} | {opt} | {r['accuracy']:.4f} | "
+                     f"{r['predictions_differing_from_eager']} | {r['max_abs_logit_diff']:.2e} | {r['max_abs_prob_diff']:.2e} | "
+                     f"{'pass' if r['pass'] else 'FAIL'} |")
+    return "\n".join(lines) + "\n"

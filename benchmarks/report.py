@@ -1,0 +1,91 @@
+"""Latency reports: Markdown, CSV and a log-log plot, all from the JSON report."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+CSV_FIELDS = ("backend", "device", "mode", "batch", "repetitions", "p50_us", "p90_us", "p99_us", "p99_9_us", "mean_us",
+              "stdev_us", "images_per_s", "fraction_of_ceiling", "creation_ms", "first_inference_ms", "provider", "threads")
+
+
+def latency_csv(report: dict[str, Any]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for cell in report["cells"]:
+        writer.writerow({**cell, "threads": str(cell.get("threads"))})
+    return buffer.getvalue()
+
+
+def latency_markdown(report: dict[str, Any]) -> str:
+    env, ceiling, summary = report["environment"], report["ceiling"], report["summary"]
+    lines = [
+        f"Latency and throughput — {env['cpu']}, {env['usable_cores']} cores, onnxruntime "
+        f"{env['packages']['onnxruntime']}, torch {env['packages']['torch']}; budget {report['config']['budget_s']} s per cell.",
+        "",
+        f"Arithmetic ceiling: sgemm peak {ceiling['sgemm_gflops']:.0f} GFLOP/s / {ceiling['flop_per_image']} FLOP per image "
+        f"= {ceiling['images_per_s']:,.0f} images/s.",
+        "",
+        "| backend | device | mode | batch | p50 µs | p90 µs | p99 µs | p99.9 µs | mean µs | images/s | % of ceiling | provider |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in report["cells"]:
+        lines.append(
+            f"| {c['backend']} | {c['device']} | {c['mode']} | {c['batch']} | {c['p50_us']:,.1f} | {c['p90_us']:,.1f} | "
+            f"{c['p99_us']:,.1f} | {c['p99_9_us']:,.1f} | {c['mean_us']:,.1f} | {c['images_per_s']:,.0f} | "
+            f"{100 * c['fraction_of_ceiling']:.1f} | {c['provider']} |"
+        )
+    lines += ["", "| load + first call | creation ms | first inference ms |", "|---|---:|---:|"]
+    seen = set()
+    for c in report["cells"]:
+        key = (c["backend"], c["device"])
+        if key not in seen:
+            seen.add(key)
+            lines.append(f"| {c['backend']} / {c['device']} | {c['creation_ms']:.1f} | {c['first_inference_ms']:.2f} |")
+    lines += ["", "Summary (ratios from this one run):", ""]
+    if "best_cpu_batch_ge_1000" in summary:
+        b = summary["best_cpu_batch_ge_1000"]
+        lines.append(f"- best CPU backend at batch ≥ 1000: {b['backend']} at batch {b['batch']}, "
+                     f"{b['images_per_s']:,.0f} images/s = **{100 * b['fraction_of_ceiling']:.0f} %** of the ceiling")
+    if "predict_b1_over_numpy_b1" in summary:
+        lines.append(f"- `runtime.load(...).predict` (ONNX) at batch 1 / bare numpy forward: **{summary['predict_b1_over_numpy_b1']:.2f}×** "
+                     f"(bare `session.run`: {summary.get('bare_session_b1_over_numpy_b1', float('nan')):.2f}×)")
+    if "int8_over_fp32_throughput_b1000" in summary:
+        lines.append(f"- int8 / fp32 ONNX throughput at batch 1000: **{summary['int8_over_fp32_throughput_b1000']:.2f}×**")
+    if "cuda_overtakes_cpu_at_batch" in summary:
+        lines.append(f"- CUDA overtakes the CPU at batch: {summary['cuda_overtakes_cpu_at_batch']}")
+    return "\n".join(lines) + "\n"
+
+
+def latency_plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training.atomic import atomic_path
+
+    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(12, 4.8))
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in report["cells"]:
+        if c["mode"] == "model":
+            series.setdefault((c["backend"], c["device"]), []).append(c)
+    for (backend, device), cells in sorted(series.items()):
+        cells.sort(key=lambda c: c["batch"])
+        batches = [c["batch"] for c in cells]
+        style = "--" if device == "cuda" else "-"
+        ax_lat.plot(batches, [c["p50_us"] for c in cells], style, marker="o", ms=3, label=f"{backend} / {device}")
+        ax_thr.plot(batches, [c["images_per_s"] for c in cells], style, marker="o", ms=3, label=f"{backend} / {device}")
+    ax_thr.axhline(report["ceiling"]["images_per_s"], color="black", lw=0.8, ls=":", label="arithmetic ceiling (CPU)")
+    ax_lat.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency per call (µs)", title="Latency")
+    ax_thr.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images / s", title="Throughput")
+    for ax in (ax_lat, ax_thr):
+        ax.grid(alpha=0.3, which="both")
+    ax_thr.legend(fontsize=7, frameon=False, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)

@@ -1,0 +1,151 @@
+"""Benchmarks: small, fast configurations; the reports' structure and internal consistency, never a time."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from benchmarks import coldstart, train_speed
+from benchmarks.cli import main as bench_cli
+from benchmarks.latency import TARGETS, Config, measure
+from benchmarks.numpy_ref import NumpyMLP
+from benchmarks.stats import FLOP_PER_IMAGE, summarise
+from tests.conftest import ARTIFACTS
+
+
+def test_flop_count_of_the_network() -> None:
+    assert FLOP_PER_IMAGE == 2 * 109_184 == 218_368
+
+
+def test_summarise_is_consistent() -> None:
+    stats = summarise([1000, 2000, 3000, 4000, 100_000], batch=10)
+    assert stats["p50_us"] == 3.0 and stats["min_us"] == 1.0
+    assert stats["p50_us"] <= stats["p90_us"] <= stats["p99_us"] <= stats["p99_9_us"]
+    assert stats["images_per_s"] == pytest.approx(10 / (stats["mean_us"] / 1e6))
+
+
+def test_numpy_reference_matches_the_golden_logits() -> None:
+    with np.load(ARTIFACTS / "golden.npz", allow_pickle=False) as golden:
+        logits, probs = NumpyMLP(ARTIFACTS / "fmnist_mlp.pt")(golden["images"])
+        assert np.abs(logits - golden["logits"]).max() <= 1e-5
+        assert np.allclose(probs.sum(1), 1, atol=1e-6)
+
+
+def _check_cells(report: dict, expected: set[tuple[str, str, str, int]]) -> None:
+    assert {(c["backend"], c["device"], c["mode"], c["batch"]) for c in report["cells"]} == expected
+    for c in report["cells"]:
+        assert c["repetitions"] >= 3
+        assert 0 < c["min_us"] <= c["p50_us"] <= c["p90_us"] <= c["p99_us"] <= c["p99_9_us"]
+        assert c["mean_us"] > 0 and c["stdev_us"] >= 0 and c["creation_ms"] > 0 and c["first_inference_ms"] > 0
+        assert c["images_per_s"] == pytest.approx(c["batch"] / (c["mean_us"] / 1e6), rel=1e-9)
+        assert c["fraction_of_ceiling"] == pytest.approx(c["images_per_s"] / report["ceiling"]["images_per_s"])
+    assert report["ceiling"]["images_per_s"] == pytest.approx(report["ceiling"]["sgemm_gflops"] * 1e9 / FLOP_PER_IMAGE)
+
+
+def test_latency_small_grid(data) -> None:
+    config = Config(backends=("onnxruntime", "ort-session", "numpy"), batches=(1, 8), budget_s=0.01, min_repetitions=3, warmup=1)
+    report = measure(config, data.test_images[:16].numpy())
+    _check_cells(report, {(b, "cpu", "model", n) for b in config.backends for n in (1, 8)}
+                 | {("onnxruntime", "cpu", "end_to_end", n) for n in (1, 8)})
+    assert {c["provider"] for c in report["cells"] if c["backend"] == "onnxruntime"} == {"CPUExecutionProvider"}
+    assert set(report["summary"]) == {"predict_b1_over_numpy_b1", "bare_session_b1_over_numpy_b1"}
+    assert report["environment"]["logical_cores"] >= 1 and report["environment"]["packages"]["onnxruntime"]
+
+
+def test_latency_cli_writes_every_report(tmp_path: Path, data) -> None:
+    result = CliRunner().invoke(bench_cli, ["latency", "--backend", "pt2", "--backend", "onnxruntime-int8", "--device", "cpu",
+                                            "--batches", "1,8", "--budget", "0.01", "--min-repetitions", "3",
+                                            "--e2e-max-batch", "1", "--out-dir", str(tmp_path), "--data-dir", str(data.root)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "latency.json").read_text())
+    _check_cells(report, {(b, "cpu", "model", n) for b in ("pt2", "onnxruntime-int8") for n in (1, 8)}
+                 | {(b, "cpu", "end_to_end", 1) for b in ("pt2", "onnxruntime-int8")})
+    rows = list(csv.DictReader((tmp_path / "latency.csv").open()))
+    assert len(rows) == len(report["cells"]) and rows[0]["backend"] == "pt2"
+    assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| pt2 | cpu | model | 1 |" in (tmp_path / "latency.md").read_text()
+
+
+def test_latency_cli_rejects_bad_options(tmp_path: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(bench_cli, ["latency", "--backend", "tflite"]).exit_code == 2
+    assert runner.invoke(bench_cli, ["latency", "--batches", "1,x"]).exit_code == 2
+    assert runner.invoke(bench_cli, ["latency", "--batches", "0"]).exit_code == 2
+    missing = runner.invoke(bench_cli, ["latency", "--artifacts", str(tmp_path)])
+    assert missing.exit_code == 1 and "run `make export` first" in missing.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_latency_cuda_without_gpu_is_refused() -> None:
+    result = CliRunner().invoke(bench_cli, ["latency", "--device", "cuda"])
+    assert result.exit_code == 2 and "no CUDA device" in result.output
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_latency_cuda_small_grid(data) -> None:
+    config = Config(backends=("pt2", "eager"), devices=("cpu", "cuda"), batches=(1, 1000), budget_s=0.05, min_repetitions=3)
+    report = measure(config, data.test_images[:1000].numpy())
+    assert {c["provider"] for c in report["cells"] if c["device"] == "cuda"} == {"torch:cuda"}
+    assert set(report["summary"]["cuda_overtakes_cpu_at_batch"]) == {"pt2", "eager"}
+
+
+def test_every_latency_target_has_its_file_committed() -> None:
+    for backend, (name, _) in TARGETS.items():
+        assert (ARTIFACTS / name).is_file(), backend
+
+
+def test_parity_cli(tmp_path: Path, data) -> None:
+    result = CliRunner().invoke(bench_cli, ["parity", "--device", "cpu", "--out-dir", str(tmp_path), "--data-dir", str(data.root)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["passed"] and report["images"] == 10000
+    rows = {(r["file"], r.get("optimization")): r for r in report["rows"]}
+    assert set(rows) == {("fmnist_mlp.onnx", "all"), ("fmnist_mlp.onnx", "disabled"), ("fmnist_mlp.int8.onnx", "all"),
+                         ("fmnist_mlp.int8.onnx", "disabled"), ("fmnist_mlp.torchscript", None), ("fmnist_mlp.pt2", None),
+                         ("fmnist_mlp.pt", None)}
+    for r in report["rows"]:
+        assert 0.80 < r["accuracy"] < 0.90 and r["max_abs_logit_diff"] >= 0 and r["max_abs_prob_diff"] >= 0
+        if r["precision"] == "fp32":
+            assert r["predictions_differing_from_eager"] == 0 and r["max_abs_logit_diff"] <= 1e-5
+
+
+def test_parity_fails_for_a_wrong_model(tmp_path: Path, data) -> None:
+    import shutil
+
+    for name in ("fmnist_mlp.pt", "fmnist_mlp.pt2", "fmnist_mlp.pt2.json"):
+        shutil.copy(ARTIFACTS / name, tmp_path / name)
+    shutil.copy(ARTIFACTS / "checkpoint.pt", tmp_path / "other.pt")
+    payload = torch.load(ARTIFACTS / "fmnist_mlp.pt", weights_only=True)
+    payload["model"]["fc3.bias"] = payload["model"]["fc3.bias"] + 0.01  # the eager reference moves; the .pt2 does not
+    torch.save(payload, tmp_path / "fmnist_mlp.pt")
+    result = CliRunner().invoke(bench_cli, ["parity", "--artifacts", str(tmp_path), "--device", "cpu",
+                                            "--out-dir", str(tmp_path), "--data-dir", str(data.root)])
+    assert result.exit_code == 1 and "parity failed" in result.output
+    assert json.loads((tmp_path / "parity.json").read_text())["passed"] is False
+
+
+def test_train_speed_small(data) -> None:
+    report = train_speed.measure(data, device=torch.device("cpu"), reference_epochs=1, fast_epochs=1, limit=500)
+    s, r = report["seconds_per_epoch"], report["ratios"]
+    assert all(v > 0 for v in s.values())
+    assert s["reference_train"] <= s["reference_epoch"] and s["fast_train"] <= s["fast_epoch"]
+    assert r["reference_over_fast_epoch"] == pytest.approx(s["reference_epoch"] / s["fast_epoch"])
+    assert r["fast_train_over_bare"] == pytest.approx(s["fast_train"] / s["bare_train"])
+    assert report["train_images"] == 500
+
+
+def test_coldstart_small() -> None:
+    report = coldstart.measure(ARTIFACTS, ARTIFACTS / "samples" / "0000_ankle_boot.png", repetitions=1,
+                               backends=("onnxruntime", "eager"))
+    assert set(report["backends"]) == {"onnxruntime", "eager"}
+    for row in report["backends"].values():
+        assert row["min_s"] > 0 and row["median_s"] >= row["min_s"]
+        assert row["output"] == f"{ARTIFACTS}/samples/0000_ankle_boot.png: Ankle boot (0.673)"
+    assert report["torch_over_onnx"] == pytest.approx(report["backends"]["eager"]["median_s"] / report["backends"]["onnxruntime"]["median_s"])
