@@ -48,7 +48,7 @@ def latency_markdown(report: dict[str, Any]) -> str:
     lines += ["", "Summary (ratios from this one run):", ""]
     if "best_cpu_batch_ge_1000" in summary:
         b = summary["best_cpu_batch_ge_1000"]
-        lines.append(f"- best CPU backend at batch ≥ 1000: {b['backend']} at batch {b['batch']}, "
+        lines.append(f"- best fp32 CPU backend at batch ≥ 1000: {b['backend']} at batch {b['batch']}, "
                      f"{b['images_per_s']:,.0f} images/s = **{100 * b['fraction_of_ceiling']:.0f} %** of the ceiling")
     if "predict_b1_over_numpy_b1" in summary:
         lines.append(f"- `runtime.load(...).predict` (ONNX) at batch 1 / bare numpy forward: **{summary['predict_b1_over_numpy_b1']:.2f}×** "

@@ -76,12 +76,27 @@ class Backend:
     def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # Large batches run in slices of this many images: a slice's activations stay in the CPU
+    # caches (1024 x 784 float32 = 3 MB), where one 10 000-image call would stream 31 MB.
+    chunk_rows: ClassVar[int] = 1024
+
+    def _checked(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, probs = self._run(images)
         n = images.shape[0]
         if logits.shape != (n, 10) or probs.shape != (n, 10) or logits.dtype != np.float32 or probs.dtype != np.float32:
             raise ModelError(f"{self.name}: model returned {describe(logits)} and {describe(probs)}, "
                              f"expected float32 [{n},10] twice")
+        return logits, probs
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = images.shape[0]
+        if n <= self.chunk_rows:
+            return self._checked(images)
+        logits = np.empty((n, 10), dtype=np.float32)
+        probs = np.empty((n, 10), dtype=np.float32)
+        for start in range(0, n, self.chunk_rows):
+            stop = min(start + self.chunk_rows, n)
+            logits[start:stop], probs[start:stop] = self._checked(images[start:stop])
         return logits, probs
 
 

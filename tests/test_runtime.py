@@ -341,3 +341,14 @@ def test_runtime_modules_import_torch_only_in_torch_backends() -> None:
         source = (REPO / "runtime" / f"{name}.py").read_text()
         assert "import torch" not in source, name
     assert runtime.BACKENDS["onnxruntime"].__module__ == "runtime.onnxruntime_backend"
+
+
+@pytest.mark.parametrize("backend", sorted(CASES))
+def test_large_batches_run_in_slices_with_the_same_answers(backend: str, data) -> None:
+    predictor = load(ARTIFACTS / CASES[backend])
+    images = data.test_images[:2500].numpy()  # two full slices of 1024 and a partial one
+    sliced = predictor.predict(images)
+    predictor.backend.chunk_rows = 10_000  # one call for the whole batch
+    whole = predictor.predict(images)
+    assert np.abs(sliced.logits - whole.logits).max() <= 1e-5
+    assert sliced.indices.tolist() == whole.indices.tolist()
