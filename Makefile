@@ -35,6 +35,9 @@ train: setup data
 
 bench: setup data
 	$(BIN)/fmnist-bench train
+	$(BIN)/fmnist-bench latency
+	$(BIN)/fmnist-bench parity
+	$(BIN)/fmnist-bench coldstart
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
