@@ -151,18 +151,26 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], n_classes: int = 10) -> tuple[float, float, torch.Tensor]:
-    """(mean loss, accuracy, confusion matrix [true, predicted]) in eval mode."""
+    """(mean loss, accuracy, confusion matrix [true, predicted]) in eval mode.
+
+    Sums stay on the batches' device; one copy to the host at the end.
+    """
     criterion = nn.CrossEntropyLoss(reduction="sum")
     model.eval()
-    loss_sum = 0.0
-    confusion = torch.zeros(n_classes, n_classes, dtype=torch.int64)
+    loss_sum: torch.Tensor | None = None
+    confusion: torch.Tensor | None = None
     for images, labels in batches:
         logits = model(images)
-        loss_sum += criterion(logits, labels).item()
-        pairs = labels.cpu() * n_classes + logits.argmax(1).cpu()
-        confusion += torch.bincount(pairs, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-    total = int(confusion.sum())
-    return loss_sum / total, int(confusion.trace()) / total, confusion
+        if loss_sum is None or confusion is None:
+            loss_sum = torch.zeros((), dtype=torch.float64, device=labels.device)
+            confusion = torch.zeros(n_classes * n_classes, dtype=torch.int64, device=labels.device)
+        loss_sum += criterion(logits, labels)
+        confusion += torch.bincount(labels * n_classes + logits.argmax(1), minlength=n_classes * n_classes)
+    if loss_sum is None or confusion is None:
+        raise ValueError("evaluate() got no batches")
+    matrix = confusion.cpu().reshape(n_classes, n_classes)
+    total = int(matrix.sum())
+    return loss_sum.item() / total, int(matrix.trace()) / total, matrix
 
 
 def resolve_device(name: str) -> torch.device:
