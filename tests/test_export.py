@@ -292,3 +292,15 @@ def test_make_export_reproduces_the_committed_files_byte_for_byte(tmp_path: Path
         assert (tmp_path / name).read_bytes() == (ARTIFACTS / name).read_bytes(), name
         if name != "golden.npz":
             assert sidecar_path(tmp_path / name).read_bytes() == sidecar_path(ARTIFACTS / name).read_bytes(), name
+
+
+def test_without_the_data_set_the_golden_file_stands_in(exported, tmp_path: Path) -> None:
+    shutil.copy(exported / "weights.pt", tmp_path / "weights.pt")
+    with pytest.raises(ExportError, match="no test set to build"):
+        prepare(tmp_path / "weights.pt", tmp_path, None)
+    shutil.copy(exported / "golden.npz", tmp_path / "golden.npz")
+    source = prepare(tmp_path / "weights.pt", tmp_path, None)
+    assert source.test_set is None and source.golden.weights_sha256 == source.weights_sha256
+    other = random_weights(tmp_path / "other.pt", seed=3)
+    with pytest.raises(ExportError, match="belongs to other weights"):
+        prepare(other, tmp_path, None)

@@ -89,10 +89,12 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(data, tmp_path: Path) -
     assert [h.valid_loss for h in straight.history] == [h.valid_loss for h in resumed.history]
 
 
-def test_resume_refuses_a_different_recipe(data, tmp_path: Path) -> None:
-    run(Recipe(epochs=1, train_limit=500), data, tmp_path, device=torch.device("cpu"))
+def test_resume_refuses_a_different_recipe_or_fewer_epochs(data, tmp_path: Path) -> None:
+    run(Recipe(epochs=2, train_limit=500), data, tmp_path, device=torch.device("cpu"))
     with pytest.raises(TrainingError, match="differs"):
-        run(Recipe(epochs=2, train_limit=500, lr=0.1), data, tmp_path, device=torch.device("cpu"), resume=True)
+        run(Recipe(epochs=3, train_limit=500, lr=0.1), data, tmp_path, device=torch.device("cpu"), resume=True)
+    with pytest.raises(TrainingError, match="already holds 2 epochs"):
+        run(Recipe(epochs=1, train_limit=500), data, tmp_path, device=torch.device("cpu"), resume=True)
 
 
 def test_cli_train_then_resume_writes_every_artifact(data, tmp_path: Path) -> None:

@@ -234,6 +234,8 @@ def run(
                 f"--resume: {ckpt_path} was trained with {ckpt.recipe}, which differs from {recipe} "
                 "in more than the number of epochs"
             )
+        if recipe.epochs < ckpt.epoch:
+            raise TrainingError(f"--resume: {ckpt_path} already holds {ckpt.epoch} epochs; ask for --epochs >= {ckpt.epoch}")
         state = _resumed_state(ckpt, device)
         state.model.train()
     else:
