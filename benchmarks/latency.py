@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from functools import partial
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,13 @@ def _write_pngs(folder: Path, images: np.ndarray) -> list[Path]:
     return paths
 
 
+def _end_to_end(predict: Predict, files: list[Path]) -> Any:
+    """Decode + preprocess every file, then one model call: what a file-based service does per batch."""
+    from runtime.images import read_image
+
+    return predict(np.stack([read_image(p) for p in files]))
+
+
 def available_devices() -> tuple[str, ...]:
     try:
         import torch
@@ -131,8 +139,6 @@ def available_devices() -> tuple[str, ...]:
 
 def measure(config: Config, images: np.ndarray, *, progress: Callable[[Iterable[Any]], Iterable[Any]] = iter) -> dict[str, Any]:
     """Every cell of the grid, the ceiling, and the derived ratios, as a JSON-ready report."""
-    from runtime.images import read_image
-
     pool = np.ascontiguousarray(np.resize(images, (max(config.batches), 28, 28)))  # tile the test set if needed
     # The peak is the best of a measurement before and one after the grid: a busy moment
     # on a shared machine can only lower a measured peak, never raise it.
@@ -150,15 +156,11 @@ def measure(config: Config, images: np.ndarray, *, progress: Callable[[Iterable[
             first_ms = (time.perf_counter_ns() - start) / 1e6
             for batch in config.batches:
                 x = pool[:batch]
-                samples = time_calls(lambda: opened.predict(x), config.budget_s, config.min_repetitions, config.warmup)
+                samples = time_calls(partial(opened.predict, x), config.budget_s, config.min_repetitions, config.warmup)
                 cells.append(_cell(backend, device, "model", batch, samples, creation_ms, first_ms, opened.info))
                 if batch <= config.e2e_max_batch and backend not in ("ort-session", "numpy"):
-                    batch_files = files[:batch]
-
-                    def end_to_end() -> Any:
-                        return opened.predict(np.stack([read_image(p) for p in batch_files]))
-
-                    samples = time_calls(end_to_end, config.budget_s, config.min_repetitions, 1)
+                    samples = time_calls(partial(_end_to_end, opened.predict, files[:batch]), config.budget_s,
+                                         config.min_repetitions, 1)
                     cells.append(_cell(backend, device, "end_to_end", batch, samples, creation_ms, first_ms, opened.info))
     peak_after = sgemm_peak_gflops()
     peak = max(peak_before, peak_after)
