@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test export train bench clean
+.PHONY: setup data test export train bench clean node-example
 
 setup: $(VENV)/.installed
 
@@ -24,8 +24,15 @@ data: setup
 	fi
 	$(BIN)/python -m training.data
 
-test: setup data
+test: setup data node-example
 	$(BIN)/python -m pytest -q
+
+# The Node.js embedding example (its test skips where Node.js/npm are absent). Install
+# scripts stay off: the CPU binaries ship inside the npm package.
+node-example:
+	@if command -v npm >/dev/null && command -v node >/dev/null; then \
+		cd examples/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; \
+	else echo "node/npm not found: the Node.js embedding test will be skipped"; fi
 
 export: setup
 	$(BIN)/fmnist-export --format all --quantize int8 --weights artifacts/fmnist_mlp.pt --out-dir artifacts
