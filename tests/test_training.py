@@ -222,9 +222,10 @@ def test_committed_weights_reproduce_their_recorded_accuracy(data) -> None:
     model.load_state_dict(weights.model)
     x = normalise(data.test_images, weights.recipe.norm_mean, weights.recipe.norm_std)
     loss, acc, confusion = evaluate(model, in_order(x, data.test_labels, 100))
-    assert acc == weights.test_accuracy
-    assert loss == pytest.approx(weights.test_loss, rel=1e-6)
-    assert confusion.tolist() == weights.confusion_matrix
+    # Another CPU's float kernels may flip a near-tie: allow one image of 10 000, no more.
+    assert abs(acc - weights.test_accuracy) <= 1e-4
+    assert loss == pytest.approx(weights.test_loss, rel=1e-5)
+    assert (confusion - torch.tensor(weights.confusion_matrix)).abs().sum() <= 2
     assert 0.80 < acc < 0.90
 
 
