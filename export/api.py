@@ -17,7 +17,7 @@ from export.quantize import SETTINGS as INT8_SETTINGS
 from export.quantize import quantize
 from export.wrapper import Deployable, from_weights
 from training.checkpoint import Weights, load_weights
-from training.data import DataError, FashionMNIST
+from training.data import DataMissing, FashionMNIST
 from training.data import load as load_data
 
 STEM = "fmnist_mlp"
@@ -45,10 +45,13 @@ def eager_outputs(module: Deployable, images: np.ndarray) -> tuple[np.ndarray, n
 
 
 def try_load_test_set(data_dir: Path | None = None) -> FashionMNIST | None:
-    """The data set if it is on this machine (never downloads); None otherwise."""
+    """The data set if it is on this machine (never downloads); None if there is none.
+
+    A copy that is there but damaged is an error, never a silent skip of the test-set checks.
+    """
     try:
         return load_data(data_dir, download=False)
-    except DataError:
+    except DataMissing:
         if data_dir is not None:
             raise
         return None

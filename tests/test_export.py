@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from export import golden as golden_mod
 from export import onnx_format
-from export.api import ALL_FORMATS, eager_outputs, prepare, run_export, verify_file
+from export.api import ALL_FORMATS, eager_outputs, prepare, run_export, try_load_test_set, verify_file
 from export.checks import ExportError, GateError
 from export.cli import main as export_cli
 from export.contract import REQUIRED_KEYS, build_metadata, sidecar_path, write_sidecar
@@ -308,3 +308,16 @@ def test_without_the_data_set_the_golden_file_stands_in(exported, tmp_path: Path
     other = random_weights(tmp_path / "other.pt", seed=3)
     with pytest.raises(ExportError, match="belongs to other weights"):
         prepare(other, tmp_path, None)
+
+
+def test_a_damaged_data_set_is_an_error_not_a_skipped_check(tmp_path: Path, data, monkeypatch) -> None:
+    from training.data import DataError, raw_dir
+
+    monkeypatch.chdir(tmp_path)  # the default ./data of a project folder
+    raw = raw_dir(Path("data"))
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in raw_dir(data.root).iterdir():
+        shutil.copy(f, raw / f.name)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x00" * 100)
+    with pytest.raises(DataError, match="truncated or altered"):
+        try_load_test_set()

@@ -37,6 +37,10 @@ class DataError(Exception):
     """The data set is missing, truncated or altered; the message says which file and how to fix it."""
 
 
+class DataMissing(DataError):
+    """No copy of the data set was found at all (as opposed to a damaged one)."""
+
+
 @dataclass(frozen=True)
 class FashionMNIST:
     """The verified data set as tensors, plus where it came from."""
@@ -134,7 +138,7 @@ def locate(data_dir: Path | None = None, *, root: Path = DEFAULT_ROOT, download:
         missing = [n for n in SHA256 if not (raw_dir(root) / n).is_file()]
         raise DataError(f"{raw_dir(root)}: missing {', '.join(missing)}; {HOW_TO_GET}")
     if not download:
-        raise DataError(f"Fashion-MNIST not found in {raw_dir(root)} or {DEBIAN_DIR}; {HOW_TO_GET}")
+        raise DataMissing(f"Fashion-MNIST not found in {raw_dir(root)} or {DEBIAN_DIR}; {HOW_TO_GET}")
     _torchvision_download(root)
     return root
 
@@ -168,7 +172,7 @@ def load(data_dir: Path | None = None, *, root: Path = DEFAULT_ROOT, download: b
     )
 
 
-__all__ = ["DataError", "FashionMNIST", "SHA256", "load", "locate", "parse_idx", "raw_dir"]
+__all__ = ["DataError", "DataMissing", "FashionMNIST", "SHA256", "load", "locate", "parse_idx", "raw_dir"]
 
 
 def _main() -> None:
