@@ -13,7 +13,9 @@ FORMAT_CHOICES = ("onnx", "torchscript", "pt2", "all")
 
 
 def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    from export.checks import first_line
+
+    return click.ClickException(first_line(exc, limit=100_000))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

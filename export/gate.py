@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from export import onnx_format, pt2_format, torchscript_format
-from export.checks import GateError, GateReport, Runner
+from export.checks import GateError, GateReport, Runner, first_line
 from export.contract import CONTRACT_VERSION, N_CLASSES, REQUIRED_KEYS, sha256_file, sidecar_path
 from export.golden import Golden
 from training.atomic import write_text_atomic
@@ -152,7 +152,7 @@ def _verify_file(report: GateReport, path: Path, fmt: ModuleType, expected_opset
         structure = fmt.structure_checks(path, expected_opset if expected_opset is not None else meta.get("opset"))
         runners = fmt.runners(path)
     except Exception as exc:  # noqa: BLE001 - any loader failure means the file is unusable; it is reported, not hidden
-        report.add("loads", False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}")
+        report.add("loads", False, f"{type(exc).__name__}: {first_line(exc)}")
         return
     report.add("loads", True, f"{path.stat().st_size} bytes")
     _metadata_checks(report, path, report.format, meta, weights_sha256)
@@ -164,4 +164,4 @@ def _verify_file(report: GateReport, path: Path, fmt: ModuleType, expected_opset
         try:
             _run_checks(report, label, run, golden, test_set, int8)
         except Exception as exc:  # noqa: BLE001 - a runtime failure is a gate failure, reported with its message
-            report.add(f"{label}:runs", False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}")
+            report.add(f"{label}:runs", False, f"{type(exc).__name__}: {first_line(exc)}")

@@ -11,7 +11,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, version_converter
 
-from export.checks import Check, ExportError, Runner
+from export.checks import Check, ExportError, Runner, first_line
 from export.contract import INPUT_NAME, N_CLASSES, OUTPUT_NAMES
 from export.wrapper import FoldedDeployable, eval_copy
 from training.atomic import atomic_path
@@ -105,7 +105,7 @@ def structure_checks(path: Path, expected_opset: int | None) -> list[Check]:
         onnx.checker.check_model(str(path), full_check=True)
         checks.append(Check("onnx_checker", True, "check_model(full_check=True) passed"))
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        checks.append(Check("onnx_checker", False, str(exc).strip().splitlines()[0][:200]))
+        checks.append(Check("onnx_checker", False, first_line(exc)))
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     want = expected_opset if expected_opset is not None else opset

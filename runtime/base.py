@@ -12,6 +12,7 @@ import numpy as np
 from runtime.errors import InputError, ModelError
 
 CONTRACT_MAJOR = "1"
+ARCHIVE_METADATA = "fmnist_deploy.json"  # the extra file holding the metadata in .torchscript / .pt2 archives
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logits", "probabilities")
 IMAGE_SHAPE = (28, 28)
@@ -49,6 +50,12 @@ def check_metadata(meta: dict[str, Any], source: str) -> dict[str, Any]:
             f"expected image uint8 [N,28,28] -> logits, probabilities float32 [N,10] with 10 class names"
         )
     return meta
+
+
+def archive_metadata(extra: dict[str, Any], source: str) -> dict[str, Any]:
+    """The checked metadata of a TorchScript / .pt2 archive, from its extra files as the loader filled them."""
+    text = extra.get(ARCHIVE_METADATA, "")
+    return check_metadata(json.loads(text) if text else {}, source)
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
@@ -98,6 +105,21 @@ class Backend:
             stop = min(start + self.chunk_rows, n)
             logits[start:stop], probs[start:stop] = self._checked(images[start:stop])
         return logits, probs
+
+
+class TorchBackend(Backend):
+    """What the torch backends share: a callable `module` on `torch_device`, numpy at the edges.
+
+    torch is imported only when one of them runs, so the ONNX path stays torch-free.
+    """
+
+    module: Any  # (N, 28, 28) uint8 tensor -> logits, probabilities
+    torch_device: Any  # torch.device
+
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from runtime.torch_common import run_torch
+
+        return run_torch(self.module, images, self.torch_device)
 
 
 @dataclass(frozen=True)

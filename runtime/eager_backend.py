@@ -10,16 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from runtime.base import Backend
-from runtime.errors import ModelError
+from runtime.base import TorchBackend
+from runtime.errors import ModelError, first_line
 
 WEIGHTS_FORMAT = "fmnist-deploy/weights"
 LAYERS = ("fc1", "fc2", "fc3")
 
 
-class EagerBackend(Backend):
+class EagerBackend(TorchBackend):
     name = "eager"
     suffixes = (".pt",)
 
@@ -30,11 +28,11 @@ class EagerBackend(Backend):
 
         from runtime.torch_common import torch_device
 
-        self._device = torch_device(device)
+        self.torch_device = torch_device(device)
         try:
-            payload = torch.load(str(path), map_location=self._device, weights_only=True)
+            payload = torch.load(str(path), map_location=self.torch_device, weights_only=True)
         except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as exc:
-            raise ModelError(f"{path}: not a readable weights file ({str(exc).strip().splitlines()[0][:160]})") from None
+            raise ModelError(f"{path}: not a readable weights file ({first_line(exc, 160)})") from None
         if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
             raise ModelError(f"{path}: expected a {WEIGHTS_FORMAT} file written by fmnist-train")
         state, recipe = payload["model"], payload["recipe"]
@@ -43,6 +41,7 @@ class EagerBackend(Backend):
             raise ModelError(f"{path}: state_dict has {sorted(state)}, expected {sorted(expected)}")
         self.params = [(state[f"{layer}.weight"], state[f"{layer}.bias"]) for layer in LAYERS]
         self.norm = (float(recipe["norm_mean"]), float(recipe["norm_std"]))
+        self.module = self._forward
         self.device = device
         self.metadata = self._describe(payload)
 
@@ -74,8 +73,3 @@ class EagerBackend(Backend):
         x = F.relu(F.linear(x, w2, b2))  # (N, 64)
         logits = F.linear(x, w3, b3)  # (N, 10)
         return logits, torch.softmax(logits, dim=-1)
-
-    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from runtime.torch_common import run_torch
-
-        return run_torch(self._forward, images, self._device)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from runtime.base import INPUT_NAME, OUTPUT_NAMES, Backend, check_metadata, read_sidecar
-from runtime.errors import DeviceError, ModelError
+from runtime.errors import DeviceError, ModelError, first_line
 
 OPTIMIZATION_LEVELS = ("all", "extended", "basic", "disabled")
 
@@ -43,7 +43,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors for damaged files
-            raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(exc).strip().splitlines()[0][:200]})") from None
+            raise ModelError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)})") from None
         if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             # ORT silently falls back to the CPU when its CUDA libraries are missing.
             raise DeviceError(f"device cuda: ONNX Runtime fell back to {self.session.get_providers()}; "
