@@ -132,12 +132,11 @@ def train_one_epoch(
     """One pass of SGD; returns (mean loss, accuracy). Sums stay on the device until the end."""
     criterion = nn.CrossEntropyLoss()
     model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.int64)
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     for images, labels in batches:
-        if loss_sum.device != labels.device:
-            loss_sum, correct = loss_sum.to(labels.device), correct.to(labels.device)
         optimizer.zero_grad()
         logits = model(images)
         loss = criterion(logits, labels)
