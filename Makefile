@@ -22,7 +22,7 @@ data: setup
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 		else sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; fi; \
 	fi
-	$(BIN)/python -m training.data
+	$(BIN)/python -m fmnist_deploy.training.data
 
 test: setup data node-example
 	$(BIN)/python -m pytest -q

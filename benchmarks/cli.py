@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from training.atomic import write_text_atomic
+from fmnist_deploy.contract import WEIGHTS_NAME
+from fmnist_deploy.training.atomic import write_text_atomic
 
 BENCH_DIR = Path("artifacts/bench")
 
@@ -34,9 +35,9 @@ def main() -> None:
 def train_cmd(device: str, data_dir: Path | None, reference_epochs: int, fast_epochs: int,
               limit: int | None, out_dir: Path, as_json: bool) -> None:
     """Seconds per epoch: course DataLoader loop vs fast loader vs bare SGD steps."""
-    from benchmarks.train_speed import measure, to_markdown
-    from training.data import DataError, load
-    from training.loop import TrainingError, resolve_device
+    from fmnist_deploy.benchmarks.train_speed import measure, to_markdown
+    from fmnist_deploy.training.data import DataError, load
+    from fmnist_deploy.training.loop import TrainingError, resolve_device
 
     try:
         torch_device = resolve_device(device)
@@ -52,7 +53,7 @@ def train_cmd(device: str, data_dir: Path | None, reference_epochs: int, fast_ep
 
 
 def _test_set(data_dir: Path | None):
-    from training.data import DataError, load
+    from fmnist_deploy.training.data import DataError, load
 
     try:
         return load(data_dir, download=False)
@@ -90,19 +91,19 @@ def latency_cmd(artifacts: Path, backends: tuple[str, ...], devices: tuple[str, 
                 min_repetitions: int, e2e_max_batch: int, threads: int | None, data_dir: Path | None, out_dir: Path,
                 as_json: bool) -> None:
     """p50/p90/p99/p99.9 latency and images/s per backend x device x batch size."""
-    from benchmarks.latency import TARGETS, Config, available_devices, measure
-    from benchmarks.report import latency_csv, latency_markdown, latency_plot
-    from runtime import RuntimeFailure
+    from fmnist_deploy.benchmarks.latency import TARGETS, Config, available_devices, measure
+    from fmnist_deploy.benchmarks.report import latency_csv, latency_markdown, latency_plot
+    from fmnist_deploy.runtime import RuntimeFailure
 
     unknown = [b for b in backends if b not in TARGETS]
     if unknown:
         raise click.BadParameter(f"{', '.join(unknown)}: expected one of {', '.join(TARGETS)}", param_hint="--backend")
     if not backends:
-        backends = tuple(b for b in TARGETS if (artifacts / TARGETS[b][0]).is_file())
+        backends = tuple(b for b in TARGETS if (artifacts / TARGETS[b].file).is_file())
         if not backends:
-            raise click.ClickException(f"{artifacts} holds none of {', '.join(sorted({t[0] for t in TARGETS.values()}))}; "
+            raise click.ClickException(f"{artifacts} holds none of {', '.join(sorted({t.file for t in TARGETS.values()}))}; "
                                        "run `make export` first")
-    missing = [TARGETS[b][0] for b in backends if not (artifacts / TARGETS[b][0]).is_file()]
+    missing = [TARGETS[b].file for b in backends if not (artifacts / TARGETS[b].file).is_file()]
     if missing:
         raise click.ClickException(f"{artifacts} lacks {', '.join(missing)}; run `make export` first")
     if "cuda" in devices and "cuda" not in available_devices():
@@ -143,12 +144,12 @@ def parity_cmd(artifacts: Path, devices: tuple[str, ...], data_dir: Path | None,
     Exit 1 if an fp32 backend disagrees with eager on any image or by more than 1e-5,
     or int8 loses more than 0.5 points.
     """
-    from benchmarks.latency import available_devices
-    from benchmarks.parity import measure, to_markdown
-    from runtime import RuntimeFailure
+    from fmnist_deploy.benchmarks.latency import available_devices
+    from fmnist_deploy.benchmarks.parity import measure, to_markdown
+    from fmnist_deploy.runtime import RuntimeFailure
 
-    if not (artifacts / "fmnist_mlp.pt").is_file():
-        raise click.ClickException(f"{artifacts / 'fmnist_mlp.pt'}: no such file (the eager reference)")
+    if not (artifacts / WEIGHTS_NAME).is_file():
+        raise click.ClickException(f"{artifacts / WEIGHTS_NAME}: no such file (the eager reference)")
     data = _test_set(data_dir)
     try:
         report = measure(artifacts, data.test_images.numpy(), data.test_labels.numpy(), devices or available_devices())
@@ -171,9 +172,16 @@ def parity_cmd(artifacts: Path, devices: tuple[str, ...], data_dir: Path | None,
 @click.option("--json", "as_json", is_flag=True)
 def coldstart_cmd(artifacts: Path, image: Path, repetitions: int, out_dir: Path, as_json: bool) -> None:
     """Wall time of a fresh `fmnist-predict` process on one image, ONNX vs the torch backends."""
-    from benchmarks.coldstart import measure, to_markdown
+    from fmnist_deploy.benchmarks.coldstart import ColdStartError, measure, to_markdown
 
-    report = measure(artifacts, image, repetitions)
+    try:
+        report = measure(artifacts, image, repetitions)
+    except ColdStartError as exc:
+        raise click.ClickException(str(exc)) from None
     markdown = to_markdown(report)
     _write_reports(out_dir, "coldstart", report, markdown)
     click.echo(json.dumps(report, indent=2) if as_json else markdown)
+
+
+if __name__ == "__main__":
+    main()

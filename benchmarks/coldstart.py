@@ -9,24 +9,34 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.env import environment
+from fmnist_deploy.benchmarks.latency import TARGETS
+from fmnist_deploy.machine import environment
 
-MODELS = {"onnxruntime": "fmnist_mlp.onnx", "torchscript": "fmnist_mlp.torchscript", "pt2": "fmnist_mlp.pt2",
-          "eager": "fmnist_mlp.pt"}
+MODELS = {backend: TARGETS[backend].file for backend in ("onnxruntime", "torchscript", "pt2", "eager")}
+
+
+class ColdStartError(Exception):
+    """A model file is missing or a predict process failed."""
 
 
 def measure(artifacts: Path, image: Path, repetitions: int = 5, backends: tuple[str, ...] = tuple(MODELS)) -> dict[str, Any]:
-    """Median and min wall seconds of `python -m runtime.cli IMAGE --model M`, interleaved across backends."""
+    """Median and min wall seconds of `python -m fmnist_deploy.runtime.cli IMAGE --model M`, interleaved across backends."""
     if "onnxruntime" not in backends:
         raise ValueError("the cold-start comparison needs the onnxruntime backend")
+    missing = [str(artifacts / MODELS[b]) for b in backends if not (artifacts / MODELS[b]).is_file()]
+    if missing:
+        raise ColdStartError(f"{', '.join(missing)}: no such file; run `make export` first")
     times: dict[str, list[float]] = {b: [] for b in backends}
     outputs: dict[str, str] = {}
     for _ in range(repetitions):  # interleaved, so machine noise hits every backend alike
         for backend in backends:
             model = MODELS[backend]
             start = time.perf_counter_ns()
-            done = subprocess.run([sys.executable, "-m", "runtime.cli", str(image), "--model", str(artifacts / model)],
-                                  capture_output=True, text=True, check=True)
+            done = subprocess.run([sys.executable, "-m", "fmnist_deploy.runtime.cli", str(image), "--model", str(artifacts / model)],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+                raise ColdStartError(f"fmnist-predict --model {artifacts / model} failed: {reason}")
             times[backend].append((time.perf_counter_ns() - start) / 1e9)
             outputs[backend] = done.stdout.strip()
     rows = {b: {"median_s": statistics.median(t), "min_s": min(t), "runs": t, "output": outputs[b]} for b, t in times.items()}

@@ -15,24 +15,32 @@ from functools import partial
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from benchmarks.env import environment
-from benchmarks.numpy_ref import NumpyMLP
-from benchmarks.stats import FLOP_PER_IMAGE, ceiling_images_per_s, sgemm_peak_gflops, summarise
+from fmnist_deploy.contract import INT8_ONNX_NAME, STEM, SUFFIXES, WEIGHTS_NAME
+from fmnist_deploy.machine import environment
+from fmnist_deploy.benchmarks.numpy_ref import NumpyMLP
+from fmnist_deploy.benchmarks.stats import FLOP_PER_IMAGE, ceiling_images_per_s, sgemm_peak_gflops, summarise
 
 DEFAULT_BATCHES = (1, 8, 32, 100, 1000, 10000)
-# backend label -> (model file in the artifacts folder, runtime backend or None for a non-runtime reference)
-TARGETS: dict[str, tuple[str, str | None]] = {
-    "onnxruntime": ("fmnist_mlp.onnx", "onnxruntime"),
-    "onnxruntime-int8": ("fmnist_mlp.int8.onnx", "onnxruntime"),
-    "torchscript": ("fmnist_mlp.torchscript", "torchscript"),
-    "pt2": ("fmnist_mlp.pt2", "pt2"),
-    "eager": ("fmnist_mlp.pt", "eager"),
-    "ort-session": ("fmnist_mlp.onnx", None),  # bare InferenceSession.run: what the toolkit adds on top is visible
-    "numpy": ("fmnist_mlp.pt", None),  # the same network in plain numpy: the reference floor
+class Target(NamedTuple):
+    """One row label of the grid: the model file it times, and the runtime backend (None: not the runtime)."""
+
+    file: str
+    backend: str | None
+
+
+ONNX_FILE = STEM + SUFFIXES["onnx"]
+TARGETS: dict[str, Target] = {
+    "onnxruntime": Target(ONNX_FILE, "onnxruntime"),
+    "onnxruntime-int8": Target(INT8_ONNX_NAME, "onnxruntime"),
+    "torchscript": Target(STEM + SUFFIXES["torchscript"], "torchscript"),
+    "pt2": Target(STEM + SUFFIXES["pt2"], "pt2"),
+    "eager": Target(WEIGHTS_NAME, "eager"),
+    "ort-session": Target(ONNX_FILE, None),  # bare InferenceSession.run: what the toolkit adds on top is visible
+    "numpy": Target(WEIGHTS_NAME, None),  # the same network in plain numpy: the reference floor
 }
 
 Predict = Callable[[np.ndarray], Any]
@@ -75,7 +83,7 @@ def open_target(config: Config, backend: str, device: str) -> Opened:
         session = ort.InferenceSession(str(path), options, providers=providers)
         return Opened(lambda x: session.run(None, {"image": x}),
                       {"provider": session.get_providers()[0], "threads": config.threads or "default"})
-    import runtime
+    from fmnist_deploy import runtime
 
     options = {"threads": config.threads} if runtime_backend == "onnxruntime" and config.threads else {}
     predictor = runtime.load(path, backend=runtime_backend, device=device, **options)
@@ -123,7 +131,7 @@ def _write_pngs(folder: Path, images: np.ndarray) -> list[Path]:
 
 def _end_to_end(predict: Predict, files: list[Path]) -> Any:
     """Decode + preprocess every file, then one model call: what a file-based service does per batch."""
-    from runtime.images import read_image
+    from fmnist_deploy.runtime.images import read_image
 
     return predict(np.stack([read_image(p) for p in files]))
 

@@ -7,25 +7,21 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.env import environment
+from fmnist_deploy.benchmarks.latency import TARGETS
+from fmnist_deploy.contract import INT8_MAX_ACCURACY_DROP_POINTS, LOGIT_TOLERANCE, WEIGHTS_NAME
+from fmnist_deploy.machine import environment
 
 # (model file, runtime backend, precision)
-ROWS = (
-    ("fmnist_mlp.onnx", "onnxruntime", "fp32"),
-    ("fmnist_mlp.int8.onnx", "onnxruntime", "int8"),
-    ("fmnist_mlp.torchscript", "torchscript", "fp32"),
-    ("fmnist_mlp.pt2", "pt2", "fp32"),
-    ("fmnist_mlp.pt", "eager", "fp32"),
-)
-LOGIT_TOLERANCE = 1e-5
-INT8_MAX_DROP_POINTS = 0.5
+ROWS = tuple((TARGETS[label].file, TARGETS[label].backend, precision) for label, precision in
+             (("onnxruntime", "fp32"), ("onnxruntime-int8", "int8"), ("torchscript", "fp32"), ("pt2", "fp32"),
+              ("eager", "fp32")))
 
 
 def measure(artifacts: Path, images: np.ndarray, labels: np.ndarray, devices: tuple[str, ...]) -> dict[str, Any]:
     """One row per file x device (ONNX also with graph optimisation off); verdicts against eager PyTorch on the CPU."""
-    import runtime
+    from fmnist_deploy import runtime
 
-    reference = runtime.load(artifacts / "fmnist_mlp.pt", backend="eager").predict(images)
+    reference = runtime.load(artifacts / WEIGHTS_NAME, backend="eager").predict(images)
     ref_acc = float((reference.indices == labels).mean())
     rows = []
     for file_name, backend, precision in ROWS:
@@ -51,7 +47,7 @@ def measure(artifacts: Path, images: np.ndarray, labels: np.ndarray, devices: tu
                     "max_abs_logit_diff": float(np.abs(out.logits.astype(np.float64) - reference.logits).max()),
                     "max_abs_prob_diff": float(np.abs(out.probabilities.astype(np.float64) - reference.probabilities).max()),
                 }
-                row["pass"] = (row["accuracy_drop_points"] <= INT8_MAX_DROP_POINTS if precision == "int8" else
+                row["pass"] = (row["accuracy_drop_points"] <= INT8_MAX_ACCURACY_DROP_POINTS if precision == "int8" else
                                row["predictions_differing_from_eager"] == 0 and row["max_abs_logit_diff"] <= LOGIT_TOLERANCE)
                 rows.append(row)
     measured = [r for r in rows if "skipped" not in r]
@@ -60,7 +56,7 @@ def measure(artifacts: Path, images: np.ndarray, labels: np.ndarray, devices: tu
         "images": int(len(labels)),
         "reference": {"backend": "eager", "device": "cpu", "accuracy": ref_acc},
         "criteria": {"fp32": f"0 differing predictions and max |dlogit| <= {LOGIT_TOLERANCE}",
-                     "int8": f"accuracy drop <= {INT8_MAX_DROP_POINTS} points"},
+                     "int8": f"accuracy drop <= {INT8_MAX_ACCURACY_DROP_POINTS} points"},
         "rows": rows,
         "passed": bool(measured) and all(r["pass"] for r in measured),
         "environment": environment(),

@@ -61,14 +61,12 @@ def latency_markdown(report: dict[str, Any]) -> str:
 
 
 def latency_plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fmnist_deploy.training.atomic import atomic_path
 
-    from training.atomic import atomic_path
-
-    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig = Figure(figsize=(12, 4.8))
+    ax_lat, ax_thr = fig.subplots(1, 2)
     series: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for c in report["cells"]:
         if c["mode"] == "model":
@@ -88,4 +86,3 @@ def latency_plot(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.env import environment
-from training.config import Recipe
-from training.data import FashionMNIST
-from training.loop import Batch, CourseBatches, TensorBatches, _fresh_state, evaluate, train_one_epoch
+from fmnist_deploy.machine import environment
+from fmnist_deploy.training.config import Recipe
+from fmnist_deploy.training.data import FashionMNIST
+from fmnist_deploy.training.loop import Batch, CourseBatches, TensorBatches, fresh_state, evaluate, train_one_epoch
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class EpochTimes:
 
 
 def _time_epochs(batches: CourseBatches | TensorBatches, recipe: Recipe, device: torch.device, epochs: int) -> EpochTimes:
-    state = _fresh_state(recipe, device)
+    state = fresh_state(recipe, device)
     train_total = epoch_total = 0.0
     for _ in range(epochs):
         start = time.perf_counter_ns()
@@ -53,7 +53,7 @@ def bare_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
 
 
 def _time_bare(fast: TensorBatches, recipe: Recipe, device: torch.device, epochs: int) -> float:
-    state = _fresh_state(recipe, device)
+    state = fresh_state(recipe, device)
     prebuilt = list(fast.train_batches())  # built before the clock starts
     total = 0.0
     for _ in range(epochs):

@@ -8,22 +8,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export import golden as golden_mod
-from export import onnx_format, pt2_format, torchscript_format
-from export.checks import ExportError, GateError, GateReport
-from export.contract import build_metadata, sha256_file, write_sidecar
-from export.gate import EagerReference, verify
-from export.quantize import SETTINGS as INT8_SETTINGS
-from export.quantize import quantize
-from export.wrapper import Deployable, from_weights
-from training.checkpoint import Weights, load_weights
-from training.data import DataMissing, FashionMNIST
-from training.data import load as load_data
+from fmnist_deploy.contract import GOLDEN_NAME, INT8_ONNX_NAME, SAMPLES_DIR, STEM, sha256_file
+from fmnist_deploy.export import golden as golden_mod
+from fmnist_deploy.export import onnx_format
+from fmnist_deploy.export.checks import ExportError, GateError, GateReport
+from fmnist_deploy.export.formats import FORMATS
+from fmnist_deploy.export.gate import GOLDEN_HINT, EagerReference, References, report_path, verify
+from fmnist_deploy.export.metadata import build_metadata, write_sidecar
+from fmnist_deploy.export.quantize import SETTINGS as INT8_SETTINGS
+from fmnist_deploy.export.quantize import quantize
+from fmnist_deploy.export.wrapper import Deployable, from_weights
+from fmnist_deploy.training.checkpoint import Weights, load_weights
+from fmnist_deploy.training.data import DataMissing, FashionMNIST
+from fmnist_deploy.training.data import load as load_data
 
-STEM = "fmnist_mlp"
-ALL_FORMATS = ("onnx", "torchscript", "pt2")
-GOLDEN_NAME = "golden.npz"
-SAMPLES_DIR = "samples"  # a few real test images as PNG, for fmnist-predict examples
+ALL_FORMATS = tuple(FORMATS)
+NO_DATA = "the Fashion-MNIST test set is not on this machine; run `make data` or pass --data-dir"
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,12 @@ class Source:
     module: Deployable
     golden: golden_mod.Golden
     test_set: EagerReference | None
+
+    @property
+    def references(self) -> References:
+        """What every exported file of these weights is gated against."""
+        return References(golden=self.golden, test_set=self.test_set, weights_sha256=self.weights_sha256,
+                          test_set_missing=NO_DATA)
 
 
 @torch.no_grad()
@@ -57,21 +63,34 @@ def try_load_test_set(data_dir: Path | None = None) -> FashionMNIST | None:
         return None
 
 
+def eager_reference(weights: Weights, data: FashionMNIST) -> EagerReference:
+    """Eager PyTorch's logits for the whole test set: the gate's test-set reference."""
+    images = data.test_images.numpy()
+    return EagerReference(images, data.test_labels.numpy(), eager_outputs(from_weights(weights), images)[0])
+
+
+def make_golden(weights: Weights, weights_sha256: str, data: FashionMNIST) -> golden_mod.Golden:
+    """The golden images of the test set with their float64 reference outputs."""
+    images, labels = data.test_images.numpy(), data.test_labels.numpy()
+    idx = golden_mod.select(labels)
+    state = {k: v.double().numpy() for k, v in weights.model.items()}
+    logits, probs = golden_mod.reference_outputs(state, weights.recipe.norm_mean, weights.recipe.norm_std, images[idx])
+    return golden_mod.Golden(images[idx], labels[idx], idx, logits, probs, weights_sha256, tuple(weights.class_names))
+
+
 def prepare(weights_path: Path, out_dir: Path, data: FashionMNIST | None) -> Source:
-    """Load the weights, compute eager references, (re)write golden.npz when the data is present."""
+    """Load the weights, compute the references, (re)write golden.npz and the samples when the data is present."""
     weights = load_weights(weights_path)
     weights_sha = sha256_file(weights_path)
     module = from_weights(weights)
     golden_path = out_dir / GOLDEN_NAME
     test_set = None
     if data is not None:
-        images, labels = data.test_images.numpy(), data.test_labels.numpy()
-        test_set = EagerReference(images, labels, eager_outputs(module, images)[0])
-        idx = golden_mod.select(labels)
-        logits, probs = eager_outputs(module, images[idx])
-        golden = golden_mod.Golden(images[idx], labels[idx], idx, logits, probs, weights_sha, tuple(weights.class_names))
+        test_set = eager_reference(weights, data)
+        golden = make_golden(weights, weights_sha, data)
         golden_mod.save(golden_path, golden)
-        golden_mod.write_samples(out_dir / SAMPLES_DIR, images, labels, tuple(weights.class_names))
+        golden_mod.write_samples(out_dir / SAMPLES_DIR, data.test_images.numpy(), data.test_labels.numpy(),
+                                 tuple(weights.class_names))
     elif golden_path.is_file():
         golden = golden_mod.load(golden_path)
         if golden.weights_sha256 != weights_sha:
@@ -83,36 +102,27 @@ def prepare(weights_path: Path, out_dir: Path, data: FashionMNIST | None) -> Sou
 
 @dataclass(frozen=True)
 class Exported:
+    """One written file and its gate report."""
+
     path: Path
     report: GateReport
 
 
-def export_format(source: Source, fmt: str, out_dir: Path, *, opset: int = onnx_format.DEFAULT_OPSET) -> Path:
+def export_format(source: Source, fmt: str, out_dir: Path, *, opset: int | None = None) -> Path:
     """Write one format and its sidecar; returns the model path (not yet gated)."""
-    if fmt == "onnx":
-        path = out_dir / f"{STEM}{onnx_format.SUFFIX}"
-        meta = build_metadata(source.weights, source.weights_sha256, "onnx", opset=opset,
-                              ir_version=onnx_format.ir_version_for(opset))
-        onnx_format.export(source.module, path, meta, opset=opset)
-    elif fmt == "torchscript":
-        path = out_dir / f"{STEM}{torchscript_format.SUFFIX}"
-        meta = build_metadata(source.weights, source.weights_sha256, "torchscript")
-        torchscript_format.export(source.module, path, meta)
-    elif fmt == "pt2":
-        path = out_dir / f"{STEM}{pt2_format.SUFFIX}"
-        meta = build_metadata(source.weights, source.weights_sha256, "pt2")
-        pt2_format.export(source.module, path, meta)
-    else:
-        raise ExportError(f"unknown format {fmt!r}; expected one of {', '.join(ALL_FORMATS)}")
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    exporter = FORMATS[fmt]
+    path = out_dir / f"{STEM}{exporter.SUFFIX}"
+    meta = exporter.export(source.module, path, build_metadata(source.weights, source.weights_sha256), opset=opset)
     write_sidecar(path, meta)
     return path
 
 
-def export_int8(source: Source, fp32_path: Path, opset: int) -> Path:
-    path = fp32_path.with_name(f"{STEM}.int8{onnx_format.SUFFIX}")
-    meta = build_metadata(source.weights, source.weights_sha256, "onnx", precision="int8", opset=opset,
-                          ir_version=onnx_format.ir_version_for(opset))
-    meta["quantization"] = INT8_SETTINGS
+def export_int8(fp32_path: Path) -> Path:
+    """The int8 ONNX file beside the fp32 one, described as the fp32 file plus its quantisation."""
+    path = fp32_path.with_name(INT8_ONNX_NAME)
+    meta = {**onnx_format.read_metadata(fp32_path), "precision": "int8", "quantization": INT8_SETTINGS}
     quantize(fp32_path, path, meta)
     write_sidecar(path, meta)
     return path
@@ -127,18 +137,19 @@ def run_export(
     int8: bool = False,
     data_dir: Path | None = None,
 ) -> list[Exported]:
-    """Export, then gate every file; raise GateError (with all reports) if any file fails."""
+    """Export, then gate every file (its report as `<file>.gate.json`); raise GateError if any file fails."""
     if int8 and "onnx" not in formats:
         raise ExportError("--quantize int8 quantises the ONNX file: use it with --format onnx or all")
     out_dir.mkdir(parents=True, exist_ok=True)
     source = prepare(weights_path, out_dir, try_load_test_set(data_dir))
     paths = [export_format(source, fmt, out_dir, opset=opset) for fmt in formats]
     if int8:
-        paths.append(export_int8(source, paths[formats.index("onnx")], opset))
+        paths.append(export_int8(paths[formats.index("onnx")]))
     results = []
     for path in paths:
-        report = verify(path, expected_opset=opset if path.suffix == onnx_format.SUFFIX else None, golden=source.golden,
-                        test_set=source.test_set, weights_sha256=source.weights_sha256, raise_on_failure=False)
+        expected = opset if path.suffix == onnx_format.SUFFIX else None
+        report = verify(path, source.references, expected_opset=expected, report_to=report_path(path),
+                        raise_on_failure=False)
         results.append(Exported(path, report))
     failed = [r.report for r in results if not r.report.passed]
     if failed:
@@ -146,17 +157,34 @@ def run_export(
     return results
 
 
-def verify_file(path: Path, *, weights_path: Path | None, opset: int | None, data_dir: Path | None = None) -> GateReport:
-    """`fmnist-export --verify`: gate an existing file against the weights it claims to come from."""
-    golden_path = path.parent / GOLDEN_NAME
-    test_set = None
-    weights_sha = None
-    golden = golden_mod.load(golden_path) if golden_path.is_file() else None
+def verify_file(path: Path, *, weights_path: Path | None, golden_path: Path | None = None, opset: int | None = None,
+                data_dir: Path | None = None, report_to: Path | None = None) -> GateReport:
+    """`fmnist-export --verify`: gate an existing file against its golden vectors and, given them, its weights.
+
+    `golden_path` defaults to the golden.npz beside the file; a reference that is absent
+    is a named check (golden) or a listed "not run" (test set), never silently skipped.
+    """
+    if weights_path is not None and not weights_path.is_file():
+        raise ExportError(f"{weights_path}: no such weights file")
+    given_golden = golden_path is not None
+    golden_path = golden_path if given_golden else path.parent / GOLDEN_NAME
+    golden, golden_missing = None, ""
+    if golden_path.is_file():
+        try:
+            golden = golden_mod.load(golden_path)
+        except golden_mod.GoldenError as exc:
+            golden_missing = f"{exc}; {GOLDEN_HINT}"
+    else:
+        golden_missing = f"{golden_path}: no such file; {GOLDEN_HINT}"
+    test_set, weights_sha = None, None
+    test_set_missing = References.test_set_missing
     if weights_path is not None:
         weights_sha = sha256_file(weights_path)
         data = try_load_test_set(data_dir)
-        if data is not None:
-            module = from_weights(load_weights(weights_path))
-            images = data.test_images.numpy()
-            test_set = EagerReference(images, data.test_labels.numpy(), eager_outputs(module, images)[0])
-    return verify(path, expected_opset=opset, golden=golden, test_set=test_set, weights_sha256=weights_sha)
+        if data is None:
+            test_set_missing = NO_DATA
+        else:
+            test_set = eager_reference(load_weights(weights_path), data)
+    refs = References(golden=golden, test_set=test_set, weights_sha256=weights_sha,
+                      golden_missing=golden_missing or References.golden_missing, test_set_missing=test_set_missing)
+    return verify(path, refs, expected_opset=opset, report_to=report_to)

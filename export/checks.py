@@ -11,14 +11,10 @@ import numpy as np
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 (N,28,28) -> logits, probabilities
 
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (its type name when the message is empty)."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
-
-
 @dataclass(frozen=True)
 class Check:
+    """One gate check: its name, whether it passed, and what was measured."""
+
     name: str
     ok: bool
     detail: str
@@ -26,9 +22,13 @@ class Check:
 
 @dataclass
 class GateReport:
+    """Every check run on one file, the checks that could not run (with why), and the machine."""
+
     file: str
     format: str
     checks: list[Check] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)  # checks without a reference, each with the option that supplies it
+    machine: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -39,15 +39,20 @@ class GateReport:
         return [c for c in self.checks if not c.ok]
 
     def add(self, name: str, ok: bool, detail: str) -> bool:
+        """Record one check; returns whether it passed."""
         self.checks.append(Check(name, bool(ok), detail))
         return bool(ok)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "format": self.format, "passed": self.passed, "checks": [asdict(c) for c in self.checks]}
+        """The report as JSON-ready data (what `--json` prints and `--report` writes)."""
+        return {"file": self.file, "format": self.format, "passed": self.passed, "checks": [asdict(c) for c in self.checks],
+                "not_run": list(self.not_run), "machine": dict(self.machine)}
 
     def summary(self) -> str:
+        """One verdict line, then one line per check, then what was not run."""
         lines = [f"{self.file} [{self.format}]: {'PASS' if self.passed else 'FAIL'} ({len(self.checks) - len(self.failures)}/{len(self.checks)} checks)"]
         lines += [f"  {'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}" for c in self.checks]
+        lines += [f"  not run: {reason}" for reason in self.not_run]
         return "\n".join(lines)
 
 

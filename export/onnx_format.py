@@ -11,12 +11,15 @@ import onnx
 import torch
 from onnx import TensorProto, helper, version_converter
 
-from export.checks import Check, ExportError, Runner, first_line
-from export.contract import INPUT_NAME, N_CLASSES, OUTPUT_NAMES
-from export.wrapper import FoldedDeployable, eval_copy
-from training.atomic import atomic_path
+from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, N_CLASSES, OUTPUT_NAMES, SUFFIXES
+from fmnist_deploy.errors import first_line
+from fmnist_deploy.export.checks import Check, ExportError, Runner
+from fmnist_deploy.export.metadata import completed
+from fmnist_deploy.export.wrapper import FoldedDeployable, eval_copy
+from fmnist_deploy.training.atomic import atomic_path
 
-SUFFIX = ".onnx"
+NAME = "onnx"
+SUFFIX = SUFFIXES[NAME]
 DEFAULT_OPSET = 17
 NATIVE_OPSET = 18  # the lowest opset torch.onnx's dynamo exporter emits itself
 TRAINING_OPS = {"Dropout"}
@@ -42,13 +45,16 @@ def _strip_provenance(model: onnx.ModelProto) -> None:
     model.doc_string = ""
 
 
-def export(module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: int = DEFAULT_OPSET,
-           fold: bool = True) -> None:
-    """Write `module` (a Deployable) to `path` as a single ONNX file at exactly `opset`.
+def export(module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: int | None = None,
+           fold: bool = True) -> dict[str, Any]:
+    """Write `module` (a Deployable) to `path` as a single ONNX file at exactly `opset`; return its metadata.
 
     With `fold`, the normalisation is folded into fc1's weights: the graph then makes one
     pass over the input (Cast) instead of four (Cast, Div, Sub, Div) before the first Gemm.
     """
+    opset = DEFAULT_OPSET if opset is None else opset
+    meta = completed(meta, NAME, exporter=("torch", "onnx", "onnxscript"), folded=fold, opset=opset,
+                     ir_version=ir_version_for(opset))
     model = eval_copy(module)
     if fold:
         model = FoldedDeployable(model).eval()
@@ -71,11 +77,12 @@ def export(module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: 
         try:
             proto = version_converter.convert_version(proto, opset)
         except (RuntimeError, onnx.checker.ValidationError) as exc:
-            reason = str(exc).strip().splitlines()[-1]
-            raise ExportError(f"cannot convert the ONNX graph to opset {opset}: {reason}; use --opset {DEFAULT_OPSET} or higher") from None
+            raise ExportError(f"cannot convert the ONNX graph to opset {opset}: {first_line(exc)}; "
+                              f"use --opset {DEFAULT_OPSET} or higher") from None
     _strip_provenance(proto)
     proto.ir_version = ir_version_for(opset)
     save(proto, path, meta)
+    return meta
 
 
 def save(proto: onnx.ModelProto, path: Path, meta: dict[str, Any]) -> None:
@@ -89,6 +96,7 @@ def save(proto: onnx.ModelProto, path: Path, meta: dict[str, Any]) -> None:
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
+    """metadata_props, one JSON value per key."""
     model = onnx.load(path, load_external_data=False)
     return {p.key: json.loads(p.value) for p in model.metadata_props}
 
@@ -127,7 +135,7 @@ def structure_checks(path: Path, expected_opset: int | None) -> list[Check]:
     inputs = [(i.name, i.type.tensor_type.elem_type, _dims(i)) for i in model.graph.input]
     outputs = [(o.name, o.type.tensor_type.elem_type, _dims(o)) for o in model.graph.output]
     in_ok = len(inputs) == 1 and inputs[0][0] == INPUT_NAME and inputs[0][1] == TensorProto.UINT8 \
-        and len(inputs[0][2]) == 3 and isinstance(inputs[0][2][0], str) and inputs[0][2][1:] == [28, 28]
+        and len(inputs[0][2]) == 3 and isinstance(inputs[0][2][0], str) and tuple(inputs[0][2][1:]) == IMAGE_SHAPE
     checks.append(Check("input_contract", in_ok, f"inputs {_describe(inputs)}, expected image uint8 [N,28,28] with N symbolic"))
     out_ok = [o[0] for o in outputs] == list(OUTPUT_NAMES) and all(
         o[1] == TensorProto.FLOAT and len(o[2]) == 2 and isinstance(o[2][0], str) and o[2][1] == N_CLASSES for o in outputs

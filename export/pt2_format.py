@@ -10,18 +10,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.checks import Check, Runner
-from export.contract import INPUT_NAME, METADATA_FILE
-from export.wrapper import eval_copy
-from training.atomic import atomic_path
+from fmnist_deploy.export.checks import Check, Runner
+from fmnist_deploy.contract import ARCHIVE_METADATA, IMAGE_SHAPE, INPUT_NAME, SUFFIXES
+from fmnist_deploy.export.metadata import completed
+from fmnist_deploy.export.wrapper import eval_copy, numpy_runner
+from fmnist_deploy.training.atomic import atomic_path
 
-SUFFIX = ".pt2"
+NAME = "pt2"
+SUFFIX = SUFFIXES[NAME]
 TRAINING_OPS = ("dropout", "native_dropout", "bernoulli")
 # stack_trace: absolute source paths of the exporting machine; from_node: ids of Python objects.
 PROVENANCE_KEYS = ("stack_trace", "from_node")
 
 
-def export(module: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
+def export(module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: int | None = None) -> dict[str, Any]:
+    """torch.export `module` (a Deployable) with a dynamic batch and write it with `meta`; return the metadata."""
+    meta = completed(meta, NAME, exporter=("torch",), folded=False)
     model = eval_copy(module)
     example = torch.zeros(2, 28, 28, dtype=torch.uint8)  # batch >= 2: a batch of 1 would be specialised
     program = torch.export.export(model, (example,), dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("N", min=1)}})
@@ -33,18 +37,20 @@ def export(module: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
                 for key in PROVENANCE_KEYS:
                     node.meta.pop(key, None)
     buffer = io.BytesIO()
-    torch.export.save(program, buffer, extra_files={METADATA_FILE: json.dumps(meta, indent=2, sort_keys=True)})
+    torch.export.save(program, buffer, extra_files={ARCHIVE_METADATA: json.dumps(meta, indent=2, sort_keys=True)})
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
+    return meta
 
 
 def load(path: Path) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
-    extra = {METADATA_FILE: ""}
+    extra = {ARCHIVE_METADATA: ""}
     program = torch.export.load(str(path), extra_files=extra)
-    return program, json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
+    return program, json.loads(extra[ARCHIVE_METADATA]) if extra[ARCHIVE_METADATA] else {}
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
+    """The metadata stored as the archive's extra file."""
     return load(path)[1]
 
 
@@ -57,18 +63,11 @@ def structure_checks(path: Path, expected_opset: int | None) -> list[Check]:
     checks.append(Check("input_contract", user_inputs == [INPUT_NAME], f"user inputs {user_inputs}, expected ['{INPUT_NAME}']"))
     placeholder = next((n for n in program.graph.nodes if n.op == "placeholder" and n.name == INPUT_NAME), None)
     val = placeholder.meta.get("val") if placeholder is not None else None
-    dynamic = val is not None and not isinstance(val.shape[0], int) and list(val.shape[1:]) == [28, 28] and val.dtype == torch.uint8
+    dynamic = val is not None and not isinstance(val.shape[0], int) and tuple(val.shape[1:]) == IMAGE_SHAPE and val.dtype == torch.uint8
     checks.append(Check("dynamic_batch", dynamic, f"input spec {None if val is None else (val.dtype, tuple(val.shape))}"))
     return checks
 
 
 def runners(path: Path) -> dict[str, Runner]:
-    program, _ = load(path)
-    module = program.module()
-
-    @torch.no_grad()
-    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, probs = module(torch.from_numpy(images))
-        return logits.numpy(), probs.numpy()
-
-    return {"pt2": run}
+    """The unlifted ExportedProgram module on the CPU."""
+    return {NAME: numpy_runner(load(path)[0].module())}

@@ -13,7 +13,7 @@ from typing import Any
 
 import onnx
 
-from export import onnx_format
+from fmnist_deploy.export import onnx_format
 
 SETTINGS: dict[str, Any] = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
                             "per_channel": True, "reduce_range": True, "op_types": ["Gemm", "MatMul"]}

@@ -16,12 +16,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from export.checks import Check, Runner
-from export.contract import INPUT_NAME, METADATA_FILE
-from export.wrapper import eval_copy
-from training.atomic import atomic_path
+from fmnist_deploy.export.checks import Check, Runner
+from fmnist_deploy.contract import ARCHIVE_METADATA, INPUT_NAME, SUFFIXES
+from fmnist_deploy.export.metadata import completed
+from fmnist_deploy.export.wrapper import eval_copy, numpy_runner
+from fmnist_deploy.training.atomic import atomic_path
 
-SUFFIX = ".torchscript"
+NAME = "torchscript"
+SUFFIX = SUFFIXES[NAME]
 DEBUG_SUFFIX = ".debug_pkl"  # pickled source ranges: absolute paths of the exporting machine
 
 
@@ -65,21 +67,25 @@ def _strip_debug_records(archive: bytes) -> bytes:
     return out.getvalue()
 
 
-def export(module: nn.Module, path: Path, meta: dict[str, Any]) -> None:
+def export(module: nn.Module, path: Path, meta: dict[str, Any], *, opset: int | None = None) -> dict[str, Any]:
+    """Script `module` (a Deployable) in eval mode and write it with `meta` as an extra file; return the metadata."""
+    meta = completed(meta, NAME, exporter=("torch",), folded=False)
     scripted = torch.jit.script(_scriptable(eval_copy(module)))
     buffer = io.BytesIO()
-    torch.jit.save(scripted, buffer, _extra_files={METADATA_FILE: json.dumps(meta, indent=2, sort_keys=True)})
+    torch.jit.save(scripted, buffer, _extra_files={ARCHIVE_METADATA: json.dumps(meta, indent=2, sort_keys=True)})
     with atomic_path(path) as tmp:
         tmp.write_bytes(_strip_debug_records(buffer.getvalue()))
+    return meta
 
 
 def load(path: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    extra = {METADATA_FILE: ""}
+    extra = {ARCHIVE_METADATA: ""}
     module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    return module, json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
+    return module, json.loads(extra[ARCHIVE_METADATA]) if extra[ARCHIVE_METADATA] else {}
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
+    """The metadata stored as the archive's extra file."""
     return load(path)[1]
 
 
@@ -96,11 +102,5 @@ def structure_checks(path: Path, expected_opset: int | None) -> list[Check]:
 
 
 def runners(path: Path) -> dict[str, Runner]:
-    module, _ = load(path)
-
-    @torch.no_grad()
-    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, probs = module(torch.from_numpy(images))
-        return logits.numpy(), probs.numpy()
-
-    return {"torchscript": run}
+    """The scripted module on the CPU."""
+    return {NAME: numpy_runner(load(path)[0])}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+
+import numpy as np
 import torch
 from torch import nn
 
-from training.checkpoint import Weights
-from training.model import FashionMLP
+from fmnist_deploy.training.checkpoint import Weights
+from fmnist_deploy.training.model import FashionMLP
 
 
 class Deployable(nn.Module):
@@ -70,3 +73,14 @@ class FoldedDeployable(nn.Module):
         x = torch.relu(self.fc2(x))  # (N, 64); dropout is the identity in eval mode
         logits = self.fc3(x)  # (N, 10)
         return logits, torch.softmax(logits, dim=-1)
+
+
+def numpy_runner(module: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """uint8 (N, 28, 28) numpy -> (logits, probabilities) numpy through a torch module on the CPU."""
+
+    @torch.no_grad()
+    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, probs = module(torch.from_numpy(images))
+        return logits.numpy(), probs.numpy()
+
+    return run

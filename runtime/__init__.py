@@ -1,6 +1,6 @@
 """Runtime stage: load an exported model file and run it, one module per backend.
 
-    from runtime import load
+    from fmnist_deploy.runtime import load
     predictor = load("artifacts/fmnist_mlp.onnx")        # backend from the file: ONNX Runtime
     prediction = predictor.predict(images)                # uint8 [N,28,28] or [28,28]
     prediction.labels, prediction.probabilities
@@ -14,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runtime.base import Backend, Prediction, Predictor
-from runtime.eager_backend import EagerBackend
-from runtime.errors import DeviceError, InputError, ModelError, RuntimeFailure
-from runtime.onnxruntime_backend import OnnxRuntimeBackend
-from runtime.pt2_backend import Pt2Backend
-from runtime.torchscript_backend import TorchScriptBackend
+from fmnist_deploy.runtime.base import Backend, Prediction, Predictor
+from fmnist_deploy.runtime.eager_backend import EagerBackend
+from fmnist_deploy.runtime.errors import DeviceError, InputError, ModelError, OptionError, RuntimeFailure
+from fmnist_deploy.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from fmnist_deploy.runtime.pt2_backend import Pt2Backend
+from fmnist_deploy.runtime.torchscript_backend import TorchScriptBackend
 
 BACKENDS: dict[str, type[Backend]] = {
     "onnxruntime": OnnxRuntimeBackend,
@@ -55,10 +55,15 @@ def load(path: str | Path, backend: str = "auto", device: str = "cpu", **options
         raise ModelError(f"backend {backend!r}: expected auto or one of {', '.join(BACKENDS)}")
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
-    if path.suffix not in BACKENDS[name].suffixes:
-        raise ModelError(f"{path}: the {name} backend reads {', '.join(BACKENDS[name].suffixes)} files")
-    return Predictor(BACKENDS[name](path, device, **options))
+    cls = BACKENDS[name]
+    if path.suffix not in cls.suffixes:
+        raise ModelError(f"{path}: the {name} backend reads {', '.join(cls.suffixes)} files")
+    unknown = sorted(set(options) - set(cls.options))
+    if unknown:
+        takes = ", ".join(cls.options) if cls.options else "none"
+        raise OptionError(f"the {name} backend does not take {', '.join(unknown)}; its options: {takes}")
+    return Predictor(cls(path, device, **options))
 
 
-__all__ = ["BACKENDS", "DeviceError", "InputError", "ModelError", "Prediction", "Predictor", "RuntimeFailure",
-           "backend_for", "load"]
+__all__ = ["BACKENDS", "DeviceError", "InputError", "ModelError", "OptionError", "Prediction", "Predictor",
+           "RuntimeFailure", "backend_for", "load"]

@@ -9,16 +9,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from runtime.errors import InputError, ModelError
-
-CONTRACT_MAJOR = "1"
-ARCHIVE_METADATA = "fmnist_deploy.json"  # the extra file holding the metadata in .torchscript / .pt2 archives
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logits", "probabilities")
-IMAGE_SHAPE = (28, 28)
+from fmnist_deploy.contract import ARCHIVE_METADATA, IMAGE_SHAPE, N_CLASSES, contract_problems, sidecar_path
+from fmnist_deploy.runtime.errors import InputError, ModelError, first_line
 
 
 def describe(array: Any) -> str:
+    """`float64 [3,32,32]` for an array, the type name for anything else: for error messages."""
     if isinstance(array, np.ndarray):
         return f"{array.dtype} [{','.join(map(str, array.shape))}]"
     return type(array).__name__
@@ -34,32 +30,26 @@ def check_images(images: Any) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
-def check_metadata(meta: dict[str, Any], source: str) -> dict[str, Any]:
-    """The contract a file claims must be one this runtime speaks."""
-    if not meta:
-        raise ModelError(f"{source}: no fmnist-deploy metadata; export the model with fmnist-export")
-    version = str(meta.get("contract_version", ""))
-    if version.split(".")[0] != CONTRACT_MAJOR:
-        raise ModelError(f"{source}: contract version {version or 'missing'}, this runtime reads {CONTRACT_MAJOR}.x")
-    inputs = [(i.get("name"), i.get("dtype"), i.get("shape")) for i in meta.get("inputs", [])]
-    outputs = [o.get("name") for o in meta.get("outputs", [])]
-    names = meta.get("class_names", [])
-    if inputs != [(INPUT_NAME, "uint8", ["N", *IMAGE_SHAPE])] or outputs != list(OUTPUT_NAMES) or len(names) != 10:
-        raise ModelError(
-            f"{source}: declares inputs {inputs}, outputs {outputs}, {len(names)} class names; "
-            f"expected image uint8 [N,28,28] -> logits, probabilities float32 [N,10] with 10 class names"
-        )
+def check_metadata(meta: Any, source: str) -> dict[str, Any]:
+    """The contract a file claims must be one this runtime speaks (`fmnist_deploy.contract`)."""
+    problems = contract_problems(meta)
+    if problems:
+        raise ModelError(f"{source}: {'; '.join(problems)}")
     return meta
 
 
 def archive_metadata(extra: dict[str, Any], source: str) -> dict[str, Any]:
-    """The checked metadata of a TorchScript / .pt2 archive, from its extra files as the loader filled them."""
+    """The metadata of a TorchScript / .pt2 archive, parsed from its extra files as the loader filled them."""
     text = extra.get(ARCHIVE_METADATA, "")
-    return check_metadata(json.loads(text) if text else {}, source)
+    try:
+        return json.loads(text) if text else {}
+    except ValueError as exc:
+        raise ModelError(f"{source}: its {ARCHIVE_METADATA} is not JSON ({exc})") from None
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
-    sidecar = path.with_name(path.name + ".json")
+    """The JSON sidecar beside a model file, or {} when there is none."""
+    sidecar = sidecar_path(path)
     if not sidecar.is_file():
         return {}
     try:
@@ -77,6 +67,7 @@ class Backend:
 
     name: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]]
+    options: ClassVar[tuple[str, ...]] = ()  # keyword options the constructor takes beyond path and device
     metadata: dict[str, Any]
     device: str
 
@@ -90,7 +81,7 @@ class Backend:
     def _checked(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, probs = self._run(images)
         n = images.shape[0]
-        if logits.shape != (n, 10) or probs.shape != (n, 10) or logits.dtype != np.float32 or probs.dtype != np.float32:
+        if logits.shape != (n, N_CLASSES) or probs.shape != (n, N_CLASSES) or logits.dtype != np.float32 or probs.dtype != np.float32:
             raise ModelError(f"{self.name}: model returned {describe(logits)} and {describe(probs)}, "
                              f"expected float32 [{n},10] twice")
         return logits, probs
@@ -99,8 +90,8 @@ class Backend:
         n = images.shape[0]
         if n <= self.chunk_rows:
             return self._checked(images)
-        logits = np.empty((n, 10), dtype=np.float32)
-        probs = np.empty((n, 10), dtype=np.float32)
+        logits = np.empty((n, N_CLASSES), dtype=np.float32)
+        probs = np.empty((n, N_CLASSES), dtype=np.float32)
         for start in range(0, n, self.chunk_rows):
             stop = min(start + self.chunk_rows, n)
             logits[start:stop], probs[start:stop] = self._checked(images[start:stop])
@@ -108,16 +99,38 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    """What the torch backends share: a callable `module` on `torch_device`, numpy at the edges.
+    """What the torch backends share: device resolution, error wrapping, metadata, numpy at the edges.
 
-    torch is imported only when one of them runs, so the ONNX path stays torch-free.
+    A subclass implements `_load(path, device) -> (module, metadata)`; the module maps a
+    uint8 (N, 28, 28) tensor to logits and probabilities. torch is imported only when one
+    of these backends is constructed, so the ONNX path stays torch-free.
     """
 
-    module: Any  # (N, 28, 28) uint8 tensor -> logits, probabilities
+    reader: ClassVar[str]  # the torch function that reads the file, named in errors
+    module: Any
     torch_device: Any  # torch.device
 
+    def __init__(self, path: Path, device: str = "cpu") -> None:
+        import pickle
+        import zipfile
+
+        from fmnist_deploy.runtime.torch_common import torch_device
+
+        self.torch_device = torch_device(device)
+        try:
+            self.module, meta = self._load(path, self.torch_device)
+        # torch reports a damaged or foreign file through many types (a text file: KeyError).
+        except (RuntimeError, ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile,
+                pickle.UnpicklingError) as exc:
+            raise ModelError(f"{path}: {self.reader} cannot read it ({first_line(exc, 160)})") from None
+        self.device = device
+        self.metadata = check_metadata(meta, str(path))
+
+    def _load(self, path: Path, device: Any) -> tuple[Any, dict[str, Any]]:
+        raise NotImplementedError
+
     def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from runtime.torch_common import run_torch
+        from fmnist_deploy.runtime.torch_common import run_torch
 
         return run_torch(self.module, images, self.torch_device)
 

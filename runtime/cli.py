@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from runtime import BACKENDS, DEVICES, RuntimeFailure, load
-from runtime.images import chunks, iter_items
+from fmnist_deploy.runtime import BACKENDS, DEVICES, RuntimeFailure, load
+from fmnist_deploy.runtime.images import chunks, iter_items
 
 CHUNK = 256  # images per model call: bounded memory for folders of any size
 

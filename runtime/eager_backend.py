@@ -10,58 +10,42 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runtime.base import TorchBackend
-from runtime.errors import ModelError, first_line
+from fmnist_deploy.contract import describe
+from fmnist_deploy.runtime.base import TorchBackend
+from fmnist_deploy.runtime.errors import ModelError
 
 WEIGHTS_FORMAT = "fmnist-deploy/weights"
 LAYERS = ("fc1", "fc2", "fc3")
 
 
 class EagerBackend(TorchBackend):
+    """The weights file written by fmnist-train, run as three linear layers with ReLU."""
+
     name = "eager"
     suffixes = (".pt",)
+    reader = "torch.load"
 
-    def __init__(self, path: Path, device: str = "cpu") -> None:
-        import pickle
-
+    def _load(self, path: Path, device: Any) -> tuple[Any, dict[str, Any]]:
         import torch
 
-        from runtime.torch_common import torch_device
-
-        self.torch_device = torch_device(device)
-        try:
-            payload = torch.load(str(path), map_location=self.torch_device, weights_only=True)
-        except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as exc:
-            raise ModelError(f"{path}: not a readable weights file ({first_line(exc, 160)})") from None
+        payload = torch.load(str(path), map_location=device, weights_only=True)
         if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
             raise ModelError(f"{path}: expected a {WEIGHTS_FORMAT} file written by fmnist-train")
-        state, recipe = payload["model"], payload["recipe"]
+        try:
+            state, recipe = payload["model"], payload["recipe"]
+            norm = (float(recipe["norm_mean"]), float(recipe["norm_std"]))
+            meta = describe(fmt="pt", precision="fp32", class_names=list(payload["class_names"]),
+                            norm_mean=norm[0], norm_std=norm[1], inside_graph=False,
+                            test_accuracy=payload.get("test_accuracy"), recipe=recipe)
+        except (KeyError, TypeError) as exc:
+            raise ModelError(f"{path}: weights file lacks or mangles {exc}") from None
         expected = {f"{layer}.{p}" for layer in LAYERS for p in ("weight", "bias")}
-        if set(state) != expected:
-            raise ModelError(f"{path}: state_dict has {sorted(state)}, expected {sorted(expected)}")
+        if not isinstance(state, dict) or set(state) != expected:
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ModelError(f"{path}: state_dict has {found}, expected {sorted(expected)}")
         self.params = [(state[f"{layer}.weight"], state[f"{layer}.bias"]) for layer in LAYERS]
-        self.norm = (float(recipe["norm_mean"]), float(recipe["norm_std"]))
-        self.module = self._forward
-        self.device = device
-        self.metadata = self._describe(payload)
-
-    @staticmethod
-    def _describe(payload: dict[str, Any]) -> dict[str, Any]:
-        """The weights file's facts in the shape of the export contract."""
-        recipe = payload["recipe"]
-        return {
-            "contract_version": "1.0",
-            "format": "pt",
-            "precision": "fp32",
-            "inputs": [{"name": "image", "dtype": "uint8", "shape": ["N", 28, 28]}],
-            "outputs": [{"name": "logits", "dtype": "float32", "shape": ["N", 10]},
-                        {"name": "probabilities", "dtype": "float32", "shape": ["N", 10]}],
-            "class_names": list(payload["class_names"]),
-            "normalisation": {"formula": "(x / 255 - mean) / std", "scale": 255.0, "mean": recipe["norm_mean"],
-                              "std": recipe["norm_std"], "inside_graph": False},
-            "test_accuracy": payload.get("test_accuracy"),
-            "recipe": recipe,
-        }
+        self.norm = norm
+        return self._forward, meta
 
     def _forward(self, image: Any) -> tuple[Any, Any]:
         import torch

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+from fmnist_deploy.errors import first_line
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (its type name when the message is empty)."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+__all__ = ["DeviceError", "InputError", "ModelError", "OptionError", "RuntimeFailure", "first_line"]
 
 
 class RuntimeFailure(Exception):
@@ -23,3 +21,7 @@ class InputError(RuntimeFailure):
 
 class DeviceError(RuntimeFailure):
     """The requested device cannot be used (no silent fallback to the CPU)."""
+
+
+class OptionError(RuntimeFailure, ValueError):
+    """A backend option that the chosen backend does not take, or a value it does not accept."""

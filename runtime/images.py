@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from runtime.base import IMAGE_SHAPE, describe
-from runtime.errors import InputError
+from fmnist_deploy.runtime.base import IMAGE_SHAPE, describe
+from fmnist_deploy.runtime.errors import InputError
 
 MAX_PIXELS = 64_000_000  # 8000 x 8000; a larger image is refused before it is decoded
 MAX_FILE_BYTES = 512 * 1024 * 1024

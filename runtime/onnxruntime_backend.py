@@ -8,27 +8,36 @@ from typing import Any
 
 import numpy as np
 
-from runtime.base import INPUT_NAME, OUTPUT_NAMES, Backend, check_metadata, read_sidecar
-from runtime.errors import DeviceError, ModelError, first_line
+from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAMES
+from fmnist_deploy.runtime.base import Backend, check_metadata, read_sidecar
+from fmnist_deploy.runtime.errors import DeviceError, ModelError, OptionError, first_line
 
-OPTIMIZATION_LEVELS = ("all", "extended", "basic", "disabled")
+# option value -> onnxruntime.GraphOptimizationLevel member
+OPTIMIZATION_LEVELS = {
+    "all": "ORT_ENABLE_ALL",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "basic": "ORT_ENABLE_BASIC",
+    "disabled": "ORT_DISABLE_ALL",
+}
 
 
 class OnnxRuntimeBackend(Backend):
+    """An ONNX Runtime InferenceSession on the CPU or CUDA execution provider."""
+
     name = "onnxruntime"
     suffixes = (".onnx",)
+    options = ("threads", "optimization", "spinning")
 
     def __init__(self, path: Path, device: str = "cpu", *, threads: int | None = None,
                  optimization: str = "all", spinning: bool | None = None) -> None:
         import onnxruntime as ort
 
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise OptionError(f"optimization {optimization!r}: expected one of {', '.join(OPTIMIZATION_LEVELS)}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise OptionError(f"threads {threads!r}: expected a whole number >= 1")
         options = ort.SessionOptions()
-        options.graph_optimization_level = {
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        }[optimization]
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
         if threads is not None:
             options.intra_op_num_threads = threads
         if spinning is not None:
@@ -54,6 +63,7 @@ class OnnxRuntimeBackend(Backend):
         self._check_io(path)
 
     def _metadata(self, path: Path) -> dict[str, Any]:
+        """metadata_props (one JSON value per key), else the sidecar for files from other tools."""
         custom = self.session.get_modelmeta().custom_metadata_map
         if custom:
             try:
@@ -66,7 +76,7 @@ class OnnxRuntimeBackend(Backend):
         inputs = [(i.name, i.type, i.shape) for i in self.session.get_inputs()]
         outputs = [(o.name, o.type) for o in self.session.get_outputs()]
         ok_in = len(inputs) == 1 and inputs[0][0] == INPUT_NAME and inputs[0][1] == "tensor(uint8)" \
-            and len(inputs[0][2]) == 3 and not isinstance(inputs[0][2][0], int) and list(inputs[0][2][1:]) == [28, 28]
+            and len(inputs[0][2]) == 3 and not isinstance(inputs[0][2][0], int) and tuple(inputs[0][2][1:]) == IMAGE_SHAPE
         ok_out = [o[0] for o in outputs] == list(OUTPUT_NAMES) and all(o[1] == "tensor(float)" for o in outputs)
         if not (ok_in and ok_out):
             raise ModelError(f"{path}: graph has inputs {inputs} and outputs {outputs}; expected image tensor(uint8) "

@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
+from typing import Any
 
-from runtime.base import ARCHIVE_METADATA, TorchBackend, archive_metadata
-from runtime.errors import ModelError, first_line
+from fmnist_deploy.contract import ARCHIVE_METADATA
+from fmnist_deploy.runtime.base import TorchBackend, archive_metadata
 
 
 class Pt2Backend(TorchBackend):
+    """An ExportedProgram read with `torch.export.load`, moved to the device, run as a module."""
+
     name = "pt2"
     suffixes = (".pt2",)
+    reader = "torch.export.load"
 
-    def __init__(self, path: Path, device: str = "cpu") -> None:
+    def _load(self, path: Path, device: Any) -> tuple[Any, dict[str, Any]]:
         import torch
 
-        from runtime.torch_common import torch_device
-
-        self.torch_device = torch_device(device)
         extra = {ARCHIVE_METADATA: ""}
-        try:
-            program = torch.export.load(str(path), extra_files=extra)
-        except (RuntimeError, ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
-            raise ModelError(f"{path}: torch.export.load cannot read it ({first_line(exc)})") from None
-        if self.torch_device.type != "cpu":
+        program = torch.export.load(str(path), extra_files=extra)
+        if device.type != "cpu":
             from torch.export.passes import move_to_device_pass
 
-            program = move_to_device_pass(program, self.torch_device)
-        self.module = program.module()
-        self.device = device
-        self.metadata = archive_metadata(extra, str(path))
+            program = move_to_device_pass(program, device)
+        return program.module(), archive_metadata(extra, str(path))

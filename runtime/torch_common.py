@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from runtime.errors import DeviceError
+from fmnist_deploy.runtime.errors import DeviceError
 
 TorchModel = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

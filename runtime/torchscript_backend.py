@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from runtime.base import ARCHIVE_METADATA, TorchBackend, archive_metadata
-from runtime.errors import ModelError, first_line
+from fmnist_deploy.contract import ARCHIVE_METADATA
+from fmnist_deploy.runtime.base import TorchBackend, archive_metadata
 
 
 class TorchScriptBackend(TorchBackend):
+    """A scripted module read with `torch.jit.load`."""
+
     name = "torchscript"
     suffixes = (".torchscript",)
+    reader = "torch.jit.load"
 
-    def __init__(self, path: Path, device: str = "cpu") -> None:
+    def _load(self, path: Path, device: Any) -> tuple[Any, dict[str, Any]]:
         import torch
 
-        from runtime.torch_common import torch_device
-
-        self.torch_device = torch_device(device)
         extra = {ARCHIVE_METADATA: ""}
-        try:
-            self.module = torch.jit.load(str(path), map_location=self.torch_device, _extra_files=extra)
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise ModelError(f"{path}: torch.jit.load cannot read it ({first_line(exc)})") from None
-        self.module.eval()
-        self.device = device
-        self.metadata = archive_metadata(extra, str(path))
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        return module.eval(), archive_metadata(extra, str(path))

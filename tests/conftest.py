@@ -11,6 +11,6 @@ ARTIFACTS = REPO / "artifacts"
 @pytest.fixture(scope="session")
 def data():
     """The real, verified data set (`make data` provides it)."""
-    from training.data import load
+    from fmnist_deploy.training.data import load
 
     return load(root=REPO / "data")

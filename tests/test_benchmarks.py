@@ -11,11 +11,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmarks import coldstart, train_speed
-from benchmarks.cli import main as bench_cli
-from benchmarks.latency import TARGETS, Config, measure
-from benchmarks.numpy_ref import NumpyMLP
-from benchmarks.stats import FLOP_PER_IMAGE, summarise
+from fmnist_deploy.benchmarks import coldstart, train_speed
+from fmnist_deploy.benchmarks.cli import main as bench_cli
+from fmnist_deploy.benchmarks.latency import TARGETS, Config, measure
+from fmnist_deploy.benchmarks.numpy_ref import NumpyMLP
+from fmnist_deploy.benchmarks.stats import FLOP_PER_IMAGE, summarise
 from tests.conftest import ARTIFACTS
 
 

@@ -14,18 +14,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from export import golden as golden_mod
-from export import onnx_format
-from export.api import ALL_FORMATS, eager_outputs, prepare, run_export, try_load_test_set, verify_file
-from export.checks import ExportError, GateError
-from export.cli import main as export_cli
-from export.contract import REQUIRED_KEYS, build_metadata, sidecar_path, write_sidecar
-from export.gate import FORMATS, EagerReference, verify
-from export.wrapper import Deployable, from_weights
+from fmnist_deploy.export import golden as golden_mod
+from fmnist_deploy.export import onnx_format
+from fmnist_deploy.export.api import ALL_FORMATS, eager_outputs, prepare, run_export, try_load_test_set, verify_file
+from fmnist_deploy.export.checks import ExportError, GateError
+from fmnist_deploy.export.cli import main as export_cli
+from fmnist_deploy.contract import REQUIRED_KEYS, sidecar_path
+from fmnist_deploy.export.formats import FORMATS
+from fmnist_deploy.export.gate import EagerReference, References, verify
+from fmnist_deploy.export.metadata import build_metadata, completed, write_sidecar
+from fmnist_deploy.export.wrapper import Deployable, from_weights
 from tests.conftest import ARTIFACTS, REPO
-from training.checkpoint import Weights, load_weights, save_weights
-from training.config import CLASS_NAMES, Recipe
-from training.model import FashionMLP
+from fmnist_deploy.training.checkpoint import Weights, load_weights, save_weights
+from fmnist_deploy.training.config import CLASS_NAMES, Recipe
+from fmnist_deploy.training.model import FashionMLP
 
 EXPORTED = ("fmnist_mlp.onnx", "fmnist_mlp.torchscript", "fmnist_mlp.pt2")
 
@@ -138,15 +140,16 @@ def _raw_onnx(module: torch.nn.Module, path: Path, meta: dict, *, dynamic: bool 
 
 
 def _gate_failures(path: Path, source, **kwargs) -> set[str]:
+    before = sorted(path.parent.iterdir())
     with pytest.raises(GateError) as info:
-        verify(path, golden=source.golden, test_set=source.test_set, weights_sha256=source.weights_sha256, **kwargs)
-    report = info.value.reports[0]
-    assert json.loads((path.parent / f"{path.name}.gate.json").read_text())["passed"] is False
-    return {c.name for c in report.failures}
+        verify(path, source.references, **kwargs)
+    assert sorted(path.parent.iterdir()) == before, "the gate writes nothing unless asked"
+    return {c.name for c in info.value.reports[0].failures}
 
 
 def _meta(source, opset: int = 18) -> dict:
-    return build_metadata(source.weights, source.weights_sha256, "onnx", opset=opset, ir_version=onnx_format.ir_version_for(opset))
+    return completed(build_metadata(source.weights, source.weights_sha256), "onnx", exporter=("torch", "onnx", "onnxscript"),
+                     folded=False, opset=opset, ir_version=onnx_format.ir_version_for(opset))
 
 
 def test_gate_passes_a_good_file_written_the_raw_way(tmp_path: Path, source) -> None:
@@ -156,7 +159,7 @@ def test_gate_passes_a_good_file_written_the_raw_way(tmp_path: Path, source) -> 
     model.ir_version = onnx_format.ir_version_for(18)  # the raw exporter writes the newest IR
     onnx_format.save(model, path, _meta(source))
     write_sidecar(path, _meta(source))
-    report = verify(path, golden=source.golden, test_set=source.test_set, weights_sha256=source.weights_sha256)
+    report = verify(path, source.references)
     assert report.passed
 
 
@@ -220,17 +223,21 @@ def test_gate_catches_other_weights(tmp_path: Path, exported, source) -> None:
     images = source.test_set.images
     reference = EagerReference(images, source.test_set.labels, eager_outputs(other, images)[0])
     with pytest.raises(GateError) as info:
-        verify(exported / "fmnist_mlp.onnx", test_set=reference, weights_sha256="0" * 64, write_report=False)
-    assert {"weights", "ort_optimised:test_set_parity"} <= {c.name for c in info.value.reports[0].failures}
+        verify(exported / "fmnist_mlp.onnx", References(golden=source.golden, test_set=reference, weights_sha256="0" * 64))
+    failures = {c.name: c.detail for c in info.value.reports[0].failures}
+    assert {"weights", "ort_optimised:test_set_parity"} <= set(failures)
+    assert "exported from other weights" in failures["weights"] and "--weights" in failures["weights"]
+    assert "other weights than the file's" in failures["ort_optimised:test_set_parity"]
 
 
 # --- the CLI ------------------------------------------------------------------------------
 
 
-def test_cli_missing_weights_is_one_line(tmp_path: Path) -> None:
-    result = CliRunner().invoke(export_cli, ["--weights", str(tmp_path / "none.pt"), "--out-dir", str(tmp_path)])
-    assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [f"Error: {tmp_path / 'none.pt'}: no such file"]
+def test_cli_missing_weights_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(export_cli, ["--weights", str(tmp_path / "none.pt"), "--out-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == f"Error: Invalid value for --weights: {tmp_path / 'none.pt'}: no such file"
+    assert not (tmp_path / "out").exists(), "nothing is written before the inputs are checked"
 
 
 @pytest.mark.parametrize("content", [b"hello, not a checkpoint\n", b""])
@@ -284,7 +291,7 @@ def test_committed_files_pass_the_gate(name: str, data) -> None:
 def test_make_export_reproduces_the_committed_files_byte_for_byte(tmp_path: Path, data) -> None:
     """A fresh process, another folder: the same bytes as committed."""
     subprocess.run(
-        [sys.executable, "-m", "export.cli", "--format", "all", "--quantize", "int8", "--weights",
+        [sys.executable, "-m", "fmnist_deploy.export.cli", "--format", "all", "--quantize", "int8", "--weights",
          str(ARTIFACTS / "fmnist_mlp.pt"), "--out-dir", str(tmp_path), "--data-dir", str(data.root)],
         check=True, cwd=tmp_path, capture_output=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
     )
@@ -311,7 +318,7 @@ def test_without_the_data_set_the_golden_file_stands_in(exported, tmp_path: Path
 
 
 def test_a_damaged_data_set_is_an_error_not_a_skipped_check(tmp_path: Path, data, monkeypatch) -> None:
-    from training.data import DataError, raw_dir
+    from fmnist_deploy.training.data import DataError, raw_dir
 
     monkeypatch.chdir(tmp_path)  # the default ./data of a project folder
     raw = raw_dir(Path("data"))

@@ -13,12 +13,12 @@ import torch
 from click.testing import CliRunner
 
 from tests.conftest import ARTIFACTS
-from training import data as data_mod
-from training.checkpoint import load_checkpoint, load_weights
-from training.cli import main as train_cli
-from training.config import CLASS_NAMES, Recipe
-from training.loop import TrainingError, evaluate, in_order, run
-from training.model import FashionMLP, normalise
+from fmnist_deploy.training import data as data_mod
+from fmnist_deploy.training.checkpoint import load_checkpoint, load_weights
+from fmnist_deploy.training.cli import main as train_cli
+from fmnist_deploy.training.config import CLASS_NAMES, Recipe
+from fmnist_deploy.training.loop import TrainingError, evaluate, in_order, run
+from fmnist_deploy.training.model import FashionMLP, normalise
 
 SMALL = Recipe(epochs=2, train_limit=3000)
 

@@ -6,6 +6,7 @@ weights_only=True)` reads them: nothing is unpickled beyond tensors.
 
 from __future__ import annotations
 
+import io
 import pickle
 import platform
 from dataclasses import asdict, dataclass
@@ -15,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.atomic import atomic_path
-from training.config import Recipe
+from fmnist_deploy.training.atomic import write_bytes_atomic
+from fmnist_deploy.errors import first_line
+from fmnist_deploy.training.config import Recipe
 
 CHECKPOINT_FORMAT = "fmnist-deploy/checkpoint"
 WEIGHTS_FORMAT = "fmnist-deploy/weights"
@@ -94,8 +96,15 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         "device": ckpt.device,
         "loader": ckpt.loader,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_bytes_atomic(path, _serialise(payload))
+
+
+def _serialise(payload: dict[str, Any]) -> bytes:
+    """torch.save into memory: saved to a file, the archive's root folder would take the
+    (random) temporary file's name, and the same tensors would give different bytes."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
 
 
 def _load_dict(path: Path, expected_format: str) -> dict[str, Any]:
@@ -106,8 +115,7 @@ def _load_dict(path: Path, expected_format: str) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     # torch.load reports a foreign file through many types (a text file: KeyError).
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({first[:160]})") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({first_line(exc, 160)})") from None
     if not isinstance(payload, dict) or payload.get("format") != expected_format:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path}: expected a {expected_format} file, found {found!r}")
@@ -119,18 +127,22 @@ def _load_dict(path: Path, expected_format: str) -> dict[str, Any]:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint safely (`weights_only=True`) and check its structure."""
     payload = _load_dict(path, CHECKPOINT_FORMAT)
-    return Checkpoint(
-        recipe=Recipe.from_dict(payload["recipe"]),
-        model=payload["model"],
-        optimizer=payload["optimizer"],
-        history=payload["history"],
-        rng_cpu=payload["rng"]["cpu"],
-        rng_cuda=payload["rng"]["cuda"],
-        data_sha256=payload["data_sha256"],
-        device=payload["device"],
-        loader=payload["loader"],
-    )
+    try:
+        return Checkpoint(
+            recipe=Recipe.from_dict(payload["recipe"]),
+            model=payload["model"],
+            optimizer=payload["optimizer"],
+            history=payload["history"],
+            rng_cpu=payload["rng"]["cpu"],
+            rng_cuda=payload["rng"]["cuda"],
+            data_sha256=payload["data_sha256"],
+            device=payload["device"],
+            loader=payload["loader"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checkpoint is missing or has a bad field ({first_line(exc)})") from None
 
 
 @dataclass(frozen=True)
@@ -154,8 +166,7 @@ def save_weights(path: Path, weights: Weights) -> None:
     payload = {"format": WEIGHTS_FORMAT, "format_version": FORMAT_VERSION, **asdict(weights)}
     payload["recipe"] = weights.recipe.to_dict()
     payload["class_names"] = list(weights.class_names)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_bytes_atomic(path, _serialise(payload))
 
 
 def load_weights(path: Path) -> Weights:

@@ -10,11 +10,12 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from training.checkpoint import CheckpointError, load_checkpoint
-from training.config import Recipe
-from training.data import DataError, load
-from training.loop import CHECKPOINT_NAME, Batch, EpochStats, TrainingError, resolve_device, run
-from training.report import WEIGHTS_NAME, finalise
+from fmnist_deploy.contract import WEIGHTS_NAME
+from fmnist_deploy.training.checkpoint import CheckpointError, load_checkpoint
+from fmnist_deploy.training.config import Recipe
+from fmnist_deploy.training.data import DataError, load
+from fmnist_deploy.training.loop import CHECKPOINT_NAME, Batch, EpochStats, TrainingError, resolve_device, run
+from fmnist_deploy.training.report import finalise
 
 DEFAULTS = Recipe()
 RECIPE_FLAGS = {"lr": "lr", "batch_size": "batch_size", "seed": "seed", "limit": "train_limit"}

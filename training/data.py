@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.atomic import atomic_path
+from fmnist_deploy.training.atomic import atomic_path
 
 SHA256: dict[str, str] = {
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
@@ -176,7 +176,7 @@ __all__ = ["DataError", "DataMissing", "FashionMNIST", "SHA256", "load", "locate
 
 
 def _main() -> None:
-    """`python -m training.data`: locate and verify the data set, one line out."""
+    """`python -m fmnist_deploy.training.data`: locate and verify the data set, one line out."""
     import sys
 
     try:

@@ -17,10 +17,10 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.config import Recipe
-from training.data import FashionMNIST
-from training.model import FashionMLP, normalise
+from fmnist_deploy.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fmnist_deploy.training.config import Recipe
+from fmnist_deploy.training.data import FashionMNIST
+from fmnist_deploy.training.model import FashionMLP, normalise
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -188,7 +188,7 @@ class RunState:
     history: list[EpochStats]
 
 
-def _fresh_state(recipe: Recipe, device: torch.device) -> RunState:
+def fresh_state(recipe: Recipe, device: torch.device) -> RunState:
     torch.manual_seed(recipe.seed)
     model = FashionMLP.from_recipe(recipe).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
@@ -196,7 +196,7 @@ def _fresh_state(recipe: Recipe, device: torch.device) -> RunState:
 
 
 def _resumed_state(ckpt: Checkpoint, device: torch.device) -> RunState:
-    state = _fresh_state(ckpt.recipe, device)
+    state = fresh_state(ckpt.recipe, device)
     state.model.load_state_dict(ckpt.model)
     state.optimizer.load_state_dict(ckpt.optimizer)
     state.history = [EpochStats(**h) for h in ckpt.history]
@@ -238,7 +238,7 @@ def run(
         state = _resumed_state(ckpt, device)
         state.model.train()
     else:
-        state = _fresh_state(recipe, device)
+        state = fresh_state(recipe, device)
     batches = LOADERS[loader](data, recipe, device)
     n_batches = -(-batches.n_train // batches.batch_size)
 

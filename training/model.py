@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.config import Recipe
+from fmnist_deploy.training.config import Recipe
 
 
 class FashionMLP(nn.Module):

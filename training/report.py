@@ -8,20 +8,17 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never open a window
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from fmnist_deploy.contract import WEIGHTS_NAME
+from fmnist_deploy.training.atomic import atomic_path, write_text_atomic
+from fmnist_deploy.training.checkpoint import Weights, save_weights, versions
+from fmnist_deploy.training.config import CLASS_NAMES, Recipe
+from fmnist_deploy.training.data import FashionMNIST
+from fmnist_deploy.training.loop import EpochStats, evaluate, in_order
+from fmnist_deploy.training.model import FashionMLP, normalise
 
-from training.atomic import atomic_path, write_text_atomic  # noqa: E402
-from training.checkpoint import Weights, save_weights, versions  # noqa: E402
-from training.config import CLASS_NAMES, Recipe  # noqa: E402
-from training.data import FashionMNIST  # noqa: E402
-from training.loop import EpochStats, evaluate, in_order  # noqa: E402
-from training.model import FashionMLP, normalise  # noqa: E402
-
-WEIGHTS_NAME = "fmnist_mlp.pt"
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds")
 
 
@@ -35,16 +32,17 @@ def write_history(out_dir: Path, recipe: Recipe, history: list[EpochStats]) -> N
     write_text_atomic(out_dir / "history.csv", buffer.getvalue())
 
 
-def _save_figure(fig: plt.Figure, path: Path) -> None:
+def _save_figure(fig: Figure, path: Path) -> None:
+    # A bare Figure (no pyplot): no global backend switch, no window, nothing to close.
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
 
 
 def plot_curves(path: Path, history: list[EpochStats]) -> None:
     """Loss and accuracy per epoch, training vs validation, as in the course figures."""
     epochs = [h.epoch for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [h.train_loss for h in history], label="Training loss")
     ax_loss.plot(epochs, [h.valid_loss for h in history], label="Validation loss")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
@@ -65,7 +63,8 @@ def plot_samples(path: Path, model: FashionMLP, data: FashionMNIST, recipe: Reci
     model.eval()
     device = next(model.parameters()).device
     predicted = model(normalise(images, recipe.norm_mean, recipe.norm_std).to(device)).argmax(1).cpu()
-    fig, axes = plt.subplots(3, 3, figsize=(7, 7.6))
+    fig = Figure(figsize=(7, 7.6))
+    axes = fig.subplots(3, 3)
     for ax, image, label, pred in zip(axes.flat, images, data.test_labels[:9], predicted):
         ax.imshow(image.numpy(), cmap="gray")
         ok = int(label) == int(pred)

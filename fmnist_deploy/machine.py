@@ -1,4 +1,4 @@
-"""The environment a benchmark ran in, recorded beside its numbers."""
+"""The machine a measurement ran on (CPU, cores, versions), recorded beside every per-machine number."""
 
 from __future__ import annotations
 
