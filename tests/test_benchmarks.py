@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +151,20 @@ def test_coldstart_small() -> None:
         assert row["min_s"] > 0 and row["median_s"] >= row["min_s"]
         assert row["output"] == f"{ARTIFACTS}/samples/0000_ankle_boot.png: Ankle boot (0.673)"
     assert report["torch_over_onnx"] == pytest.approx(report["backends"]["eager"]["median_s"] / report["backends"]["onnxruntime"]["median_s"])
+
+
+def test_coldstart_with_a_missing_model_is_one_line(tmp_path: Path) -> None:
+    image = ARTIFACTS / "samples" / "0000_ankle_boot.png"
+    result = CliRunner().invoke(bench_cli, ["coldstart", "--artifacts", str(tmp_path), "--image", str(image),
+                                            "--out-dir", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {', '.join(str(tmp_path / n) for n in ('fmnist_mlp.onnx', 'fmnist_mlp.torchscript', 'fmnist_mlp.pt2', 'fmnist_mlp.pt'))}: "
+        "no such file; run `make export` first"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_bench_module_runs_as_a_script() -> None:
+    result = subprocess.run([sys.executable, "-m", "fmnist_deploy.benchmarks.cli", "coldstart", "--help"],
+                            capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 0 and "fresh `fmnist-predict` process" in result.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from fmnist_deploy.export import onnx_format
 from fmnist_deploy.export.api import ALL_FORMATS, eager_outputs, prepare, run_export, try_load_test_set, verify_file
 from fmnist_deploy.export.checks import ExportError, GateError
 from fmnist_deploy.export.cli import main as export_cli
-from fmnist_deploy.contract import REQUIRED_KEYS, sidecar_path
+from fmnist_deploy.contract import LOGIT_TOLERANCE, REQUIRED_KEYS, sidecar_path
 from fmnist_deploy.export.formats import FORMATS
 from fmnist_deploy.export.gate import EagerReference, References, verify
 from fmnist_deploy.export.metadata import build_metadata, completed, write_sidecar
@@ -121,7 +122,39 @@ def test_golden_file_is_plain_npz(exported) -> None:
     assert golden.images.dtype == np.uint8 and golden.images.shape == (100, 28, 28)
     assert np.bincount(golden.labels).tolist() == [10] * 10
     with np.load(exported / "golden.npz", allow_pickle=False) as f:
-        assert int(f["format_version"]) == golden_mod.GOLDEN_VERSION
+        assert int(f["format_version"]) == golden_mod.GOLDEN_VERSION == 2
+        assert float(f["logit_tolerance"]) == LOGIT_TOLERANCE and "float64" in str(f["reference"])
+
+
+def test_golden_reference_is_float64_rounded_once(exported, source) -> None:
+    """The stored logits are the float64 forward pass rounded to float32, not this CPU's float32 kernels."""
+    golden = golden_mod.load(exported / "golden.npz")
+    state = {k: v.double().numpy() for k, v in source.weights.model.items()}
+    x = (golden.images.reshape(100, -1) / 255.0 - 0.5) / 0.5
+    for layer in ("fc1", "fc2"):
+        x = np.maximum(x @ state[f"{layer}.weight"].T + state[f"{layer}.bias"], 0)
+    expected = (x @ state["fc3.weight"].T + state["fc3.bias"]).astype(np.float32)
+    assert np.array_equal(golden.logits, expected)
+    eager, _ = eager_outputs(source.module, golden.images)
+    assert 0 < np.abs(eager - golden.logits).max() <= LOGIT_TOLERANCE  # float32 eager is near, but not the reference
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "version", "directory"])
+def test_a_damaged_golden_file_is_a_one_line_error(tmp_path: Path, exported, damage: str) -> None:
+    path = tmp_path / "golden.npz"
+    blob = (exported / "golden.npz").read_bytes()
+    if damage == "truncated":
+        path.write_bytes(blob[: len(blob) // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "directory":
+        path.mkdir()
+    else:
+        golden = golden_mod.load(exported / "golden.npz")
+        golden_mod.save(path, dataclasses.replace(golden, format_version=1))
+    with pytest.raises(golden_mod.GoldenError) as info:
+        golden_mod.load(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 # --- the gate catches what it claims to -------------------------------------------------------
@@ -295,14 +328,11 @@ def test_make_export_reproduces_the_committed_files_byte_for_byte(tmp_path: Path
          str(ARTIFACTS / "fmnist_mlp.pt"), "--out-dir", str(tmp_path), "--data-dir", str(data.root)],
         check=True, cwd=tmp_path, capture_output=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
     )
-    for name in [*EXPORTED, "fmnist_mlp.int8.onnx"]:
+    # golden.npz too: its reference is float64 rounded once, independent of the CPU's float32 kernels.
+    for name in [*EXPORTED, "fmnist_mlp.int8.onnx", "golden.npz", *(f"samples/{p.name}" for p in (ARTIFACTS / "samples").iterdir())]:
         assert (tmp_path / name).read_bytes() == (ARTIFACTS / name).read_bytes(), name
-        assert sidecar_path(tmp_path / name).read_bytes() == sidecar_path(ARTIFACTS / name).read_bytes(), name
-    # golden.npz holds eager float32 logits: another CPU's kernels may round their last bit differently.
-    fresh, committed = golden_mod.load(tmp_path / "golden.npz"), golden_mod.load(ARTIFACTS / "golden.npz")
-    assert np.array_equal(fresh.images, committed.images) and np.array_equal(fresh.indices, committed.indices)
-    assert fresh.weights_sha256 == committed.weights_sha256
-    assert np.abs(fresh.logits - committed.logits).max() <= 1e-6
+        if not name.startswith(("golden", "samples")):
+            assert sidecar_path(tmp_path / name).read_bytes() == sidecar_path(ARTIFACTS / name).read_bytes(), name
 
 
 def test_without_the_data_set_the_golden_file_stands_in(exported, tmp_path: Path) -> None:
@@ -328,3 +358,103 @@ def test_a_damaged_data_set_is_an_error_not_a_skipped_check(tmp_path: Path, data
     (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x00" * 100)
     with pytest.raises(DataError, match="truncated or altered"):
         try_load_test_set()
+
+
+# --- a gate that cannot pass by accident ---------------------------------------------------
+
+
+def _copy_model(exported: Path, dest: Path, name: str = "fmnist_mlp.onnx") -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(exported / name, dest / name)
+    shutil.copy(sidecar_path(exported / name), sidecar_path(dest / name))
+    return dest / name
+
+
+def test_verify_with_a_mistyped_weights_path_is_a_usage_error(exported, tmp_path: Path) -> None:
+    result = CliRunner().invoke(export_cli, ["--verify", str(exported / "fmnist_mlp.onnx"), "--weights", str(tmp_path / "typo.pt")])
+    assert result.exit_code == 2 and "PASS" not in result.output
+    assert "typo.pt: no such file" in result.output
+
+
+def test_verify_without_golden_vectors_fails_with_a_named_check(exported, tmp_path: Path, data) -> None:
+    model = _copy_model(exported, tmp_path / "alone")
+    args = ["--verify", str(model), "--weights", str(exported / "weights.pt"), "--data-dir", str(data.root)]
+    result = CliRunner().invoke(export_cli, args)
+    assert result.exit_code == 1
+    assert "FAIL reference:golden" in result.output and "pass --golden PATH" in result.output
+    result = CliRunner().invoke(export_cli, [*args, "--golden", str(exported / "golden.npz")])
+    assert result.exit_code == 0, result.output
+    assert "ok   reference:golden" in result.output and "ort_optimised:golden_parity" in result.output
+
+
+def test_verify_with_no_reference_at_all_fails_the_values_check(exported, tmp_path: Path, monkeypatch) -> None:
+    model = _copy_model(exported, tmp_path / "alone")
+    monkeypatch.chdir(tmp_path)  # no artifacts/fmnist_mlp.pt here: no default weights either
+    result = CliRunner().invoke(export_cli, ["--verify", str(model)])
+    assert result.exit_code == 1
+    assert "FAIL values: no reference" in result.output
+    assert "not run: test-set parity and accuracy: no weights given; pass --weights PATH" in result.output
+
+
+def test_verify_without_weights_lists_what_was_not_run(exported, tmp_path: Path, monkeypatch) -> None:
+    model = _copy_model(exported, tmp_path / "with_golden")
+    shutil.copy(exported / "golden.npz", model.parent / "golden.npz")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(export_cli, ["--verify", str(model), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["passed"] and any("pass --weights PATH" in r for r in report["not_run"])
+    assert not any(c["name"].endswith("test_set_parity") for c in report["checks"])
+
+
+def test_verify_is_read_only_unless_a_report_is_asked_for(exported, tmp_path: Path, data) -> None:
+    model = _copy_model(exported, tmp_path / "m")
+    shutil.copy(exported / "golden.npz", model.parent / "golden.npz")
+    before = {p.name: p.read_bytes() for p in model.parent.iterdir()}
+    args = ["--verify", str(model), "--weights", str(exported / "weights.pt"), "--data-dir", str(data.root)]
+    assert CliRunner().invoke(export_cli, args).exit_code == 0
+    assert {p.name: p.read_bytes() for p in model.parent.iterdir()} == before
+    report_file = tmp_path / "reports" / "gate.json"
+    assert CliRunner().invoke(export_cli, [*args, "--report", str(report_file)]).exit_code == 0
+    report = json.loads(report_file.read_text())
+    assert report["passed"] and report["machine"]["cpu"] and report["machine"]["logical_cores"] >= 1
+    assert {p.name: p.read_bytes() for p in model.parent.iterdir()} == before
+
+
+def test_verify_against_other_weights_says_that_weights_are_the_cause(exported, tmp_path: Path, data) -> None:
+    other = random_weights(tmp_path / "other.pt", seed=5)
+    result = CliRunner().invoke(export_cli, ["--verify", str(exported / "fmnist_mlp.onnx"), "--weights", str(other),
+                                             "--data-dir", str(data.root)])
+    assert result.exit_code == 1
+    assert "FAIL weights" in result.output and "the file was exported from other weights" in result.output
+    assert "other weights than the file's" in result.output
+
+
+def test_the_same_weights_saved_twice_give_the_same_bytes(exported, tmp_path: Path) -> None:
+    weights = load_weights(exported / "weights.pt")
+    save_weights(tmp_path / "a" / "w.pt", weights)
+    save_weights(tmp_path / "b" / "other_name.pt", weights)
+    assert (tmp_path / "a" / "w.pt").read_bytes() == (tmp_path / "b" / "other_name.pt").read_bytes()
+    assert b".w.pt." not in (tmp_path / "a" / "w.pt").read_bytes(), "no temporary file name inside the archive"
+
+
+def test_every_format_reports_what_its_exporter_did(exported) -> None:
+    """folded_into_first_layer comes from the exporter, so an unfolded ONNX export says so."""
+    folded = {name: FORMATS[name.split(".")[-1]].read_metadata(exported / name)["normalisation"]["folded_into_first_layer"]
+              for name in EXPORTED}
+    assert folded == {"fmnist_mlp.onnx": True, "fmnist_mlp.torchscript": False, "fmnist_mlp.pt2": False}
+
+
+def test_unfolded_onnx_export_records_it(tmp_path: Path, source) -> None:
+    meta = onnx_format.export(source.module, tmp_path / "m.onnx", build_metadata(source.weights, source.weights_sha256),
+                              fold=False)
+    assert meta["normalisation"]["folded_into_first_layer"] is False
+    assert onnx_format.read_metadata(tmp_path / "m.onnx") == meta
+
+
+def test_cli_export_json_is_one_document(exported, tmp_path: Path, data) -> None:
+    result = CliRunner().invoke(export_cli, ["--format", "all", "--weights", str(exported / "weights.pt"), "--out-dir",
+                                             str(tmp_path), "--data-dir", str(data.root), "--json"])
+    assert result.exit_code == 0, result.output
+    reports = json.loads(result.stdout)
+    assert [r["file"] for r in reports] == list(EXPORTED) and all(r["passed"] for r in reports)

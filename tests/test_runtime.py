@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from fmnist_deploy import runtime
-from fmnist_deploy.runtime import BACKENDS, DeviceError, InputError, ModelError, load
+from fmnist_deploy.runtime import BACKENDS, DeviceError, InputError, ModelError, OptionError, load
 from fmnist_deploy.runtime.cli import main as predict_cli
 from fmnist_deploy.runtime.images import chunks, iter_items, read_image, to_model_input
 from tests.conftest import ARTIFACTS, REPO
@@ -366,3 +366,26 @@ def test_large_batches_run_in_slices_with_the_same_answers(backend: str, data) -
     whole = predictor.predict(images)
     assert np.abs(sliced.logits - whole.logits).max() <= 1e-5
     assert sliced.indices.tolist() == whole.indices.tolist()
+
+
+def test_unknown_option_values_are_typed_errors_naming_what_is_accepted() -> None:
+    with pytest.raises(OptionError, match="optimization 'fast': expected one of all, extended, basic, disabled"):
+        load(ARTIFACTS / "fmnist_mlp.onnx", optimization="fast")
+    with pytest.raises(OptionError, match="threads 0: expected a whole number >= 1"):
+        load(ARTIFACTS / "fmnist_mlp.onnx", threads=0)
+    with pytest.raises(OptionError, match="the pt2 backend does not take threads; its options: none"):
+        load(ARTIFACTS / "fmnist_mlp.pt2", threads=2)
+    with pytest.raises(OptionError, match="the onnxruntime backend does not take device_id; its options: threads, optimization, spinning"):
+        load(ARTIFACTS / "fmnist_mlp.onnx", device_id=1)
+
+
+def test_metadata_that_breaks_the_contract_is_refused_in_one_line(tmp_path: Path) -> None:
+    import onnx
+
+    model = onnx.load(ARTIFACTS / "fmnist_mlp.onnx")
+    for prop in model.metadata_props:
+        if prop.key == "class_names":
+            prop.value = json.dumps(["only", "three", "names"])
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match=r"class_names \['only', 'three', 'names'\]: expected 10 strings"):
+        load(tmp_path / "m.onnx")
