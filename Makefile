@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test export train bench clean node-example
+.PHONY: setup data test lint export train bench clean node-example
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ data: setup
 
 test: setup data node-example
 	$(BIN)/python -m pytest -q
+
+# ruff: pyflakes, pycodestyle, import order, bugbear, pyupgrade, docstrings (see pyproject.toml).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The Node.js embedding example (its test skips where Node.js/npm are absent). Install
 # scripts stay off: the CPU binaries ship inside the npm package.

@@ -1,0 +1,1 @@
+"""Benchmark stage: latency and throughput, parity across backends, training speed, cold start."""

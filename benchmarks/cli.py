@@ -32,8 +32,15 @@ def main() -> None:
 @click.option("--limit", type=click.IntRange(min=100, max=60000), default=None, help="Time on the first N images only.")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=BENCH_DIR, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
-def train_cmd(device: str, data_dir: Path | None, reference_epochs: int, fast_epochs: int,
-              limit: int | None, out_dir: Path, as_json: bool) -> None:
+def train_cmd(
+    device: str,
+    data_dir: Path | None,
+    reference_epochs: int,
+    fast_epochs: int,
+    limit: int | None,
+    out_dir: Path,
+    as_json: bool,
+) -> None:
     """Seconds per epoch: course DataLoader loop vs fast loader vs bare SGD steps."""
     from fmnist_deploy.benchmarks.train_speed import measure, to_markdown
     from fmnist_deploy.training.data import DataError, load
@@ -72,24 +79,54 @@ def _csv_ints(value: str) -> tuple[int, ...]:
 
 
 @main.command("latency")
-@click.option("--artifacts", type=click.Path(path_type=Path, file_okay=False, exists=True), default=Path("artifacts"),
-              show_default=True, help="Folder with the exported model files.")
+@click.option(
+    "--artifacts",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=Path("artifacts"),
+    show_default=True,
+    help="Folder with the exported model files.",
+)
 @click.option("--backend", "backends", multiple=True, help="Repeatable; default: every available backend.")
-@click.option("--device", "devices", multiple=True, type=click.Choice(["cpu", "cuda"]),
-              help="Repeatable; default: cpu, plus cuda when present.")
+@click.option(
+    "--device",
+    "devices",
+    multiple=True,
+    type=click.Choice(["cpu", "cuda"]),
+    help="Repeatable; default: cpu, plus cuda when present.",
+)
 @click.option("--batches", default="1,8,32,100,1000,10000", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--budget", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
-              help="Seconds of timed calls per cell.")
+@click.option(
+    "--budget",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Seconds of timed calls per cell.",
+)
 @click.option("--min-repetitions", type=click.IntRange(min=2), default=5, show_default=True)
-@click.option("--e2e-max-batch", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Largest batch also timed end to end from PNG files.")
+@click.option(
+    "--e2e-max-batch",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Largest batch also timed end to end from PNG files.",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=BENCH_DIR, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def latency_cmd(artifacts: Path, backends: tuple[str, ...], devices: tuple[str, ...], batches: str, budget: float,
-                min_repetitions: int, e2e_max_batch: int, threads: int | None, data_dir: Path | None, out_dir: Path,
-                as_json: bool) -> None:
+def latency_cmd(
+    artifacts: Path,
+    backends: tuple[str, ...],
+    devices: tuple[str, ...],
+    batches: str,
+    budget: float,
+    min_repetitions: int,
+    e2e_max_batch: int,
+    threads: int | None,
+    data_dir: Path | None,
+    out_dir: Path,
+    as_json: bool,
+) -> None:
     """p50/p90/p99/p99.9 latency and images/s per backend x device x batch size."""
     from fmnist_deploy.benchmarks.latency import TARGETS, Config, available_devices, measure
     from fmnist_deploy.benchmarks.report import latency_csv, latency_markdown, latency_plot
@@ -101,21 +138,31 @@ def latency_cmd(artifacts: Path, backends: tuple[str, ...], devices: tuple[str, 
     if not backends:
         backends = tuple(b for b in TARGETS if (artifacts / TARGETS[b].file).is_file())
         if not backends:
-            raise click.ClickException(f"{artifacts} holds none of {', '.join(sorted({t.file for t in TARGETS.values()}))}; "
-                                       "run `make export` first")
+            raise click.ClickException(
+                f"{artifacts} holds none of {', '.join(sorted({t.file for t in TARGETS.values()}))}; "
+                "run `make export` first"
+            )
     missing = [TARGETS[b].file for b in backends if not (artifacts / TARGETS[b].file).is_file()]
     if missing:
         raise click.ClickException(f"{artifacts} lacks {', '.join(missing)}; run `make export` first")
     if "cuda" in devices and "cuda" not in available_devices():
         raise click.BadParameter("cuda requested but no CUDA device is available", param_hint="--device")
-    config = Config(artifacts=artifacts, backends=backends, devices=devices or available_devices(),
-                    batches=_csv_ints(batches), budget_s=budget, min_repetitions=min_repetitions,
-                    e2e_max_batch=e2e_max_batch, threads=threads)
+    config = Config(
+        artifacts=artifacts,
+        backends=backends,
+        devices=devices or available_devices(),
+        batches=_csv_ints(batches),
+        budget_s=budget,
+        min_repetitions=min_repetitions,
+        e2e_max_batch=e2e_max_batch,
+        threads=threads,
+    )
     images = _test_set(data_dir).test_images.numpy()
 
     def progress(grid):
-        with click.progressbar(grid, label="backend x device", file=sys.stderr,
-                               item_show_func=lambda c: f"{c[0]}/{c[1]}" if c else "") as bar:
+        with click.progressbar(
+            grid, label="backend x device", file=sys.stderr, item_show_func=lambda c: f"{c[0]}/{c[1]}" if c else ""
+        ) as bar:
             yield from bar
 
     try:
@@ -131,10 +178,19 @@ def latency_cmd(artifacts: Path, backends: tuple[str, ...], devices: tuple[str, 
 
 
 @main.command("parity")
-@click.option("--artifacts", type=click.Path(path_type=Path, file_okay=False, exists=True), default=Path("artifacts"),
-              show_default=True)
-@click.option("--device", "devices", multiple=True, type=click.Choice(["cpu", "cuda"]),
-              help="Repeatable; default: cpu, plus cuda when present.")
+@click.option(
+    "--artifacts",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=Path("artifacts"),
+    show_default=True,
+)
+@click.option(
+    "--device",
+    "devices",
+    multiple=True,
+    type=click.Choice(["cpu", "cuda"]),
+    help="Repeatable; default: cpu, plus cuda when present.",
+)
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=BENCH_DIR, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -163,10 +219,18 @@ def parity_cmd(artifacts: Path, devices: tuple[str, ...], data_dir: Path | None,
 
 
 @main.command("coldstart")
-@click.option("--artifacts", type=click.Path(path_type=Path, file_okay=False, exists=True), default=Path("artifacts"),
-              show_default=True)
-@click.option("--image", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              default=Path("artifacts/samples/0000_ankle_boot.png"), show_default=True)
+@click.option(
+    "--artifacts",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=Path("artifacts"),
+    show_default=True,
+)
+@click.option(
+    "--image",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=Path("artifacts/samples/0000_ankle_boot.png"),
+    show_default=True,
+)
 @click.option("--repetitions", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=BENCH_DIR, show_default=True)
 @click.option("--json", "as_json", is_flag=True)

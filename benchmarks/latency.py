@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import tempfile
 import time
-from functools import partial
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from fmnist_deploy.contract import INT8_ONNX_NAME, STEM, SUFFIXES, WEIGHTS_NAME
-from fmnist_deploy.machine import environment
 from fmnist_deploy.benchmarks.numpy_ref import NumpyMLP
 from fmnist_deploy.benchmarks.stats import FLOP_PER_IMAGE, ceiling_images_per_s, sgemm_peak_gflops, summarise
+from fmnist_deploy.contract import INT8_ONNX_NAME, STEM, SUFFIXES, WEIGHTS_NAME
+from fmnist_deploy.machine import environment
 
 DEFAULT_BATCHES = (1, 8, 32, 100, 1000, 10000)
+
+
 class Target(NamedTuple):
     """One row label of the grid: the model file it times, and the runtime backend (None: not the runtime)."""
 
@@ -48,6 +50,8 @@ Predict = Callable[[np.ndarray], Any]
 
 @dataclass(frozen=True)
 class Config:
+    """What one latency run measures: files, backends, devices, batch sizes and time budgets."""
+
     artifacts: Path = Path("artifacts")
     backends: tuple[str, ...] = tuple(TARGETS)
     devices: tuple[str, ...] = ("cpu",)
@@ -61,6 +65,8 @@ class Config:
 
 @dataclass
 class Opened:
+    """A loaded target: its predict callable and what it reports about itself (provider, threads)."""
+
     predict: Predict
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -81,8 +87,10 @@ def open_target(config: Config, backend: str, device: str) -> Opened:
             options.intra_op_num_threads = config.threads
         providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         session = ort.InferenceSession(str(path), options, providers=providers)
-        return Opened(lambda x: session.run(None, {"image": x}),
-                      {"provider": session.get_providers()[0], "threads": config.threads or "default"})
+        return Opened(
+            lambda x: session.run(None, {"image": x}),
+            {"provider": session.get_providers()[0], "threads": config.threads or "default"},
+        )
     from fmnist_deploy import runtime
 
     options = {"threads": config.threads} if runtime_backend == "onnxruntime" and config.threads else {}
@@ -137,6 +145,7 @@ def _end_to_end(predict: Predict, files: list[Path]) -> Any:
 
 
 def available_devices() -> tuple[str, ...]:
+    """cpu, plus cuda when torch sees a GPU (never an error: the grid just has fewer rows)."""
     try:
         import torch
 
@@ -145,7 +154,9 @@ def available_devices() -> tuple[str, ...]:
         return ("cpu",)
 
 
-def measure(config: Config, images: np.ndarray, *, progress: Callable[[Iterable[Any]], Iterable[Any]] = iter) -> dict[str, Any]:
+def measure(
+    config: Config, images: np.ndarray, *, progress: Callable[[Iterable[Any]], Iterable[Any]] = iter
+) -> dict[str, Any]:
     """Every cell of the grid, the ceiling, and the derived ratios, as a JSON-ready report."""
     pool = np.ascontiguousarray(np.resize(images, (max(config.batches), 28, 28)))  # tile the test set if needed
     # The peak is the best of a measurement before and one after the grid: a busy moment
@@ -167,9 +178,12 @@ def measure(config: Config, images: np.ndarray, *, progress: Callable[[Iterable[
                 samples = time_calls(partial(opened.predict, x), config.budget_s, config.min_repetitions, config.warmup)
                 cells.append(_cell(backend, device, "model", batch, samples, creation_ms, first_ms, opened.info))
                 if batch <= config.e2e_max_batch and backend not in ("ort-session", "numpy"):
-                    samples = time_calls(partial(_end_to_end, opened.predict, files[:batch]), config.budget_s,
-                                         config.min_repetitions, 1)
-                    cells.append(_cell(backend, device, "end_to_end", batch, samples, creation_ms, first_ms, opened.info))
+                    samples = time_calls(
+                        partial(_end_to_end, opened.predict, files[:batch]), config.budget_s, config.min_repetitions, 1
+                    )
+                    cells.append(
+                        _cell(backend, device, "end_to_end", batch, samples, creation_ms, first_ms, opened.info)
+                    )
     peak_after = sgemm_peak_gflops()
     peak = max(peak_before, peak_after)
     ceiling = ceiling_images_per_s(peak)
@@ -177,38 +191,77 @@ def measure(config: Config, images: np.ndarray, *, progress: Callable[[Iterable[
         cell["fraction_of_ceiling"] = cell["images_per_s"] / ceiling
     return {
         "benchmark": "latency",
-        "config": {"backends": list(config.backends), "devices": list(config.devices), "batches": list(config.batches),
-                   "budget_s": config.budget_s, "min_repetitions": config.min_repetitions, "warmup": config.warmup,
-                   "e2e_max_batch": config.e2e_max_batch, "threads": config.threads},
-        "ceiling": {"sgemm_gflops": peak, "sgemm_gflops_before": peak_before, "sgemm_gflops_after": peak_after,
-                    "flop_per_image": FLOP_PER_IMAGE, "images_per_s": ceiling,
-                    "method": "best of 5 numpy float32 2048x2048x2048 matmuls on all cores, before and after the "
-                              "grid; the higher peak / 218 368 FLOP per image"},
+        "config": {
+            "backends": list(config.backends),
+            "devices": list(config.devices),
+            "batches": list(config.batches),
+            "budget_s": config.budget_s,
+            "min_repetitions": config.min_repetitions,
+            "warmup": config.warmup,
+            "e2e_max_batch": config.e2e_max_batch,
+            "threads": config.threads,
+        },
+        "ceiling": {
+            "sgemm_gflops": peak,
+            "sgemm_gflops_before": peak_before,
+            "sgemm_gflops_after": peak_after,
+            "flop_per_image": FLOP_PER_IMAGE,
+            "images_per_s": ceiling,
+            "method": "best of 5 numpy float32 2048x2048x2048 matmuls on all cores, before and after the "
+            "grid; the higher peak / 218 368 FLOP per image",
+        },
         "cells": cells,
         "summary": summarise_grid(cells),
         "environment": environment(),
     }
 
 
-def _cell(backend: str, device: str, mode: str, batch: int, samples: list[int], creation_ms: float, first_ms: float,
-          info: dict[str, Any]) -> dict[str, Any]:
-    return {"backend": backend, "device": device, "mode": mode, **summarise(samples, batch), "creation_ms": creation_ms,
-            "first_inference_ms": first_ms, **info}
+def _cell(
+    backend: str,
+    device: str,
+    mode: str,
+    batch: int,
+    samples: list[int],
+    creation_ms: float,
+    first_ms: float,
+    info: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "backend": backend,
+        "device": device,
+        "mode": mode,
+        **summarise(samples, batch),
+        "creation_ms": creation_ms,
+        "first_inference_ms": first_ms,
+        **info,
+    }
 
 
-def _find(cells: list[dict[str, Any]], backend: str, device: str, batch: int, mode: str = "model") -> dict[str, Any] | None:
-    return next((c for c in cells if (c["backend"], c["device"], c["batch"], c["mode"]) == (backend, device, batch, mode)), None)
+def _find(
+    cells: list[dict[str, Any]], backend: str, device: str, batch: int, mode: str = "model"
+) -> dict[str, Any] | None:
+    return next(
+        (c for c in cells if (c["backend"], c["device"], c["batch"], c["mode"]) == (backend, device, batch, mode)), None
+    )
 
 
 def summarise_grid(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """The ratios the targets are stated in, derived from cells of one run."""
     summary: dict[str, Any] = {}
     # The ceiling is a float32 one: int8 runs integer kernels and is reported on its own.
-    big = [c for c in cells if c["mode"] == "model" and c["device"] == "cpu" and c["batch"] >= 1000
-           and c["backend"] not in ("numpy", "ort-session", "onnxruntime-int8")]
+    big = [
+        c
+        for c in cells
+        if c["mode"] == "model"
+        and c["device"] == "cpu"
+        and c["batch"] >= 1000
+        and c["backend"] not in ("numpy", "ort-session", "onnxruntime-int8")
+    ]
     if big:
         best = max(big, key=lambda c: c["images_per_s"])
-        summary["best_cpu_batch_ge_1000"] = {k: best[k] for k in ("backend", "batch", "images_per_s", "fraction_of_ceiling")}
+        summary["best_cpu_batch_ge_1000"] = {
+            k: best[k] for k in ("backend", "batch", "images_per_s", "fraction_of_ceiling")
+        }
     ort1, np1, bare1 = (_find(cells, b, "cpu", 1) for b in ("onnxruntime", "numpy", "ort-session"))
     if ort1 and np1:
         summary["predict_b1_over_numpy_b1"] = ort1["p50_us"] / np1["p50_us"]
@@ -220,8 +273,16 @@ def summarise_grid(cells: list[dict[str, Any]]) -> dict[str, Any]:
     crossover = {}
     for backend in sorted({c["backend"] for c in cells if c["device"] == "cuda"}):
         batches = sorted({c["batch"] for c in cells if c["backend"] == backend and c["mode"] == "model"})
-        crossover[backend] = next((b for b in batches if (g := _find(cells, backend, "cuda", b)) and (h := _find(cells, backend, "cpu", b))
-                                   and g["images_per_s"] > h["images_per_s"]), None)
+        crossover[backend] = next(
+            (
+                b
+                for b in batches
+                if (g := _find(cells, backend, "cuda", b))
+                and (h := _find(cells, backend, "cpu", b))
+                and g["images_per_s"] > h["images_per_s"]
+            ),
+            None,
+        )
     if crossover:
         summary["cuda_overtakes_cpu_at_batch"] = crossover
     return summary

@@ -12,9 +12,16 @@ from fmnist_deploy.contract import INT8_MAX_ACCURACY_DROP_POINTS, LOGIT_TOLERANC
 from fmnist_deploy.machine import environment
 
 # (model file, runtime backend, precision)
-ROWS = tuple((TARGETS[label].file, TARGETS[label].backend, precision) for label, precision in
-             (("onnxruntime", "fp32"), ("onnxruntime-int8", "int8"), ("torchscript", "fp32"), ("pt2", "fp32"),
-              ("eager", "fp32")))
+ROWS = tuple(
+    (TARGETS[label].file, TARGETS[label].backend, precision)
+    for label, precision in (
+        ("onnxruntime", "fp32"),
+        ("onnxruntime-int8", "int8"),
+        ("torchscript", "fp32"),
+        ("pt2", "fp32"),
+        ("eager", "fp32"),
+    )
+)
 
 
 def measure(artifacts: Path, images: np.ndarray, labels: np.ndarray, devices: tuple[str, ...]) -> dict[str, Any]:
@@ -34,29 +41,48 @@ def measure(artifacts: Path, images: np.ndarray, labels: np.ndarray, devices: tu
                 try:
                     predictor = runtime.load(path, backend=backend, device=device, **options)
                 except runtime.DeviceError as exc:
-                    rows.append({"file": file_name, "backend": backend, "device": device, "precision": precision,
-                                 **options, "skipped": str(exc)})
+                    rows.append(
+                        {
+                            "file": file_name,
+                            "backend": backend,
+                            "device": device,
+                            "precision": precision,
+                            **options,
+                            "skipped": str(exc),
+                        }
+                    )
                     continue
                 out = predictor.predict(images)
                 accuracy = float((out.indices == labels).mean())
                 row = {
-                    "file": file_name, "backend": backend, "device": device, "precision": precision, **options,
+                    "file": file_name,
+                    "backend": backend,
+                    "device": device,
+                    "precision": precision,
+                    **options,
                     "accuracy": accuracy,
                     "accuracy_drop_points": 100 * (ref_acc - accuracy),
                     "predictions_differing_from_eager": int((out.indices != reference.indices).sum()),
                     "max_abs_logit_diff": float(np.abs(out.logits.astype(np.float64) - reference.logits).max()),
-                    "max_abs_prob_diff": float(np.abs(out.probabilities.astype(np.float64) - reference.probabilities).max()),
+                    "max_abs_prob_diff": float(
+                        np.abs(out.probabilities.astype(np.float64) - reference.probabilities).max()
+                    ),
                 }
-                row["pass"] = (row["accuracy_drop_points"] <= INT8_MAX_ACCURACY_DROP_POINTS if precision == "int8" else
-                               row["predictions_differing_from_eager"] == 0 and row["max_abs_logit_diff"] <= LOGIT_TOLERANCE)
+                row["pass"] = (
+                    row["accuracy_drop_points"] <= INT8_MAX_ACCURACY_DROP_POINTS
+                    if precision == "int8"
+                    else row["predictions_differing_from_eager"] == 0 and row["max_abs_logit_diff"] <= LOGIT_TOLERANCE
+                )
                 rows.append(row)
     measured = [r for r in rows if "skipped" not in r]
     return {
         "benchmark": "parity",
         "images": int(len(labels)),
         "reference": {"backend": "eager", "device": "cpu", "accuracy": ref_acc},
-        "criteria": {"fp32": f"0 differing predictions and max |dlogit| <= {LOGIT_TOLERANCE}",
-                     "int8": f"accuracy drop <= {INT8_MAX_ACCURACY_DROP_POINTS} points"},
+        "criteria": {
+            "fp32": f"0 differing predictions and max |dlogit| <= {LOGIT_TOLERANCE}",
+            "int8": f"accuracy drop <= {INT8_MAX_ACCURACY_DROP_POINTS} points",
+        },
         "rows": rows,
         "passed": bool(measured) and all(r["pass"] for r in measured),
         "environment": environment(),
@@ -64,6 +90,7 @@ def measure(artifacts: Path, images: np.ndarray, labels: np.ndarray, devices: tu
 
 
 def to_markdown(report: dict[str, Any]) -> str:
+    """The parity matrix as a Markdown table with its verdict."""
     lines = [
         f"Parity on {report['images']} test images against eager PyTorch (CPU, accuracy {report['reference']['accuracy']:.4f}): "
         f"**{'PASS' if report['passed'] else 'FAIL'}**",
@@ -74,9 +101,13 @@ def to_markdown(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         opt = r.get("optimization", "—")
         if "skipped" in r:
-            lines.append(f"| {r['file']} | {r['backend']} | {r['device']} | {r['precision']} | {opt} | — | — | — | — | skipped: {r['skipped']} |")
+            lines.append(
+                f"| {r['file']} | {r['backend']} | {r['device']} | {r['precision']} | {opt} | — | — | — | — | skipped: {r['skipped']} |"
+            )
             continue
-        lines.append(f"| {r['file']} | {r['backend']} | {r['device']} | {r['precision']} | {opt} | {r['accuracy']:.4f} | "
-                     f"{r['predictions_differing_from_eager']} | {r['max_abs_logit_diff']:.2e} | {r['max_abs_prob_diff']:.2e} | "
-                     f"{'pass' if r['pass'] else 'FAIL'} |")
+        lines.append(
+            f"| {r['file']} | {r['backend']} | {r['device']} | {r['precision']} | {opt} | {r['accuracy']:.4f} | "
+            f"{r['predictions_differing_from_eager']} | {r['max_abs_logit_diff']:.2e} | {r['max_abs_prob_diff']:.2e} | "
+            f"{'pass' if r['pass'] else 'FAIL'} |"
+        )
     return "\n".join(lines) + "\n"

@@ -7,11 +7,29 @@ import io
 from pathlib import Path
 from typing import Any
 
-CSV_FIELDS = ("backend", "device", "mode", "batch", "repetitions", "p50_us", "p90_us", "p99_us", "p99_9_us", "mean_us",
-              "stdev_us", "images_per_s", "fraction_of_ceiling", "creation_ms", "first_inference_ms", "provider", "threads")
+CSV_FIELDS = (
+    "backend",
+    "device",
+    "mode",
+    "batch",
+    "repetitions",
+    "p50_us",
+    "p90_us",
+    "p99_us",
+    "p99_9_us",
+    "mean_us",
+    "stdev_us",
+    "images_per_s",
+    "fraction_of_ceiling",
+    "creation_ms",
+    "first_inference_ms",
+    "provider",
+    "threads",
+)
 
 
 def latency_csv(report: dict[str, Any]) -> str:
+    """One CSV row per cell of the latency grid."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -21,6 +39,7 @@ def latency_csv(report: dict[str, Any]) -> str:
 
 
 def latency_markdown(report: dict[str, Any]) -> str:
+    """The latency grid as Markdown, with the environment and the summary ratios."""
     env, ceiling, summary = report["environment"], report["ceiling"], report["summary"]
     lines = [
         f"Latency and throughput — {env['cpu']}, {env['usable_cores']} cores, onnxruntime "
@@ -48,19 +67,26 @@ def latency_markdown(report: dict[str, Any]) -> str:
     lines += ["", "Summary (ratios from this one run):", ""]
     if "best_cpu_batch_ge_1000" in summary:
         b = summary["best_cpu_batch_ge_1000"]
-        lines.append(f"- best fp32 CPU backend at batch ≥ 1000: {b['backend']} at batch {b['batch']}, "
-                     f"{b['images_per_s']:,.0f} images/s = **{100 * b['fraction_of_ceiling']:.0f} %** of the ceiling")
+        lines.append(
+            f"- best fp32 CPU backend at batch ≥ 1000: {b['backend']} at batch {b['batch']}, "
+            f"{b['images_per_s']:,.0f} images/s = **{100 * b['fraction_of_ceiling']:.0f} %** of the ceiling"
+        )
     if "predict_b1_over_numpy_b1" in summary:
-        lines.append(f"- `runtime.load(...).predict` (ONNX) at batch 1 / bare numpy forward: **{summary['predict_b1_over_numpy_b1']:.2f}×** "
-                     f"(bare `session.run`: {summary.get('bare_session_b1_over_numpy_b1', float('nan')):.2f}×)")
+        lines.append(
+            f"- `runtime.load(...).predict` (ONNX) at batch 1 / bare numpy forward: **{summary['predict_b1_over_numpy_b1']:.2f}×** "
+            f"(bare `session.run`: {summary.get('bare_session_b1_over_numpy_b1', float('nan')):.2f}×)"
+        )
     if "int8_over_fp32_throughput_b1000" in summary:
-        lines.append(f"- int8 / fp32 ONNX throughput at batch 1000: **{summary['int8_over_fp32_throughput_b1000']:.2f}×**")
+        lines.append(
+            f"- int8 / fp32 ONNX throughput at batch 1000: **{summary['int8_over_fp32_throughput_b1000']:.2f}×**"
+        )
     if "cuda_overtakes_cpu_at_batch" in summary:
         lines.append(f"- CUDA overtakes the CPU at batch: {summary['cuda_overtakes_cpu_at_batch']}")
     return "\n".join(lines) + "\n"
 
 
 def latency_plot(report: dict[str, Any], path: Path) -> None:
+    """p50 latency and throughput against batch size, one line per backend and device, as a PNG."""
     from matplotlib.figure import Figure
 
     from fmnist_deploy.training.atomic import atomic_path

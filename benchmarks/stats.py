@@ -45,4 +45,5 @@ def _timed(fn: Any) -> float:
 
 
 def ceiling_images_per_s(peak_gflops: float) -> float:
+    """Images/s the model's FLOPs allow at `peak_gflops`: the arithmetic ceiling."""
     return peak_gflops * 1e9 / FLOP_PER_IMAGE

@@ -17,16 +17,20 @@ from torch import nn
 from fmnist_deploy.machine import environment
 from fmnist_deploy.training.config import Recipe
 from fmnist_deploy.training.data import FashionMNIST
-from fmnist_deploy.training.loop import Batch, CourseBatches, TensorBatches, fresh_state, evaluate, train_one_epoch
+from fmnist_deploy.training.loop import Batch, CourseBatches, TensorBatches, evaluate, fresh_state, train_one_epoch
 
 
 @dataclass(frozen=True)
 class EpochTimes:
+    """Seconds of one epoch, train pass alone and with the validation pass."""
+
     train_s: float  # the SGD pass over the training set
     epoch_s: float  # train pass + the course's per-epoch validation
 
 
-def _time_epochs(batches: CourseBatches | TensorBatches, recipe: Recipe, device: torch.device, epochs: int) -> EpochTimes:
+def _time_epochs(
+    batches: CourseBatches | TensorBatches, recipe: Recipe, device: torch.device, epochs: int
+) -> EpochTimes:
     state = fresh_state(recipe, device)
     train_total = epoch_total = 0.0
     for _ in range(epochs):
@@ -104,6 +108,7 @@ def measure(
 
 
 def to_markdown(report: dict[str, Any]) -> str:
+    """The training-speed comparison as Markdown."""
     s, r = report["seconds_per_epoch"], report["ratios"]
     return "\n".join(
         [

@@ -39,8 +39,9 @@ class Source:
     @property
     def references(self) -> References:
         """What every exported file of these weights is gated against."""
-        return References(golden=self.golden, test_set=self.test_set, weights_sha256=self.weights_sha256,
-                          test_set_missing=NO_DATA)
+        return References(
+            golden=self.golden, test_set=self.test_set, weights_sha256=self.weights_sha256, test_set_missing=NO_DATA
+        )
 
 
 @torch.no_grad()
@@ -89,12 +90,15 @@ def prepare(weights_path: Path, out_dir: Path, data: FashionMNIST | None) -> Sou
         test_set = eager_reference(weights, data)
         golden = make_golden(weights, weights_sha, data)
         golden_mod.save(golden_path, golden)
-        golden_mod.write_samples(out_dir / SAMPLES_DIR, data.test_images.numpy(), data.test_labels.numpy(),
-                                 tuple(weights.class_names))
+        golden_mod.write_samples(
+            out_dir / SAMPLES_DIR, data.test_images.numpy(), data.test_labels.numpy(), tuple(weights.class_names)
+        )
     elif golden_path.is_file():
         golden = golden_mod.load(golden_path)
         if golden.weights_sha256 != weights_sha:
-            raise ExportError(f"{golden_path} belongs to other weights and the test set is absent to rebuild it; run `make data`")
+            raise ExportError(
+                f"{golden_path} belongs to other weights and the test set is absent to rebuild it; run `make data`"
+            )
     else:
         raise ExportError(f"no test set to build {golden_path}; run `make data` or pass --data-dir")
     return Source(weights, weights_sha, module, golden, test_set)
@@ -148,8 +152,9 @@ def run_export(
     results = []
     for path in paths:
         expected = opset if path.suffix == onnx_format.SUFFIX else None
-        report = verify(path, source.references, expected_opset=expected, report_to=report_path(path),
-                        raise_on_failure=False)
+        report = verify(
+            path, source.references, expected_opset=expected, report_to=report_path(path), raise_on_failure=False
+        )
         results.append(Exported(path, report))
     failed = [r.report for r in results if not r.report.passed]
     if failed:
@@ -157,8 +162,15 @@ def run_export(
     return results
 
 
-def verify_file(path: Path, *, weights_path: Path | None, golden_path: Path | None = None, opset: int | None = None,
-                data_dir: Path | None = None, report_to: Path | None = None) -> GateReport:
+def verify_file(
+    path: Path,
+    *,
+    weights_path: Path | None,
+    golden_path: Path | None = None,
+    opset: int | None = None,
+    data_dir: Path | None = None,
+    report_to: Path | None = None,
+) -> GateReport:
     """`fmnist-export --verify`: gate an existing file against its golden vectors and, given them, its weights.
 
     `golden_path` defaults to the golden.npz beside the file; a reference that is absent
@@ -185,6 +197,11 @@ def verify_file(path: Path, *, weights_path: Path | None, golden_path: Path | No
             test_set_missing = NO_DATA
         else:
             test_set = eager_reference(load_weights(weights_path), data)
-    refs = References(golden=golden, test_set=test_set, weights_sha256=weights_sha,
-                      golden_missing=golden_missing or References.golden_missing, test_set_missing=test_set_missing)
+    refs = References(
+        golden=golden,
+        test_set=test_set,
+        weights_sha256=weights_sha,
+        golden_missing=golden_missing or References.golden_missing,
+        test_set_missing=test_set_missing,
+    )
     return verify(path, refs, expected_opset=opset, report_to=report_to)

@@ -18,25 +18,65 @@ DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="all", show_default=True)
-@click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_WEIGHTS,
-              show_default=True, help="Weights file written by fmnist-train.")
-@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("artifacts"), show_default=True)
-@click.option("--opset", type=click.IntRange(min=7), default=None,
-              help=f"ONNX opset (default {DEFAULT_OPSET}: the lowest this exporter reaches; {NATIVE_OPSET}+ is native).")
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=DEFAULT_WEIGHTS,
+    show_default=True,
+    help="Weights file written by fmnist-train.",
+)
+@click.option(
+    "--out-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("artifacts"), show_default=True
+)
+@click.option(
+    "--opset",
+    type=click.IntRange(min=7),
+    default=None,
+    help=f"ONNX opset (default {DEFAULT_OPSET}: the lowest this exporter reaches; {NATIVE_OPSET}+ is native).",
+)
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write fmnist_mlp.int8.onnx.")
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Test set for the gate's full parity check (default: ./data, if present).")
-@click.option("--verify", "verify_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Only run the gate on an existing exported FILE (writes nothing unless --report).")
-@click.option("--golden", "golden_path", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-              help="With --verify: the golden.npz to compare with (default: the one beside FILE).")
-@click.option("--report", "report_to", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="With --verify: also write the gate report as JSON to this file.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Test set for the gate's full parity check (default: ./data, if present).",
+)
+@click.option(
+    "--verify",
+    "verify_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Only run the gate on an existing exported FILE (writes nothing unless --report).",
+)
+@click.option(
+    "--golden",
+    "golden_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="With --verify: the golden.npz to compare with (default: the one beside FILE).",
+)
+@click.option(
+    "--report",
+    "report_to",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --verify: also write the gate report as JSON to this file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full gate report(s) as JSON.")
 @click.pass_context
-def main(ctx: click.Context, fmt: str, weights: Path, out_dir: Path, opset: int | None, quantize: str | None,
-         data_dir: Path | None, verify_path: Path | None, golden_path: Path | None, report_to: Path | None,
-         as_json: bool) -> None:
+def main(
+    ctx: click.Context,
+    fmt: str,
+    weights: Path,
+    out_dir: Path,
+    opset: int | None,
+    quantize: str | None,
+    data_dir: Path | None,
+    verify_path: Path | None,
+    golden_path: Path | None,
+    report_to: Path | None,
+    as_json: bool,
+) -> None:
     """Export the trained network with its normalisation baked in, then gate every file.
 
     Each file gets a JSON sidecar (<file>.json) and a gate report (<file>.gate.json).
@@ -58,14 +98,23 @@ def main(ctx: click.Context, fmt: str, weights: Path, out_dir: Path, opset: int 
             if not verify_path.is_file():
                 raise click.BadParameter(f"{verify_path}: no such file", param_hint="--verify")
             # The default weights are used when they exist; named ones must exist (checked above).
-            reports = [verify_file(verify_path, weights_path=weights if weights.is_file() else None,
-                                   golden_path=golden_path, opset=opset, data_dir=data_dir, report_to=report_to)]
+            reports = [
+                verify_file(
+                    verify_path,
+                    weights_path=weights if weights.is_file() else None,
+                    golden_path=golden_path,
+                    opset=opset,
+                    data_dir=data_dir,
+                    report_to=report_to,
+                )
+            ]
         else:
             if not weights.is_file():
                 raise click.BadParameter(f"{weights}: no such file", param_hint="--weights")
             formats = ALL_FORMATS if fmt == "all" else (fmt,)
-            results = run_export(weights, formats, out_dir, opset=opset or DEFAULT_OPSET, int8=quantize == "int8",
-                                 data_dir=data_dir)
+            results = run_export(
+                weights, formats, out_dir, opset=opset or DEFAULT_OPSET, int8=quantize == "int8", data_dir=data_dir
+            )
             reports = [r.report for r in results]
     except GateError as exc:
         _echo_reports(exc.reports, as_json)

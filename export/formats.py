@@ -21,7 +21,9 @@ class ExportFormat(Protocol):
     NAME: str
     SUFFIX: str
 
-    def export(self, module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: int | None = None) -> dict[str, Any]:
+    def export(
+        self, module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: int | None = None
+    ) -> dict[str, Any]:
         """Write `module` (a Deployable) to `path` with `meta` inside; return the metadata as written,
         completed with what the exporter did (format, exporter versions, folding, opset)."""
         ...

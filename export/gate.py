@@ -75,22 +75,34 @@ def compare(logits: np.ndarray, probs: np.ndarray, reference: np.ndarray) -> dic
 
 
 def _parity(report: GateReport, name: str, stats: dict[str, float], int8: bool, hint: str) -> None:
-    detail = (f"max |dlogit| {stats['max_abs_logit_diff']:.3g}{'' if int8 else f' (limit {LOGIT_TOLERANCE:g})'}, "
-              f"max |sum(p)-1| {stats['max_prob_sum_error']:.3g}, argmax agreement {stats['argmax_agreement']:.2%}")
+    detail = (
+        f"max |dlogit| {stats['max_abs_logit_diff']:.3g}{'' if int8 else f' (limit {LOGIT_TOLERANCE:g})'}, "
+        f"max |sum(p)-1| {stats['max_prob_sum_error']:.3g}, argmax agreement {stats['argmax_agreement']:.2%}"
+    )
     if int8:  # quantised weights cannot match to 1e-5; accuracy is checked instead
         report.add(name, stats["max_prob_sum_error"] <= INT8_PROB_SUM_TOLERANCE, detail + " (int8: accuracy gated)")
         return
-    ok = (stats["max_abs_logit_diff"] <= LOGIT_TOLERANCE and stats["max_prob_sum_error"] <= PROB_SUM_TOLERANCE
-          and stats["argmax_agreement"] == 1.0)
+    ok = (
+        stats["max_abs_logit_diff"] <= LOGIT_TOLERANCE
+        and stats["max_prob_sum_error"] <= PROB_SUM_TOLERANCE
+        and stats["argmax_agreement"] == 1.0
+    )
     report.add(name, ok, detail + ("" if ok else hint))
 
 
-def _metadata_checks(report: GateReport, path: Path, fmt: str, meta: dict[str, Any], weights_sha256: str | None) -> bool:
+def _metadata_checks(
+    report: GateReport, path: Path, fmt: str, meta: dict[str, Any], weights_sha256: str | None
+) -> bool:
     """Metadata, sidecar and weights checks; returns whether the file comes from the reference weights."""
     missing = [k for k in REQUIRED_KEYS if k not in meta]
-    report.add("metadata", not missing and meta.get("contract_version") == CONTRACT_VERSION and meta.get("format") == fmt,
-               f"missing {missing}" if missing else f"contract {meta.get('contract_version')}, format {meta.get('format')}, "
-               f"{len(meta.get('class_names', []))} class names")
+    report.add(
+        "metadata",
+        not missing and meta.get("contract_version") == CONTRACT_VERSION and meta.get("format") == fmt,
+        f"missing {missing}"
+        if missing
+        else f"contract {meta.get('contract_version')}, format {meta.get('format')}, "
+        f"{len(meta.get('class_names', []))} class names",
+    )
     sidecar = sidecar_path(path)
     try:
         side = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -100,16 +112,22 @@ def _metadata_checks(report: GateReport, path: Path, fmt: str, meta: dict[str, A
         file_sha = sha256_file(path)
         side = side if isinstance(side, dict) else {}
         same = {k: v for k, v in side.items() if k not in ("file", "file_sha256")} == meta
-        report.add("sidecar", same and side.get("file_sha256") == file_sha,
-                   f"{sidecar.name}: metadata {'equal' if same else 'DIFFERS from the file'}, "
-                   f"file sha256 {'matches' if side.get('file_sha256') == file_sha else 'does not match'}")
+        report.add(
+            "sidecar",
+            same and side.get("file_sha256") == file_sha,
+            f"{sidecar.name}: metadata {'equal' if same else 'DIFFERS from the file'}, "
+            f"file sha256 {'matches' if side.get('file_sha256') == file_sha else 'does not match'}",
+        )
     if weights_sha256 is None:
         report.not_run.append(f"weights: {WEIGHTS_HINT}")
         return True
     same_weights = meta.get("weights_sha256") == weights_sha256
-    report.add("weights", same_weights,
-               f"built from weights {str(meta.get('weights_sha256'))[:12]}…, --weights are {weights_sha256[:12]}…"
-               + ("" if same_weights else f": the file was exported from other weights; {WEIGHTS_HINT}"))
+    report.add(
+        "weights",
+        same_weights,
+        f"built from weights {str(meta.get('weights_sha256'))[:12]}…, --weights are {weights_sha256[:12]}…"
+        + ("" if same_weights else f": the file was exported from other weights; {WEIGHTS_HINT}"),
+    )
     return same_weights
 
 
@@ -124,8 +142,11 @@ def _run_checks(report: GateReport, label: str, run: Runner, refs: References, i
             continue
         good = logits.shape == (n, N_CLASSES) == probs.shape and logits.dtype == probs.dtype == np.float32
         outcome[n] = "ok" if good else f"bad output {logits.dtype} {logits.shape}"
-    report.add(f"{label}:batch_sizes", all(v == "ok" for v in outcome.values()),
-               ", ".join(f"{n}:{v}" for n, v in outcome.items()))
+    report.add(
+        f"{label}:batch_sizes",
+        all(v == "ok" for v in outcome.values()),
+        ", ".join(f"{n}:{v}" for n, v in outcome.items()),
+    )
     if refs.golden is not None:
         _parity(report, f"{label}:golden_parity", compare(*run(refs.golden.images), refs.golden.logits), int8, hint)
     if refs.test_set is not None:
@@ -136,9 +157,12 @@ def _run_checks(report: GateReport, label: str, run: Runner, refs: References, i
         eager = float((test_set.logits.argmax(1) == test_set.labels).mean())
         drop_points = (eager - accuracy) * 100
         limit = INT8_MAX_ACCURACY_DROP_POINTS if int8 else 0.0
-        report.add(f"{label}:accuracy", drop_points <= limit,
-                   f"{accuracy:.4f} on {len(test_set.labels)} test images (eager {eager:.4f}, drop {drop_points:.2f} "
-                   f"points, limit {limit:g})" + ("" if drop_points <= limit else hint))
+        report.add(
+            f"{label}:accuracy",
+            drop_points <= limit,
+            f"{accuracy:.4f} on {len(test_set.labels)} test images (eager {eager:.4f}, drop {drop_points:.2f} "
+            f"points, limit {limit:g})" + ("" if drop_points <= limit else hint),
+        )
 
 
 def verify(
@@ -168,7 +192,9 @@ def verify(
     return report
 
 
-def _verify_file(report: GateReport, path: Path, fmt: ExportFormat, expected_opset: int | None, refs: References) -> None:
+def _verify_file(
+    report: GateReport, path: Path, fmt: ExportFormat, expected_opset: int | None, refs: References
+) -> None:
     if not path.is_file():
         report.add("loads", False, "no such file")
         return
@@ -187,9 +213,12 @@ def _verify_file(report: GateReport, path: Path, fmt: ExportFormat, expected_ops
     if refs.golden is None:
         report.add("reference:golden", False, refs.golden_missing)
     elif meta.get("weights_sha256") != refs.golden.weights_sha256:
-        report.add("reference:golden", False,
-                   f"golden vectors are of weights {refs.golden.weights_sha256[:12]}…, the file of "
-                   f"{str(meta.get('weights_sha256'))[:12]}…; {GOLDEN_HINT}")
+        report.add(
+            "reference:golden",
+            False,
+            f"golden vectors are of weights {refs.golden.weights_sha256[:12]}…, the file of "
+            f"{str(meta.get('weights_sha256'))[:12]}…; {GOLDEN_HINT}",
+        )
     else:
         report.add("reference:golden", True, f"{len(refs.golden.images)} golden images, {refs.golden.reference}")
     if refs.test_set is None:

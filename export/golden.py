@@ -50,8 +50,9 @@ class Golden:
     logit_tolerance: float = LOGIT_TOLERANCE
 
 
-def reference_outputs(state: Mapping[str, np.ndarray], mean: float, std: float,
-                      images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def reference_outputs(
+    state: Mapping[str, np.ndarray], mean: float, std: float, images: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The network's eval-mode logits and softmax for uint8 images, in float64, rounded once to float32 (pure).
 
     `state` is the course network's state_dict as arrays (fc1/fc2/fc3 weight and bias);
@@ -103,8 +104,10 @@ def load(path: Path) -> Golden:
         with np.load(path, allow_pickle=False) as f:
             version = int(f["format_version"])
             if version != GOLDEN_VERSION:
-                raise GoldenError(f"{path}: golden format version {version}, this tool reads {GOLDEN_VERSION}; "
-                                  "re-export with fmnist-export")
+                raise GoldenError(
+                    f"{path}: golden format version {version}, this tool reads {GOLDEN_VERSION}; "
+                    "re-export with fmnist-export"
+                )
             golden = Golden(
                 images=f["images"],
                 labels=f["labels"],
@@ -122,14 +125,24 @@ def load(path: Path) -> Golden:
     except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile, zlib.error) as exc:
         raise GoldenError(f"{path}: not a readable golden.npz ({type(exc).__name__}: {str(exc)[:120]})") from None
     n = len(golden.images)
-    if golden.images.dtype != np.uint8 or golden.images.shape[1:] != (28, 28) or golden.logits.shape != (n, 10) \
-            or golden.probabilities.shape != (n, 10) or golden.logits.dtype != np.float32 or n == 0:
-        raise GoldenError(f"{path}: arrays of unexpected shapes (images {golden.images.dtype} {golden.images.shape}, "
-                          f"logits {golden.logits.dtype} {golden.logits.shape})")
+    if (
+        golden.images.dtype != np.uint8
+        or golden.images.shape[1:] != (28, 28)
+        or golden.logits.shape != (n, 10)
+        or golden.probabilities.shape != (n, 10)
+        or golden.logits.dtype != np.float32
+        or n == 0
+    ):
+        raise GoldenError(
+            f"{path}: arrays of unexpected shapes (images {golden.images.dtype} {golden.images.shape}, "
+            f"logits {golden.logits.dtype} {golden.logits.shape})"
+        )
     return golden
 
 
-def write_samples(folder: Path, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], count: int = 10) -> list[Path]:
+def write_samples(
+    folder: Path, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], count: int = 10
+) -> list[Path]:
     """The first `count` test images as 8-bit grayscale PNGs named `<index>_<true class>.png`."""
     from PIL import Image
 

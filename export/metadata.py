@@ -34,7 +34,9 @@ def build_metadata(weights: Weights, weights_sha256: str, *, precision: str = "f
     )
 
 
-def completed(meta: dict[str, Any], fmt: str, *, exporter: tuple[str, ...], folded: bool, **facts: Any) -> dict[str, Any]:
+def completed(
+    meta: dict[str, Any], fmt: str, *, exporter: tuple[str, ...], folded: bool, **facts: Any
+) -> dict[str, Any]:
     """`meta` plus what one exporter did: its format name, its packages' versions, whether it
     folded the normalisation into the first layer, and any format facts (opset, ...)."""
     normalisation = {**meta.get("normalisation", {}), "folded_into_first_layer": folded}

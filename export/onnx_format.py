@@ -45,16 +45,18 @@ def _strip_provenance(model: onnx.ModelProto) -> None:
     model.doc_string = ""
 
 
-def export(module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: int | None = None,
-           fold: bool = True) -> dict[str, Any]:
+def export(
+    module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: int | None = None, fold: bool = True
+) -> dict[str, Any]:
     """Write `module` (a Deployable) to `path` as a single ONNX file at exactly `opset`; return its metadata.
 
     With `fold`, the normalisation is folded into fc1's weights: the graph then makes one
     pass over the input (Cast) instead of four (Cast, Div, Sub, Div) before the first Gemm.
     """
     opset = DEFAULT_OPSET if opset is None else opset
-    meta = completed(meta, NAME, exporter=("torch", "onnx", "onnxscript"), folded=fold, opset=opset,
-                     ir_version=ir_version_for(opset))
+    meta = completed(
+        meta, NAME, exporter=("torch", "onnx", "onnxscript"), folded=fold, opset=opset, ir_version=ir_version_for(opset)
+    )
     model = eval_copy(module)
     if fold:
         model = FoldedDeployable(model).eval()
@@ -77,8 +79,10 @@ def export(module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: 
         try:
             proto = version_converter.convert_version(proto, opset)
         except (RuntimeError, onnx.checker.ValidationError) as exc:
-            raise ExportError(f"cannot convert the ONNX graph to opset {opset}: {first_line(exc)}; "
-                              f"use --opset {DEFAULT_OPSET} or higher") from None
+            raise ExportError(
+                f"cannot convert the ONNX graph to opset {opset}: {first_line(exc)}; "
+                f"use --opset {DEFAULT_OPSET} or higher"
+            ) from None
     _strip_provenance(proto)
     proto.ir_version = ir_version_for(opset)
     save(proto, path, meta)
@@ -122,25 +126,49 @@ def structure_checks(path: Path, expected_opset: int | None) -> list[Check]:
     checks.append(Check("ir_version", model.ir_version == want_ir, f"IR {model.ir_version}, expected {want_ir}"))
 
     bad = [n.op_type for n in model.graph.node if n.op_type in TRAINING_OPS]
-    bad += [f"{n.op_type}.training_mode" for n in model.graph.node for a in n.attribute if a.name == "training_mode" and a.i]
+    bad += [
+        f"{n.op_type}.training_mode" for n in model.graph.node for a in n.attribute if a.name == "training_mode" and a.i
+    ]
     for function in model.functions:
         bad += [f"{function.name}/{n.op_type}" for n in function.node if n.op_type in TRAINING_OPS]
-    checks.append(Check("no_training_nodes", not bad, f"training-mode nodes: {bad}" if bad else "no Dropout or training-mode node"))
+    checks.append(
+        Check(
+            "no_training_nodes", not bad, f"training-mode nodes: {bad}" if bad else "no Dropout or training-mode node"
+        )
+    )
 
     external = [t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
     sidecars = [p.name for p in path.parent.glob(path.name + ".data")]
-    checks.append(Check("single_file", not external and not sidecars,
-                        f"external tensors {external}, data files {sidecars}" if external or sidecars else "all weights inside the file"))
+    checks.append(
+        Check(
+            "single_file",
+            not external and not sidecars,
+            f"external tensors {external}, data files {sidecars}"
+            if external or sidecars
+            else "all weights inside the file",
+        )
+    )
 
     inputs = [(i.name, i.type.tensor_type.elem_type, _dims(i)) for i in model.graph.input]
     outputs = [(o.name, o.type.tensor_type.elem_type, _dims(o)) for o in model.graph.output]
-    in_ok = len(inputs) == 1 and inputs[0][0] == INPUT_NAME and inputs[0][1] == TensorProto.UINT8 \
-        and len(inputs[0][2]) == 3 and isinstance(inputs[0][2][0], str) and tuple(inputs[0][2][1:]) == IMAGE_SHAPE
-    checks.append(Check("input_contract", in_ok, f"inputs {_describe(inputs)}, expected image uint8 [N,28,28] with N symbolic"))
-    out_ok = [o[0] for o in outputs] == list(OUTPUT_NAMES) and all(
-        o[1] == TensorProto.FLOAT and len(o[2]) == 2 and isinstance(o[2][0], str) and o[2][1] == N_CLASSES for o in outputs
+    in_ok = (
+        len(inputs) == 1
+        and inputs[0][0] == INPUT_NAME
+        and inputs[0][1] == TensorProto.UINT8
+        and len(inputs[0][2]) == 3
+        and isinstance(inputs[0][2][0], str)
+        and tuple(inputs[0][2][1:]) == IMAGE_SHAPE
     )
-    checks.append(Check("output_contract", out_ok, f"outputs {_describe(outputs)}, expected logits, probabilities float32 [N,10]"))
+    checks.append(
+        Check("input_contract", in_ok, f"inputs {_describe(inputs)}, expected image uint8 [N,28,28] with N symbolic")
+    )
+    out_ok = [o[0] for o in outputs] == list(OUTPUT_NAMES) and all(
+        o[1] == TensorProto.FLOAT and len(o[2]) == 2 and isinstance(o[2][0], str) and o[2][1] == N_CLASSES
+        for o in outputs
+    )
+    checks.append(
+        Check("output_contract", out_ok, f"outputs {_describe(outputs)}, expected logits, probabilities float32 [N,10]")
+    )
     return checks
 
 
@@ -153,8 +181,10 @@ def runners(path: Path) -> dict[str, Runner]:
     import onnxruntime as ort
 
     result: dict[str, Runner] = {}
-    for label, level in (("ort_optimised", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
-                         ("ort_unoptimised", ort.GraphOptimizationLevel.ORT_DISABLE_ALL)):
+    for label, level in (
+        ("ort_optimised", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+        ("ort_unoptimised", ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+    ):
         options = ort.SessionOptions()
         options.graph_optimization_level = level
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from fmnist_deploy.export.checks import Check, Runner
 from fmnist_deploy.contract import ARCHIVE_METADATA, IMAGE_SHAPE, INPUT_NAME, SUFFIXES
+from fmnist_deploy.export.checks import Check, Runner
 from fmnist_deploy.export.metadata import completed
 from fmnist_deploy.export.wrapper import eval_copy, numpy_runner
 from fmnist_deploy.training.atomic import atomic_path
@@ -44,6 +43,7 @@ def export(module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: 
 
 
 def load(path: Path) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
+    """The ExportedProgram and its metadata (torch.export.load)."""
     extra = {ARCHIVE_METADATA: ""}
     program = torch.export.load(str(path), extra_files=extra)
     return program, json.loads(extra[ARCHIVE_METADATA]) if extra[ARCHIVE_METADATA] else {}
@@ -55,16 +55,26 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
 
 def structure_checks(path: Path, expected_opset: int | None) -> list[Check]:
+    """No dropout op, one user input named `image`, a dynamic batch dimension of uint8 [N,28,28]."""
     program, _ = load(path)
     ops = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
     bad = [op for op in ops if any(t in op for t in TRAINING_OPS)]
     checks = [Check("no_training_nodes", not bad, f"training-mode ops: {bad}" if bad else "no dropout op in the graph")]
     user_inputs = list(program.graph_signature.user_inputs)
-    checks.append(Check("input_contract", user_inputs == [INPUT_NAME], f"user inputs {user_inputs}, expected ['{INPUT_NAME}']"))
+    checks.append(
+        Check("input_contract", user_inputs == [INPUT_NAME], f"user inputs {user_inputs}, expected ['{INPUT_NAME}']")
+    )
     placeholder = next((n for n in program.graph.nodes if n.op == "placeholder" and n.name == INPUT_NAME), None)
     val = placeholder.meta.get("val") if placeholder is not None else None
-    dynamic = val is not None and not isinstance(val.shape[0], int) and tuple(val.shape[1:]) == IMAGE_SHAPE and val.dtype == torch.uint8
-    checks.append(Check("dynamic_batch", dynamic, f"input spec {None if val is None else (val.dtype, tuple(val.shape))}"))
+    dynamic = (
+        val is not None
+        and not isinstance(val.shape[0], int)
+        and tuple(val.shape[1:]) == IMAGE_SHAPE
+        and val.dtype == torch.uint8
+    )
+    checks.append(
+        Check("dynamic_batch", dynamic, f"input spec {None if val is None else (val.dtype, tuple(val.shape))}")
+    )
     return checks
 
 

@@ -15,8 +15,13 @@ import onnx
 
 from fmnist_deploy.export import onnx_format
 
-SETTINGS: dict[str, Any] = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
-                            "per_channel": True, "reduce_range": True, "op_types": ["Gemm", "MatMul"]}
+SETTINGS: dict[str, Any] = {
+    "method": "onnxruntime.quantization.quantize_dynamic",
+    "weight_type": "QInt8",
+    "per_channel": True,
+    "reduce_range": True,
+    "op_types": ["Gemm", "MatMul"],
+}
 
 
 def quantize(fp32_path: Path, int8_path: Path, meta: dict[str, Any]) -> None:
@@ -25,7 +30,13 @@ def quantize(fp32_path: Path, int8_path: Path, meta: dict[str, Any]) -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         raw = Path(scratch) / "int8.onnx"
-        quantize_dynamic(fp32_path, raw, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                         op_types_to_quantize=SETTINGS["op_types"])
+        quantize_dynamic(
+            fp32_path,
+            raw,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=True,
+            op_types_to_quantize=SETTINGS["op_types"],
+        )
         model = onnx.load(raw)
     onnx_format.save(model, int8_path, meta)

@@ -11,13 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fmnist_deploy.export.checks import Check, Runner
 from fmnist_deploy.contract import ARCHIVE_METADATA, INPUT_NAME, SUFFIXES
+from fmnist_deploy.export.checks import Check, Runner
 from fmnist_deploy.export.metadata import completed
 from fmnist_deploy.export.wrapper import eval_copy, numpy_runner
 from fmnist_deploy.training.atomic import atomic_path
@@ -79,6 +78,7 @@ def export(module: nn.Module, path: Path, meta: dict[str, Any], *, opset: int | 
 
 
 def load(path: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """The scripted module on the CPU and its metadata (torch.jit.load)."""
     extra = {ARCHIVE_METADATA: ""}
     module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return module, json.loads(extra[ARCHIVE_METADATA]) if extra[ARCHIVE_METADATA] else {}
@@ -90,12 +90,18 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
 
 def structure_checks(path: Path, expected_opset: int | None) -> list[Check]:
+    """Every module in eval mode, no dropout op, one forward argument named `image`."""
     module, _ = load(path)
     training = [name or "<root>" for name, m in module.named_modules() if m.training]
     dropout = sorted({n.kind() for n in module.inlined_graph.nodes() if "dropout" in n.kind()})
     bad = training + dropout
-    checks = [Check("no_training_nodes", not bad,
-                    f"training-mode modules/ops: {bad}" if bad else "all modules in eval mode, no dropout op")]
+    checks = [
+        Check(
+            "no_training_nodes",
+            not bad,
+            f"training-mode modules/ops: {bad}" if bad else "all modules in eval mode, no dropout op",
+        )
+    ]
     args = [a.name for a in module.forward.schema.arguments][1:]  # drop `self`
     checks.append(Check("input_contract", args == [INPUT_NAME], f"forward arguments {args}, expected ['{INPUT_NAME}']"))
     return checks

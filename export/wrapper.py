@@ -30,6 +30,7 @@ class Deployable(nn.Module):
         self.norm = (float(mean), float(std))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (N, 28, 28) -> logits, probabilities (N, 10)."""
         x = image.to(torch.float32).div(255).sub(self.norm[0]).div(self.norm[1])  # (N, 28, 28)
         logits = self.net(x)  # (N, 10)
         return logits, torch.softmax(logits, dim=-1)
@@ -68,6 +69,7 @@ class FoldedDeployable(nn.Module):
         self.fc3 = copy.deepcopy(net.fc3)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (N, 28, 28) -> logits, probabilities (N, 10), normalisation inside fc1."""
         x = image.to(torch.float32).reshape(image.shape[0], -1)  # (N, 784) raw pixel values
         x = torch.relu(self.fc1(x))  # (N, 128), normalisation included
         x = torch.relu(self.fc2(x))  # (N, 64); dropout is the identity in eval mode
@@ -75,7 +77,9 @@ class FoldedDeployable(nn.Module):
         return logits, torch.softmax(logits, dim=-1)
 
 
-def numpy_runner(module: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def numpy_runner(
+    module: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """uint8 (N, 28, 28) numpy -> (logits, probabilities) numpy through a torch module on the CPU."""
 
     @torch.no_grad()

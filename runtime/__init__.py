@@ -65,5 +65,15 @@ def load(path: str | Path, backend: str = "auto", device: str = "cpu", **options
     return Predictor(cls(path, device, **options))
 
 
-__all__ = ["BACKENDS", "DeviceError", "InputError", "ModelError", "OptionError", "Prediction", "Predictor",
-           "RuntimeFailure", "backend_for", "load"]
+__all__ = [
+    "BACKENDS",
+    "DeviceError",
+    "InputError",
+    "ModelError",
+    "OptionError",
+    "Prediction",
+    "Predictor",
+    "RuntimeFailure",
+    "backend_for",
+    "load",
+]

@@ -22,8 +22,13 @@ def describe(array: Any) -> str:
 
 def check_images(images: Any) -> np.ndarray:
     """uint8 (N, 28, 28) or one (28, 28) image -> C-contiguous uint8 (N, 28, 28); anything else is an error."""
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape[-2:] != IMAGE_SHAPE \
-            or images.ndim not in (2, 3) or (images.ndim == 3 and images.shape[0] == 0):
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.shape[-2:] != IMAGE_SHAPE
+        or images.ndim not in (2, 3)
+        or (images.ndim == 3 and images.shape[0] == 0)
+    ):
         raise InputError(f"expected uint8 [N,28,28] (N >= 1) or [28,28], got {describe(images)}")
     if images.ndim == 2:
         images = images[None]
@@ -81,12 +86,19 @@ class Backend:
     def _checked(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, probs = self._run(images)
         n = images.shape[0]
-        if logits.shape != (n, N_CLASSES) or probs.shape != (n, N_CLASSES) or logits.dtype != np.float32 or probs.dtype != np.float32:
-            raise ModelError(f"{self.name}: model returned {describe(logits)} and {describe(probs)}, "
-                             f"expected float32 [{n},10] twice")
+        if (
+            logits.shape != (n, N_CLASSES)
+            or probs.shape != (n, N_CLASSES)
+            or logits.dtype != np.float32
+            or probs.dtype != np.float32
+        ):
+            raise ModelError(
+                f"{self.name}: model returned {describe(logits)} and {describe(probs)}, expected float32 [{n},10] twice"
+            )
         return logits, probs
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Checked uint8 (N, 28, 28) -> float32 logits and probabilities (N, 10), in cache-sized slices."""
         n = images.shape[0]
         if n <= self.chunk_rows:
             return self._checked(images)
@@ -120,8 +132,15 @@ class TorchBackend(Backend):
         try:
             self.module, meta = self._load(path, self.torch_device)
         # torch reports a damaged or foreign file through many types (a text file: KeyError).
-        except (RuntimeError, ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile,
-                pickle.UnpicklingError) as exc:
+        except (
+            RuntimeError,
+            ValueError,
+            OSError,
+            KeyError,
+            EOFError,
+            zipfile.BadZipFile,
+            pickle.UnpicklingError,
+        ) as exc:
             raise ModelError(f"{path}: {self.reader} cannot read it ({first_line(exc, 160)})") from None
         self.device = device
         self.metadata = check_metadata(meta, str(path))
@@ -145,8 +164,9 @@ class Prediction:
     labels: list[str]  # (N,) class names of the argmax
 
     def top_k(self, k: int, class_names: tuple[str, ...]) -> list[list[tuple[str, float]]]:
+        """The k most probable classes of each image, as (class name, probability), most probable first."""
         order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
-        return [[(class_names[j], float(p[j])) for j in row] for row, p in zip(order, self.probabilities)]
+        return [[(class_names[j], float(p[j])) for j in row] for row, p in zip(order, self.probabilities, strict=True)]
 
 
 class Predictor:
@@ -159,10 +179,12 @@ class Predictor:
 
     @property
     def backend_name(self) -> str:
+        """The backend that runs the file (a key of runtime.BACKENDS)."""
         return self.backend.name
 
     @property
     def device(self) -> str:
+        """cpu or cuda: where the model runs."""
         return self.backend.device
 
     def predict(self, images: np.ndarray) -> Prediction:

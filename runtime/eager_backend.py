@@ -34,9 +34,16 @@ class EagerBackend(TorchBackend):
         try:
             state, recipe = payload["model"], payload["recipe"]
             norm = (float(recipe["norm_mean"]), float(recipe["norm_std"]))
-            meta = describe(fmt="pt", precision="fp32", class_names=list(payload["class_names"]),
-                            norm_mean=norm[0], norm_std=norm[1], inside_graph=False,
-                            test_accuracy=payload.get("test_accuracy"), recipe=recipe)
+            meta = describe(
+                fmt="pt",
+                precision="fp32",
+                class_names=list(payload["class_names"]),
+                norm_mean=norm[0],
+                norm_std=norm[1],
+                inside_graph=False,
+                test_accuracy=payload.get("test_accuracy"),
+                recipe=recipe,
+            )
         except (KeyError, TypeError) as exc:
             raise ModelError(f"{path}: weights file lacks or mangles {exc}") from None
         expected = {f"{layer}.{p}" for layer in LAYERS for p in ("weight", "bias")}

@@ -74,8 +74,10 @@ def read_image(path: Path, *, invert: bool = False) -> np.ndarray:
         with Image.open(path) as img:
             width, height = img.size
             if width * height > MAX_PIXELS:
-                raise InputError(f"{path}: {width}x{height} image ({width * height / 1e6:.0f} Mpx) is over "
-                                 f"the {MAX_PIXELS / 1e6:.0f} Mpx limit")
+                raise InputError(
+                    f"{path}: {width}x{height} image ({width * height / 1e6:.0f} Mpx) is over "
+                    f"the {MAX_PIXELS / 1e6:.0f} Mpx limit"
+                )
             img.seek(0)  # first frame of animations
             img.load()
             return to_model_input(img, invert=invert)
@@ -91,9 +93,11 @@ def parse_idx_images(data: bytes, name: str) -> np.ndarray:
     """An uncompressed IDX unsigned-byte file of shape (N, 28, 28) -> uint8 array."""
     if len(data) < 16 or data[:3] != b"\x00\x00\x08" or data[3] != 3:
         raise InputError(f"{name}: not an IDX image file (expected magic 00000803, got {data[:4].hex()})")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(3))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(3))
     if shape[1:] != IMAGE_SHAPE or len(data) != 16 + shape[0] * 28 * 28:
-        raise InputError(f"{name}: IDX header says {list(shape)} with {len(data) - 16} payload bytes; expected [N,28,28]")
+        raise InputError(
+            f"{name}: IDX header says {list(shape)} with {len(data) - 16} payload bytes; expected [N,28,28]"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(shape)
 
 

@@ -28,8 +28,15 @@ class OnnxRuntimeBackend(Backend):
     suffixes = (".onnx",)
     options = ("threads", "optimization", "spinning")
 
-    def __init__(self, path: Path, device: str = "cpu", *, threads: int | None = None,
-                 optimization: str = "all", spinning: bool | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        device: str = "cpu",
+        *,
+        threads: int | None = None,
+        optimization: str = "all",
+        spinning: bool | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         if optimization not in OPTIMIZATION_LEVELS:
@@ -44,8 +51,10 @@ class OnnxRuntimeBackend(Backend):
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise DeviceError("device cuda: this onnxruntime has no CUDAExecutionProvider "
-                                  f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
+                raise DeviceError(
+                    "device cuda: this onnxruntime has no CUDAExecutionProvider "
+                    f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
+                )
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
@@ -55,8 +64,10 @@ class OnnxRuntimeBackend(Backend):
             raise ModelError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)})") from None
         if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             # ORT silently falls back to the CPU when its CUDA libraries are missing.
-            raise DeviceError(f"device cuda: ONNX Runtime fell back to {self.session.get_providers()}; "
-                              "check the CUDA/cuDNN libraries onnxruntime-gpu needs")
+            raise DeviceError(
+                f"device cuda: ONNX Runtime fell back to {self.session.get_providers()}; "
+                "check the CUDA/cuDNN libraries onnxruntime-gpu needs"
+            )
         self.device = device
         self.providers = self.session.get_providers()
         self.metadata = check_metadata(self._metadata(path), str(path))
@@ -75,12 +86,20 @@ class OnnxRuntimeBackend(Backend):
     def _check_io(self, path: Path) -> None:
         inputs = [(i.name, i.type, i.shape) for i in self.session.get_inputs()]
         outputs = [(o.name, o.type) for o in self.session.get_outputs()]
-        ok_in = len(inputs) == 1 and inputs[0][0] == INPUT_NAME and inputs[0][1] == "tensor(uint8)" \
-            and len(inputs[0][2]) == 3 and not isinstance(inputs[0][2][0], int) and tuple(inputs[0][2][1:]) == IMAGE_SHAPE
+        ok_in = (
+            len(inputs) == 1
+            and inputs[0][0] == INPUT_NAME
+            and inputs[0][1] == "tensor(uint8)"
+            and len(inputs[0][2]) == 3
+            and not isinstance(inputs[0][2][0], int)
+            and tuple(inputs[0][2][1:]) == IMAGE_SHAPE
+        )
         ok_out = [o[0] for o in outputs] == list(OUTPUT_NAMES) and all(o[1] == "tensor(float)" for o in outputs)
         if not (ok_in and ok_out):
-            raise ModelError(f"{path}: graph has inputs {inputs} and outputs {outputs}; expected image tensor(uint8) "
-                             "[N,28,28] with a dynamic N, and logits, probabilities tensor(float)")
+            raise ModelError(
+                f"{path}: graph has inputs {inputs} and outputs {outputs}; expected image tensor(uint8) "
+                "[N,28,28] with a dynamic N, and logits, probabilities tensor(float)"
+            )
 
     def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, probs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})

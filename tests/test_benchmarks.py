@@ -51,23 +51,52 @@ def _check_cells(report: dict, expected: set[tuple[str, str, str, int]]) -> None
 
 
 def test_latency_small_grid(data) -> None:
-    config = Config(backends=("onnxruntime", "ort-session", "numpy"), batches=(1, 8), budget_s=0.01, min_repetitions=3, warmup=1)
+    config = Config(
+        backends=("onnxruntime", "ort-session", "numpy"), batches=(1, 8), budget_s=0.01, min_repetitions=3, warmup=1
+    )
     report = measure(config, data.test_images[:16].numpy())
-    _check_cells(report, {(b, "cpu", "model", n) for b in config.backends for n in (1, 8)}
-                 | {("onnxruntime", "cpu", "end_to_end", n) for n in (1, 8)})
+    _check_cells(
+        report,
+        {(b, "cpu", "model", n) for b in config.backends for n in (1, 8)}
+        | {("onnxruntime", "cpu", "end_to_end", n) for n in (1, 8)},
+    )
     assert {c["provider"] for c in report["cells"] if c["backend"] == "onnxruntime"} == {"CPUExecutionProvider"}
     assert set(report["summary"]) == {"predict_b1_over_numpy_b1", "bare_session_b1_over_numpy_b1"}
     assert report["environment"]["logical_cores"] >= 1 and report["environment"]["packages"]["onnxruntime"]
 
 
 def test_latency_cli_writes_every_report(tmp_path: Path, data) -> None:
-    result = CliRunner().invoke(bench_cli, ["latency", "--backend", "pt2", "--backend", "onnxruntime-int8", "--device", "cpu",
-                                            "--batches", "1,8", "--budget", "0.01", "--min-repetitions", "3",
-                                            "--e2e-max-batch", "1", "--out-dir", str(tmp_path), "--data-dir", str(data.root)])
+    result = CliRunner().invoke(
+        bench_cli,
+        [
+            "latency",
+            "--backend",
+            "pt2",
+            "--backend",
+            "onnxruntime-int8",
+            "--device",
+            "cpu",
+            "--batches",
+            "1,8",
+            "--budget",
+            "0.01",
+            "--min-repetitions",
+            "3",
+            "--e2e-max-batch",
+            "1",
+            "--out-dir",
+            str(tmp_path),
+            "--data-dir",
+            str(data.root),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "latency.json").read_text())
-    _check_cells(report, {(b, "cpu", "model", n) for b in ("pt2", "onnxruntime-int8") for n in (1, 8)}
-                 | {(b, "cpu", "end_to_end", 1) for b in ("pt2", "onnxruntime-int8")})
+    _check_cells(
+        report,
+        {(b, "cpu", "model", n) for b in ("pt2", "onnxruntime-int8") for n in (1, 8)}
+        | {(b, "cpu", "end_to_end", 1) for b in ("pt2", "onnxruntime-int8")},
+    )
     rows = list(csv.DictReader((tmp_path / "latency.csv").open()))
     assert len(rows) == len(report["cells"]) and rows[0]["backend"] == "pt2"
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -92,7 +121,9 @@ def test_latency_cuda_without_gpu_is_refused() -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_latency_cuda_small_grid(data) -> None:
-    config = Config(backends=("pt2", "eager"), devices=("cpu", "cuda"), batches=(1, 1000), budget_s=0.05, min_repetitions=3)
+    config = Config(
+        backends=("pt2", "eager"), devices=("cpu", "cuda"), batches=(1, 1000), budget_s=0.05, min_repetitions=3
+    )
     report = measure(config, data.test_images[:1000].numpy())
     assert {c["provider"] for c in report["cells"] if c["device"] == "cuda"} == {"torch:cuda"}
     assert set(report["summary"]["cuda_overtakes_cpu_at_batch"]) == {"pt2", "eager"}
@@ -104,14 +135,22 @@ def test_every_latency_target_has_its_file_committed() -> None:
 
 
 def test_parity_cli(tmp_path: Path, data) -> None:
-    result = CliRunner().invoke(bench_cli, ["parity", "--device", "cpu", "--out-dir", str(tmp_path), "--data-dir", str(data.root)])
+    result = CliRunner().invoke(
+        bench_cli, ["parity", "--device", "cpu", "--out-dir", str(tmp_path), "--data-dir", str(data.root)]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "parity.json").read_text())
     assert report["passed"] and report["images"] == 10000
     rows = {(r["file"], r.get("optimization")): r for r in report["rows"]}
-    assert set(rows) == {("fmnist_mlp.onnx", "all"), ("fmnist_mlp.onnx", "disabled"), ("fmnist_mlp.int8.onnx", "all"),
-                         ("fmnist_mlp.int8.onnx", "disabled"), ("fmnist_mlp.torchscript", None), ("fmnist_mlp.pt2", None),
-                         ("fmnist_mlp.pt", None)}
+    assert set(rows) == {
+        ("fmnist_mlp.onnx", "all"),
+        ("fmnist_mlp.onnx", "disabled"),
+        ("fmnist_mlp.int8.onnx", "all"),
+        ("fmnist_mlp.int8.onnx", "disabled"),
+        ("fmnist_mlp.torchscript", None),
+        ("fmnist_mlp.pt2", None),
+        ("fmnist_mlp.pt", None),
+    }
     for r in report["rows"]:
         assert 0.80 < r["accuracy"] < 0.90 and r["max_abs_logit_diff"] >= 0 and r["max_abs_prob_diff"] >= 0
         if r["precision"] == "fp32":
@@ -127,8 +166,20 @@ def test_parity_fails_for_a_wrong_model(tmp_path: Path, data) -> None:
     payload = torch.load(ARTIFACTS / "fmnist_mlp.pt", weights_only=True)
     payload["model"]["fc3.bias"] = payload["model"]["fc3.bias"] + 0.01  # the eager reference moves; the .pt2 does not
     torch.save(payload, tmp_path / "fmnist_mlp.pt")
-    result = CliRunner().invoke(bench_cli, ["parity", "--artifacts", str(tmp_path), "--device", "cpu",
-                                            "--out-dir", str(tmp_path), "--data-dir", str(data.root)])
+    result = CliRunner().invoke(
+        bench_cli,
+        [
+            "parity",
+            "--artifacts",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(tmp_path),
+            "--data-dir",
+            str(data.root),
+        ],
+    )
     assert result.exit_code == 1 and "parity failed" in result.output
     assert json.loads((tmp_path / "parity.json").read_text())["passed"] is False
 
@@ -144,27 +195,38 @@ def test_train_speed_small(data) -> None:
 
 
 def test_coldstart_small() -> None:
-    report = coldstart.measure(ARTIFACTS, ARTIFACTS / "samples" / "0000_ankle_boot.png", repetitions=1,
-                               backends=("onnxruntime", "eager"))
+    report = coldstart.measure(
+        ARTIFACTS, ARTIFACTS / "samples" / "0000_ankle_boot.png", repetitions=1, backends=("onnxruntime", "eager")
+    )
     assert set(report["backends"]) == {"onnxruntime", "eager"}
     for row in report["backends"].values():
         assert row["min_s"] > 0 and row["median_s"] >= row["min_s"]
         assert row["output"] == f"{ARTIFACTS}/samples/0000_ankle_boot.png: Ankle boot (0.673)"
-    assert report["torch_over_onnx"] == pytest.approx(report["backends"]["eager"]["median_s"] / report["backends"]["onnxruntime"]["median_s"])
+    assert report["torch_over_onnx"] == pytest.approx(
+        report["backends"]["eager"]["median_s"] / report["backends"]["onnxruntime"]["median_s"]
+    )
 
 
 def test_coldstart_with_a_missing_model_is_one_line(tmp_path: Path) -> None:
     image = ARTIFACTS / "samples" / "0000_ankle_boot.png"
-    result = CliRunner().invoke(bench_cli, ["coldstart", "--artifacts", str(tmp_path), "--image", str(image),
-                                            "--out-dir", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        bench_cli,
+        ["coldstart", "--artifacts", str(tmp_path), "--image", str(image), "--out-dir", str(tmp_path / "out")],
+    )
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         f"Error: {', '.join(str(tmp_path / n) for n in ('fmnist_mlp.onnx', 'fmnist_mlp.torchscript', 'fmnist_mlp.pt2', 'fmnist_mlp.pt'))}: "
-        "no such file; run `make export` first"]
+        "no such file; run `make export` first"
+    ]
     assert not (tmp_path / "out").exists()
 
 
 def test_the_bench_module_runs_as_a_script() -> None:
-    result = subprocess.run([sys.executable, "-m", "fmnist_deploy.benchmarks.cli", "coldstart", "--help"],
-                            capture_output=True, text=True, check=False, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist_deploy.benchmarks.cli", "coldstart", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert result.returncode == 0 and "fresh `fmnist-predict` process" in result.stdout

@@ -15,20 +15,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from fmnist_deploy.contract import LOGIT_TOLERANCE, REQUIRED_KEYS, sidecar_path
 from fmnist_deploy.export import golden as golden_mod
 from fmnist_deploy.export import onnx_format
 from fmnist_deploy.export.api import ALL_FORMATS, eager_outputs, prepare, run_export, try_load_test_set, verify_file
 from fmnist_deploy.export.checks import ExportError, GateError
 from fmnist_deploy.export.cli import main as export_cli
-from fmnist_deploy.contract import LOGIT_TOLERANCE, REQUIRED_KEYS, sidecar_path
 from fmnist_deploy.export.formats import FORMATS
 from fmnist_deploy.export.gate import EagerReference, References, verify
 from fmnist_deploy.export.metadata import build_metadata, completed, write_sidecar
 from fmnist_deploy.export.wrapper import Deployable, from_weights
-from tests.conftest import ARTIFACTS, REPO
 from fmnist_deploy.training.checkpoint import Weights, load_weights, save_weights
 from fmnist_deploy.training.config import CLASS_NAMES, Recipe
 from fmnist_deploy.training.model import FashionMLP
+from tests.conftest import ARTIFACTS, REPO
 
 EXPORTED = ("fmnist_mlp.onnx", "fmnist_mlp.torchscript", "fmnist_mlp.pt2")
 
@@ -38,8 +38,19 @@ def random_weights(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     recipe = Recipe()
     model = FashionMLP.from_recipe(recipe)
-    weights = Weights(recipe, {k: v.clone() for k, v in model.state_dict().items()}, CLASS_NAMES, 2.3, 0.1,
-                      [0.1] * 10, [[0] * 10] * 10, {}, {"torch": "test"}, "cpu", "fast")
+    weights = Weights(
+        recipe,
+        {k: v.clone() for k, v in model.state_dict().items()},
+        CLASS_NAMES,
+        2.3,
+        0.1,
+        [0.1] * 10,
+        [[0] * 10] * 10,
+        {},
+        {"torch": "test"},
+        "cpu",
+        "fast",
+    )
     save_weights(path, weights)
     return path
 
@@ -88,7 +99,11 @@ def test_files_describe_themselves(exported) -> None:
         assert meta["normalisation"]["mean"] == 0.5 and meta["normalisation"]["inside_graph"] is True
         assert not any("time" in k or "date" in k for k in meta), "no timestamps in metadata"
     onnx_meta = FORMATS["onnx"].read_metadata(exported / "fmnist_mlp.onnx")
-    assert onnx_meta["opset"] == onnx_format.DEFAULT_OPSET and set(onnx_meta["exporter"]) == {"torch", "onnx", "onnxscript"}
+    assert onnx_meta["opset"] == onnx_format.DEFAULT_OPSET and set(onnx_meta["exporter"]) == {
+        "torch",
+        "onnx",
+        "onnxscript",
+    }
     assert FORMATS["onnx"].read_metadata(exported / "fmnist_mlp.int8.onnx")["precision"] == "int8"
 
 
@@ -163,8 +178,14 @@ def test_a_damaged_golden_file_is_a_one_line_error(tmp_path: Path, exported, dam
 def _raw_onnx(module: torch.nn.Module, path: Path, meta: dict, *, dynamic: bool = True, opset: int = 18) -> Path:
     """An ONNX file written WITHOUT the project's exporter safeguards (no eval copy, any shape, any opset)."""
     program = torch.onnx.export(
-        module, (torch.zeros(2, 28, 28, dtype=torch.uint8),), dynamo=True, input_names=["image"],
-        output_names=["logits", "probabilities"], opset_version=opset, external_data=False, verbose=False,
+        module,
+        (torch.zeros(2, 28, 28, dtype=torch.uint8),),
+        dynamo=True,
+        input_names=["image"],
+        output_names=["logits", "probabilities"],
+        opset_version=opset,
+        external_data=False,
+        verbose=False,
         dynamic_shapes={"image": {0: torch.export.Dim("N", min=1)}} if dynamic else None,
     )
     onnx_format.save(program.model_proto, path, meta)
@@ -181,8 +202,14 @@ def _gate_failures(path: Path, source, **kwargs) -> set[str]:
 
 
 def _meta(source, opset: int = 18) -> dict:
-    return completed(build_metadata(source.weights, source.weights_sha256), "onnx", exporter=("torch", "onnx", "onnxscript"),
-                     folded=False, opset=opset, ir_version=onnx_format.ir_version_for(opset))
+    return completed(
+        build_metadata(source.weights, source.weights_sha256),
+        "onnx",
+        exporter=("torch", "onnx", "onnxscript"),
+        folded=False,
+        opset=opset,
+        ir_version=onnx_format.ir_version_for(opset),
+    )
 
 
 def test_gate_passes_a_good_file_written_the_raw_way(tmp_path: Path, source) -> None:
@@ -256,7 +283,9 @@ def test_gate_catches_other_weights(tmp_path: Path, exported, source) -> None:
     images = source.test_set.images
     reference = EagerReference(images, source.test_set.labels, eager_outputs(other, images)[0])
     with pytest.raises(GateError) as info:
-        verify(exported / "fmnist_mlp.onnx", References(golden=source.golden, test_set=reference, weights_sha256="0" * 64))
+        verify(
+            exported / "fmnist_mlp.onnx", References(golden=source.golden, test_set=reference, weights_sha256="0" * 64)
+        )
     failures = {c.name: c.detail for c in info.value.reports[0].failures}
     assert {"weights", "ort_optimised:test_set_parity"} <= set(failures)
     assert "exported from other weights" in failures["weights"] and "--weights" in failures["weights"]
@@ -267,9 +296,14 @@ def test_gate_catches_other_weights(tmp_path: Path, exported, source) -> None:
 
 
 def test_cli_missing_weights_is_a_usage_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(export_cli, ["--weights", str(tmp_path / "none.pt"), "--out-dir", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        export_cli, ["--weights", str(tmp_path / "none.pt"), "--out-dir", str(tmp_path / "out")]
+    )
     assert result.exit_code == 2
-    assert result.output.strip().splitlines()[-1] == f"Error: Invalid value for --weights: {tmp_path / 'none.pt'}: no such file"
+    assert (
+        result.output.strip().splitlines()[-1]
+        == f"Error: Invalid value for --weights: {tmp_path / 'none.pt'}: no such file"
+    )
     assert not (tmp_path / "out").exists(), "nothing is written before the inputs are checked"
 
 
@@ -304,11 +338,15 @@ def test_cli_verify_fails_for_a_broken_file_with_exit_1(tmp_path: Path, exported
 
 
 def test_cli_verify_json_report(exported) -> None:
-    result = CliRunner().invoke(export_cli, ["--verify", str(exported / "fmnist_mlp.pt2"), "--weights", str(exported / "weights.pt"), "--json"])
+    result = CliRunner().invoke(
+        export_cli, ["--verify", str(exported / "fmnist_mlp.pt2"), "--weights", str(exported / "weights.pt"), "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["passed"] is True and report["format"] == "pt2"
-    assert {"pt2:golden_parity", "pt2:test_set_parity", "pt2:batch_sizes", "no_training_nodes"} <= {c["name"] for c in report["checks"]}
+    assert {"pt2:golden_parity", "pt2:test_set_parity", "pt2:batch_sizes", "no_training_nodes"} <= {
+        c["name"] for c in report["checks"]
+    }
 
 
 # --- the committed artifacts --------------------------------------------------------------
@@ -324,12 +362,33 @@ def test_committed_files_pass_the_gate(name: str, data) -> None:
 def test_make_export_reproduces_the_committed_files_byte_for_byte(tmp_path: Path, data) -> None:
     """A fresh process, another folder: the same bytes as committed."""
     subprocess.run(
-        [sys.executable, "-m", "fmnist_deploy.export.cli", "--format", "all", "--quantize", "int8", "--weights",
-         str(ARTIFACTS / "fmnist_mlp.pt"), "--out-dir", str(tmp_path), "--data-dir", str(data.root)],
-        check=True, cwd=tmp_path, capture_output=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        [
+            sys.executable,
+            "-m",
+            "fmnist_deploy.export.cli",
+            "--format",
+            "all",
+            "--quantize",
+            "int8",
+            "--weights",
+            str(ARTIFACTS / "fmnist_mlp.pt"),
+            "--out-dir",
+            str(tmp_path),
+            "--data-dir",
+            str(data.root),
+        ],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
     )
     # golden.npz too: its reference is float64 rounded once, independent of the CPU's float32 kernels.
-    for name in [*EXPORTED, "fmnist_mlp.int8.onnx", "golden.npz", *(f"samples/{p.name}" for p in (ARTIFACTS / "samples").iterdir())]:
+    for name in [
+        *EXPORTED,
+        "fmnist_mlp.int8.onnx",
+        "golden.npz",
+        *(f"samples/{p.name}" for p in (ARTIFACTS / "samples").iterdir()),
+    ]:
         assert (tmp_path / name).read_bytes() == (ARTIFACTS / name).read_bytes(), name
         if not name.startswith(("golden", "samples")):
             assert sidecar_path(tmp_path / name).read_bytes() == sidecar_path(ARTIFACTS / name).read_bytes(), name
@@ -371,7 +430,9 @@ def _copy_model(exported: Path, dest: Path, name: str = "fmnist_mlp.onnx") -> Pa
 
 
 def test_verify_with_a_mistyped_weights_path_is_a_usage_error(exported, tmp_path: Path) -> None:
-    result = CliRunner().invoke(export_cli, ["--verify", str(exported / "fmnist_mlp.onnx"), "--weights", str(tmp_path / "typo.pt")])
+    result = CliRunner().invoke(
+        export_cli, ["--verify", str(exported / "fmnist_mlp.onnx"), "--weights", str(tmp_path / "typo.pt")]
+    )
     assert result.exit_code == 2 and "PASS" not in result.output
     assert "typo.pt: no such file" in result.output
 
@@ -423,8 +484,10 @@ def test_verify_is_read_only_unless_a_report_is_asked_for(exported, tmp_path: Pa
 
 def test_verify_against_other_weights_says_that_weights_are_the_cause(exported, tmp_path: Path, data) -> None:
     other = random_weights(tmp_path / "other.pt", seed=5)
-    result = CliRunner().invoke(export_cli, ["--verify", str(exported / "fmnist_mlp.onnx"), "--weights", str(other),
-                                             "--data-dir", str(data.root)])
+    result = CliRunner().invoke(
+        export_cli,
+        ["--verify", str(exported / "fmnist_mlp.onnx"), "--weights", str(other), "--data-dir", str(data.root)],
+    )
     assert result.exit_code == 1
     assert "FAIL weights" in result.output and "the file was exported from other weights" in result.output
     assert "other weights than the file's" in result.output
@@ -440,21 +503,36 @@ def test_the_same_weights_saved_twice_give_the_same_bytes(exported, tmp_path: Pa
 
 def test_every_format_reports_what_its_exporter_did(exported) -> None:
     """folded_into_first_layer comes from the exporter, so an unfolded ONNX export says so."""
-    folded = {name: FORMATS[name.split(".")[-1]].read_metadata(exported / name)["normalisation"]["folded_into_first_layer"]
-              for name in EXPORTED}
+    folded = {
+        name: FORMATS[name.split(".")[-1]].read_metadata(exported / name)["normalisation"]["folded_into_first_layer"]
+        for name in EXPORTED
+    }
     assert folded == {"fmnist_mlp.onnx": True, "fmnist_mlp.torchscript": False, "fmnist_mlp.pt2": False}
 
 
 def test_unfolded_onnx_export_records_it(tmp_path: Path, source) -> None:
-    meta = onnx_format.export(source.module, tmp_path / "m.onnx", build_metadata(source.weights, source.weights_sha256),
-                              fold=False)
+    meta = onnx_format.export(
+        source.module, tmp_path / "m.onnx", build_metadata(source.weights, source.weights_sha256), fold=False
+    )
     assert meta["normalisation"]["folded_into_first_layer"] is False
     assert onnx_format.read_metadata(tmp_path / "m.onnx") == meta
 
 
 def test_cli_export_json_is_one_document(exported, tmp_path: Path, data) -> None:
-    result = CliRunner().invoke(export_cli, ["--format", "all", "--weights", str(exported / "weights.pt"), "--out-dir",
-                                             str(tmp_path), "--data-dir", str(data.root), "--json"])
+    result = CliRunner().invoke(
+        export_cli,
+        [
+            "--format",
+            "all",
+            "--weights",
+            str(exported / "weights.pt"),
+            "--out-dir",
+            str(tmp_path),
+            "--data-dir",
+            str(data.root),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     reports = json.loads(result.stdout)
     assert [r["file"] for r in reports] == list(EXPORTED) and all(r["passed"] for r in reports)

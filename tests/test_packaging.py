@@ -34,19 +34,23 @@ def test_a_users_own_runtime_and_training_cannot_shadow_the_toolkit(tmp_path: Pa
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'runtime' not in sys.modules and 'training' not in sys.modules\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in fmnist_deploy.contract.CLASS_NAMES
 
 
 def test_torch_side_names_load_lazily() -> None:
-    code = ("import sys, fmnist_deploy\n"
-            "assert 'torch' not in sys.modules\n"
-            "fmnist_deploy.run_export\n"
-            "assert 'torch' in sys.modules\n")
-    result = subprocess.run([sys.executable, "-P", "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                            check=False)
+    code = (
+        "import sys, fmnist_deploy\n"
+        "assert 'torch' not in sys.modules\n"
+        "fmnist_deploy.run_export\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -56,11 +60,28 @@ def test_the_wheel_installs_one_namespace_and_nothing_else(tmp_path: Path) -> No
     source = tmp_path / "src"
     for name in files:
         if name.startswith(("training/", "export/", "runtime/", "benchmarks/", "fmnist_deploy/")) or name in (
-                "pyproject.toml", "README.md"):
+            "pyproject.toml",
+            "README.md",
+        ):
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(REPO / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
-                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = (tmp_path / "dist").glob("fmnist_deploy-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}

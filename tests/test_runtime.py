@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import ast
+import gzip
 import json
 import subprocess
 import sys
@@ -95,7 +95,10 @@ def test_the_onnx_path_never_imports_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines() == ["artifacts/samples/0000_ankle_boot.png: Ankle boot (0.673)", "no torch"]
+    assert result.stdout.strip().splitlines() == [
+        "artifacts/samples/0000_ankle_boot.png: Ankle boot (0.673)",
+        "no torch",
+    ]
 
 
 @pytest.mark.parametrize("backend", sorted(CASES))
@@ -106,7 +109,7 @@ def test_a_predictor_shared_by_8_threads_answers_as_one_thread(backend: str, dat
     results: dict[int, np.ndarray] = {}
 
     def work(t: int) -> None:
-        out = [predictor.predict(images[i * 10:(i + 1) * 10]).logits for i in range(80)]
+        out = [predictor.predict(images[i * 10 : (i + 1) * 10]).logits for i in range(80)]
         results[t] = np.concatenate(out)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
@@ -184,7 +187,7 @@ def _garment(size: tuple[int, int] = (28, 28)) -> np.ndarray:
     """A light rectangle on a dark background."""
     w, h = size
     array = np.zeros((h, w), dtype=np.uint8)
-    array[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = 200
+    array[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = 200
     return array
 
 
@@ -260,7 +263,9 @@ def test_batches_npy_and_idx(tmp_path: Path, golden) -> None:
     header = b"\x00\x00\x08\x03" + b"".join(int(n).to_bytes(4, "big") for n in (3, 28, 28))
     (tmp_path / "three-idx3-ubyte.gz").write_bytes(gzip.compress(header + golden["images"][:3].tobytes()))
     items = list(iter_items([tmp_path / "five.npy", tmp_path / "three-idx3-ubyte.gz"]))
-    assert [i.name.rsplit("/", 1)[1] for i in items] == [f"five.npy[{i}]" for i in range(5)] + [f"three-idx3-ubyte.gz[{i}]" for i in range(3)]
+    assert [i.name.rsplit("/", 1)[1] for i in items] == [f"five.npy[{i}]" for i in range(5)] + [
+        f"three-idx3-ubyte.gz[{i}]" for i in range(3)
+    ]
     assert all(np.array_equal(item.image, golden["images"][i]) for i, item in enumerate(items[:5]))
 
 
@@ -273,8 +278,11 @@ def test_chunks_bound_the_batch_size() -> None:
 
 
 def test_cli_readme_example() -> None:
-    result = CliRunner().invoke(predict_cli, ["artifacts/samples/0000_ankle_boot.png", "--model", "artifacts/fmnist_mlp.onnx"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        predict_cli,
+        ["artifacts/samples/0000_ankle_boot.png", "--model", "artifacts/fmnist_mlp.onnx"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0
     assert result.output == "artifacts/samples/0000_ankle_boot.png: Ankle boot (0.673)\n"
 
@@ -282,7 +290,9 @@ def test_cli_readme_example() -> None:
 @pytest.mark.parametrize("backend", sorted(CASES))
 def test_cli_top_k_json_on_every_backend(backend: str) -> None:
     model = ARTIFACTS / CASES[backend]
-    result = CliRunner().invoke(predict_cli, [str(ARTIFACTS / "samples"), "--model", str(model), "--top-k", "3", "--json"])
+    result = CliRunner().invoke(
+        predict_cli, [str(ARTIFACTS / "samples"), "--model", str(model), "--top-k", "3", "--json"]
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 10 and rows[0]["class"] == "Ankle boot"
@@ -295,8 +305,16 @@ def test_cli_one_bad_input_among_good_ones(tmp_path: Path) -> None:
     good = ARTIFACTS / "samples" / "0001_pullover.png"
     truncated = tmp_path / "cut.png"
     truncated.write_bytes(good.read_bytes()[:60])
-    result = CliRunner().invoke(predict_cli, [str(good), str(tmp_path / "notes.png"), str(tmp_path / "nope.png"), str(truncated),
-                                              str(ARTIFACTS / "samples" / "0002_trouser.png")])
+    result = CliRunner().invoke(
+        predict_cli,
+        [
+            str(good),
+            str(tmp_path / "notes.png"),
+            str(tmp_path / "nope.png"),
+            str(truncated),
+            str(ARTIFACTS / "samples" / "0002_trouser.png"),
+        ],
+    )
     assert result.exit_code == 1
     out = result.stdout.splitlines()
     assert [line.split(": ")[1].split(" (")[0] for line in out] == ["Pullover", "Trouser"]
@@ -348,8 +366,17 @@ def _module_level_imports(path: Path) -> set[str]:
 
 
 def test_runtime_modules_import_torch_only_in_torch_backends() -> None:
-    torch_free = ["base", "errors", "images", "onnxruntime_backend", "cli", "__init__", "eager_backend",
-                  "torchscript_backend", "pt2_backend"]
+    torch_free = [
+        "base",
+        "errors",
+        "images",
+        "onnxruntime_backend",
+        "cli",
+        "__init__",
+        "eager_backend",
+        "torchscript_backend",
+        "pt2_backend",
+    ]
     for name in torch_free:
         imports = _module_level_imports(REPO / "runtime" / f"{name}.py")
         assert not {m for m in imports if m == "torch" or m.startswith("torch.") or m.endswith("torch_common")}, name
@@ -375,7 +402,10 @@ def test_unknown_option_values_are_typed_errors_naming_what_is_accepted() -> Non
         load(ARTIFACTS / "fmnist_mlp.onnx", threads=0)
     with pytest.raises(OptionError, match="the pt2 backend does not take threads; its options: none"):
         load(ARTIFACTS / "fmnist_mlp.pt2", threads=2)
-    with pytest.raises(OptionError, match="the onnxruntime backend does not take device_id; its options: threads, optimization, spinning"):
+    with pytest.raises(
+        OptionError,
+        match="the onnxruntime backend does not take device_id; its options: threads, optimization, spinning",
+    ):
         load(ARTIFACTS / "fmnist_mlp.onnx", device_id=1)
 
 

@@ -13,13 +13,13 @@ import torch
 from click.testing import CliRunner
 
 from fmnist_deploy.contract import ACCURACY_SLACK_IMAGES
-from tests.conftest import ARTIFACTS
 from fmnist_deploy.training import data as data_mod
 from fmnist_deploy.training.checkpoint import load_checkpoint, load_weights
 from fmnist_deploy.training.cli import main as train_cli
 from fmnist_deploy.training.config import CLASS_NAMES, Recipe
 from fmnist_deploy.training.loop import TrainingError, evaluate, in_order, run
 from fmnist_deploy.training.model import FashionMLP, normalise
+from tests.conftest import ARTIFACTS
 
 SMALL = Recipe(epochs=2, train_limit=3000)
 
@@ -34,23 +34,34 @@ def test_model_has_course_layer_names() -> None:
     model = FashionMLP()
     assert [name for name, _ in model.named_children()] == ["fc1", "dropout1", "fc2", "dropout2", "fc3"]
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
-        "fc1.weight": (128, 784), "fc1.bias": (128,),
-        "fc2.weight": (64, 128), "fc2.bias": (64,),
-        "fc3.weight": (10, 64), "fc3.bias": (10,),
+        "fc1.weight": (128, 784),
+        "fc1.bias": (128,),
+        "fc2.weight": (64, 128),
+        "fc2.bias": (64,),
+        "fc3.weight": (10, 64),
+        "fc3.bias": (10,),
     }
 
 
 def test_recipe_defaults_are_the_course_and_round_trip() -> None:
     r = Recipe()
-    assert (r.epochs, r.lr, r.momentum, r.batch_size, r.dropout, r.norm_mean, r.norm_std) == (100, 1e-3, 0.0, 100, 0.2, 0.5, 0.5)
+    assert (r.epochs, r.lr, r.momentum, r.batch_size, r.dropout, r.norm_mean, r.norm_std) == (
+        100,
+        1e-3,
+        0.0,
+        100,
+        0.2,
+        0.5,
+        0.5,
+    )
     assert Recipe.from_dict(r.to_dict()) == r
     with pytest.raises(ValueError, match="unknown recipe keys"):
         Recipe.from_dict({**r.to_dict(), "warmup": 3})
 
 
 def test_normalise_matches_totensor_normalize(data) -> None:
-    from torchvision import transforms
     from PIL import Image
+    from torchvision import transforms
 
     pipeline = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
     images = data.train_images[:64]
@@ -110,9 +121,19 @@ def test_cli_train_then_resume_writes_every_artifact(data, tmp_path: Path) -> No
     resumed = runner.invoke(train_cli, [*args, "--epochs", "2", "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert "Epoch   2/2" in resumed.output and "Epoch   1/2" not in resumed.output
-    for name in ("fmnist_mlp.pt", "checkpoint.pt", "history.json", "history.csv", "metrics.json", "curves.png", "samples.png"):
+    for name in (
+        "fmnist_mlp.pt",
+        "checkpoint.pt",
+        "history.json",
+        "history.csv",
+        "metrics.json",
+        "curves.png",
+        "samples.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
-    assert (tmp_path / "history.csv").read_text().splitlines()[0] == "epoch,train_loss,train_acc,valid_loss,valid_acc,seconds"
+    assert (tmp_path / "history.csv").read_text().splitlines()[
+        0
+    ] == "epoch,train_loss,train_acc,valid_loss,valid_acc,seconds"
     assert len((tmp_path / "history.csv").read_text().splitlines()) == 3
     assert not list(tmp_path.glob(".*.tmp")), "temporary files left behind"
     wrong = runner.invoke(train_cli, [*args, "--epochs", "3", "--resume", "--lr", "0.5"])

@@ -33,9 +33,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 `text` to `path` through a temporary file and a rename."""
     write_bytes_atomic(path, text.encode("utf-8"))

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmnist_deploy.training.atomic import write_bytes_atomic
 from fmnist_deploy.errors import first_line
+from fmnist_deploy.training.atomic import write_bytes_atomic
 from fmnist_deploy.training.config import Recipe
 
 CHECKPOINT_FORMAT = "fmnist-deploy/checkpoint"
@@ -35,9 +35,14 @@ def _cpu_state(module_or_state: nn.Module | dict[str, torch.Tensor]) -> dict[str
 
 
 def versions() -> dict[str, str]:
+    """Python, torch and torchvision versions, recorded in the weights file."""
     import torchvision
 
-    return {"python": platform.python_version(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+    }
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Checkpoint:
 
     @property
     def epoch(self) -> int:
+        """Epochs completed."""
         return len(self.history)
 
     @classmethod
@@ -69,6 +75,7 @@ class Checkpoint:
         device: torch.device,
         loader: str,
     ) -> Checkpoint:
+        """Snapshot a run after an epoch: weights on the CPU, optimizer, history and every RNG state."""
         return cls(
             recipe=recipe,
             model=_cpu_state(model),
@@ -83,6 +90,7 @@ class Checkpoint:
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    """Write the checkpoint atomically as a plain dict that `weights_only=True` reads."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -163,6 +171,7 @@ class Weights:
 
 
 def save_weights(path: Path, weights: Weights) -> None:
+    """Write the final weights file atomically as a plain dict that `weights_only=True` reads."""
     payload = {"format": WEIGHTS_FORMAT, "format_version": FORMAT_VERSION, **asdict(weights)}
     payload["recipe"] = weights.recipe.to_dict()
     payload["class_names"] = list(weights.class_names)

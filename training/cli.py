@@ -53,15 +53,33 @@ def _recipe_for_resume(ctx: click.Context, out: Path, epochs: int, given: dict[s
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto = CUDA when available.")
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Folder with the four IDX files (plain or .gz, or under FashionMNIST/raw).")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="auto = CUDA when available.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder with the four IDX files (plain or .gz, or under FashionMNIST/raw).",
+)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("artifacts"), show_default=True)
-@click.option("--limit", type=click.IntRange(min=1, max=60000), default=None,
-              help="Train on the first N training images only (smoke runs).")
-@click.option("--loader", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
-              help="fast: one tensor on the device; reference: the course's DataLoader. Same weights.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1, max=60000),
+    default=None,
+    help="Train on the first N training images only (smoke runs).",
+)
+@click.option(
+    "--loader",
+    type=click.Choice(["fast", "reference"]),
+    default="fast",
+    show_default=True,
+    help="fast: one tensor on the device; reference: the course's DataLoader. Same weights.",
+)
 @click.option("--resume", is_flag=True, help="Continue the run checkpointed in --out up to --epochs.")
 @click.option("--overwrite", is_flag=True, help="Start a new run even if --out holds one.")
 @click.pass_context
@@ -84,7 +102,9 @@ def main(
         raise click.UsageError("--resume and --overwrite contradict each other; give one")
     try:
         if resume:
-            recipe = _recipe_for_resume(ctx, out, epochs, {"lr": lr, "batch_size": batch_size, "seed": seed, "limit": limit})
+            recipe = _recipe_for_resume(
+                ctx, out, epochs, {"lr": lr, "batch_size": batch_size, "seed": seed, "limit": limit}
+            )
         else:
             if (out / CHECKPOINT_NAME).exists() and not overwrite:
                 raise click.UsageError(

@@ -31,6 +31,7 @@ class Recipe:
     train_limit: int | None = None  # train on the first N training images only
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data, as saved in checkpoints and file metadata."""
         return asdict(self)
 
     @classmethod

@@ -54,6 +54,7 @@ class FashionMNIST:
 
 
 def raw_dir(root: Path) -> Path:
+    """root/FashionMNIST/raw: where torchvision expects the uncompressed IDX files."""
     return Path(root) / "FashionMNIST" / "raw"
 
 

@@ -41,9 +41,11 @@ class Batches(Protocol):
     n_train: int
     batch_size: int
 
-    def train_batches(self) -> Iterator[Batch]: ...
+    def train_batches(self) -> Iterator[Batch]:
+        """One epoch's shuffled training batches."""
 
-    def valid_batches(self) -> Iterator[Batch]: ...
+    def valid_batches(self) -> Iterator[Batch]:
+        """The validation batches, in order."""
 
 
 class TensorBatches:
@@ -61,6 +63,7 @@ class TensorBatches:
         self.device = device
 
     def train_batches(self) -> Iterator[Batch]:
+        """One epoch's batches, drawn from the global RNG exactly as DataLoader + RandomSampler draw them."""
         _draw_loader_seed()  # the DataLoader iterator's base seed
         sampler = torch.Generator()
         sampler.manual_seed(_draw_loader_seed())  # RandomSampler's own generator
@@ -71,6 +74,7 @@ class TensorBatches:
             yield self.x.index_select(0, idx), self.y.index_select(0, idx)
 
     def valid_batches(self) -> Iterator[Batch]:
+        """The test set in order, after the one RNG draw the course's validation loader makes."""
         _draw_loader_seed()  # the validation DataLoader draws one too, though it does not shuffle
         yield from in_order(self.x_valid, self.y_valid, self.batch_size)
 
@@ -102,10 +106,12 @@ class CourseBatches:
         self.device = device
 
     def train_batches(self) -> Iterator[Batch]:
+        """The course's DataLoader batches, moved to the device."""
         for images, labels in self.trainloader:
             yield images.to(self.device), labels.to(self.device)
 
     def valid_batches(self) -> Iterator[Batch]:
+        """The course's validation DataLoader batches, moved to the device."""
         for images, labels in self.testloader:
             yield images.to(self.device), labels.to(self.device)
 
@@ -118,6 +124,8 @@ LOADERS: dict[str, type[TensorBatches] | type[CourseBatches]] = {
 
 @dataclass(frozen=True)
 class EpochStats:
+    """Loss and accuracy of one epoch, training and validation, and its wall time."""
+
     epoch: int
     train_loss: float
     train_acc: float
@@ -183,12 +191,15 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class RunState:
+    """A run in progress: the model, its optimizer and the history so far."""
+
     model: FashionMLP
     optimizer: torch.optim.Optimizer
     history: list[EpochStats]
 
 
 def fresh_state(recipe: Recipe, device: torch.device) -> RunState:
+    """A new run: seed the global RNG, build the model and the course's SGD optimizer."""
     torch.manual_seed(recipe.seed)
     model = FashionMLP.from_recipe(recipe).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
@@ -234,7 +245,9 @@ def run(
                 "in more than the number of epochs"
             )
         if recipe.epochs < ckpt.epoch:
-            raise TrainingError(f"--resume: {ckpt_path} already holds {ckpt.epoch} epochs; ask for --epochs >= {ckpt.epoch}")
+            raise TrainingError(
+                f"--resume: {ckpt_path} already holds {ckpt.epoch} epochs; ask for --epochs >= {ckpt.epoch}"
+            )
         state = _resumed_state(ckpt, device)
         state.model.train()
     else:

@@ -34,9 +34,11 @@ class FashionMLP(nn.Module):
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> FashionMLP:
+        """The network with the recipe's layer sizes and dropout."""
         return cls(recipe.in_features, recipe.hidden1, recipe.hidden2, recipe.n_classes, recipe.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images (N, 28, 28) or (N, 784) -> logits (N, 10)."""
         x = x.reshape(x.shape[0], -1)  # (N, 784)
         x = self.dropout1(F.relu(self.fc1(x)))  # (N, 128)
         x = self.dropout2(F.relu(self.fc2(x)))  # (N, 64)

@@ -23,8 +23,11 @@ HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc",
 
 
 def write_history(out_dir: Path, recipe: Recipe, history: list[EpochStats]) -> None:
+    """history.json (with the recipe) and history.csv, one row per epoch."""
     rows = [asdict(h) for h in history]
-    write_text_atomic(out_dir / "history.json", json.dumps({"recipe": recipe.to_dict(), "epochs": rows}, indent=2) + "\n")
+    write_text_atomic(
+        out_dir / "history.json", json.dumps({"recipe": recipe.to_dict(), "epochs": rows}, indent=2) + "\n"
+    )
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -65,10 +68,12 @@ def plot_samples(path: Path, model: FashionMLP, data: FashionMNIST, recipe: Reci
     predicted = model(normalise(images, recipe.norm_mean, recipe.norm_std).to(device)).argmax(1).cpu()
     fig = Figure(figsize=(7, 7.6))
     axes = fig.subplots(3, 3)
-    for ax, image, label, pred in zip(axes.flat, images, data.test_labels[:9], predicted):
+    for ax, image, label, pred in zip(axes.flat, images, data.test_labels[:9], predicted, strict=True):
         ax.imshow(image.numpy(), cmap="gray")
         ok = int(label) == int(pred)
-        ax.set_title(f"true: {CLASS_NAMES[label]}\npred: {CLASS_NAMES[pred]}", fontsize=9, color="black" if ok else "red")
+        ax.set_title(
+            f"true: {CLASS_NAMES[label]}\npred: {CLASS_NAMES[pred]}", fontsize=9, color="black" if ok else "red"
+        )
         ax.axis("off")
     fig.tight_layout()
     _save_figure(fig, path)
@@ -106,8 +111,13 @@ def finalise(
     metrics = {
         "test_loss": test_loss,
         "test_accuracy": test_acc,
-        "per_class_accuracy": dict(zip(CLASS_NAMES, per_class)),
-        "confusion_matrix": {"rows": "true class", "columns": "predicted class", "classes": list(CLASS_NAMES), "counts": confusion.tolist()},
+        "per_class_accuracy": dict(zip(CLASS_NAMES, per_class, strict=True)),
+        "confusion_matrix": {
+            "rows": "true class",
+            "columns": "predicted class",
+            "classes": list(CLASS_NAMES),
+            "counts": confusion.tolist(),
+        },
         "epochs": len(history),
         "recipe": recipe.to_dict(),
         "device": str(device),
