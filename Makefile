@@ -16,9 +16,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The IDX files come from Debian's dataset-fashion-mnist package where apt exists;
-# training.data verifies every file's sha256 and lays them out for torchvision.
+# training.data verifies every file's sha256 and decompresses them into the per-user cache
+# ($XDG_CACHE_HOME/fmnist-deploy, default ~/.cache/fmnist-deploy) in torchvision's layout.
+CACHE_RAW = $${XDG_CACHE_HOME:-$$HOME/.cache}/fmnist-deploy/FashionMNIST/raw
+
 data: setup
-	@if [ ! -d data/FashionMNIST/raw ] && [ ! -d $(DEBIAN_DATA) ] && command -v apt-get >/dev/null; then \
+	@if [ ! -d data/FashionMNIST/raw ] && [ ! -d "$(CACHE_RAW)" ] && [ ! -d $(DEBIAN_DATA) ] && command -v apt-get >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 		else sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; fi; \
 	fi

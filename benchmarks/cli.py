@@ -20,6 +20,7 @@ def _write_reports(out_dir: Path, stem: str, report: dict, markdown: str) -> Non
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
 def main() -> None:
     """Benchmarks of the fmnist-deploy toolkit; reports go to --out-dir as JSON and Markdown."""
 

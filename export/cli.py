@@ -63,6 +63,7 @@ DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
     help="With --verify: also write the gate report as JSON to this file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the full gate report(s) as JSON.")
+@click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
 @click.pass_context
 def main(
     ctx: click.Context,

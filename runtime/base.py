@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,7 +22,13 @@ def describe(array: Any) -> str:
 
 
 def check_images(images: Any) -> np.ndarray:
-    """uint8 (N, 28, 28) or one (28, 28) image -> C-contiguous uint8 (N, 28, 28); anything else is an error."""
+    """uint8 (N, 28, 28), (N, 28, 28, 1) or one (28, 28) image -> C-contiguous uint8 (N, 28, 28).
+
+    Anything else is an InputError naming what was given.
+    """
+    given = images
+    if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]  # (N, 28, 28, 1): channels-last grayscale, as image libraries give it
     if (
         not isinstance(images, np.ndarray)
         or images.dtype != np.uint8
@@ -29,7 +36,7 @@ def check_images(images: Any) -> np.ndarray:
         or images.ndim not in (2, 3)
         or (images.ndim == 3 and images.shape[0] == 0)
     ):
-        raise InputError(f"expected uint8 [N,28,28] (N >= 1) or [28,28], got {describe(images)}")
+        raise InputError(f"expected uint8 [N,28,28] (N >= 1), [N,28,28,1] or [28,28], got {describe(given)}")
     if images.ndim == 2:
         images = images[None]
     return np.ascontiguousarray(images)
@@ -50,6 +57,50 @@ def archive_metadata(extra: dict[str, Any], source: str) -> dict[str, Any]:
         return json.loads(text) if text else {}
     except ValueError as exc:
         raise ModelError(f"{source}: its {ARCHIVE_METADATA} is not JSON ({exc})") from None
+
+
+KIND_BACKEND = {"onnx": "onnxruntime", "torchscript": "torchscript", "pt2": "pt2", "pt": "eager"}
+KIND_DESCRIPTION = {
+    "onnx": "an ONNX file",
+    "torchscript": "a TorchScript archive",
+    "pt2": "a torch.export (.pt2) archive",
+    "pt": "a torch.save weights file (.pt)",
+}
+
+
+def file_kind(path: Path) -> str | None:
+    """What a model file's bytes look like, whatever its name: onnx, torchscript, pt2, pt, or None."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head == b"PK\x03\x04":
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        elif head[:1] == b"\x08":  # protobuf field 1 (ir_version), varint: how every ONNX ModelProto starts
+            return "onnx"
+        else:
+            return None
+    except (OSError, zipfile.BadZipFile):
+        return None
+    parts = {name.split("/", 1)[1] if "/" in name else name for name in names}
+    if any(p.startswith("code/") for p in parts):
+        return "torchscript"
+    if "models/model.json" in parts or "archive_format" in parts:
+        return "pt2"
+    if "data.pkl" in parts:
+        return "pt"
+    return None
+
+
+def wrong_kind_hint(path: Path, expected: str) -> str:
+    """'; this is an ONNX file: use --backend onnxruntime or rename it to .onnx' when the bytes say so, else ''."""
+    kind = file_kind(path)
+    if kind is None or kind == expected:
+        return ""
+    suffix = {"onnx": ".onnx", "torchscript": ".torchscript", "pt2": ".pt2", "pt": ".pt"}[kind]
+    return f"; this is {KIND_DESCRIPTION[kind]}: use --backend {KIND_BACKEND[kind]} or rename it to {suffix}"
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
@@ -119,6 +170,7 @@ class TorchBackend(Backend):
     """
 
     reader: ClassVar[str]  # the torch function that reads the file, named in errors
+    kind: ClassVar[str]  # the file_kind() this backend reads
     module: Any
     torch_device: Any  # torch.device
 
@@ -141,7 +193,8 @@ class TorchBackend(Backend):
             zipfile.BadZipFile,
             pickle.UnpicklingError,
         ) as exc:
-            raise ModelError(f"{path}: {self.reader} cannot read it ({first_line(exc, 160)})") from None
+            hint = wrong_kind_hint(path, self.kind)
+            raise ModelError(f"{path}: {self.reader} cannot read it ({first_line(exc, 160)}){hint}") from None
         self.device = device
         self.metadata = check_metadata(meta, str(path))
 
@@ -162,11 +215,26 @@ class Prediction:
     probabilities: np.ndarray  # (N, 10) float32
     indices: np.ndarray  # (N,) int64, argmax
     labels: list[str]  # (N,) class names of the argmax
+    class_names: tuple[str, ...] = ()  # the model's, index -> name
 
-    def top_k(self, k: int, class_names: tuple[str, ...]) -> list[list[tuple[str, float]]]:
-        """The k most probable classes of each image, as (class name, probability), most probable first."""
+    def top_k(self, k: int, class_names: tuple[str, ...] | None = None) -> list[list[tuple[str, float]]]:
+        """The k most probable classes of each image, as (class name, probability), most probable first.
+
+        The class names are the model's own unless others are given.
+        """
+        names = self.class_names if class_names is None else class_names
         order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
-        return [[(class_names[j], float(p[j])) for j in row] for row, p in zip(order, self.probabilities, strict=True)]
+        return [[(names[j], float(p[j])) for j in row] for row, p in zip(order, self.probabilities, strict=True)]
+
+
+@dataclass(frozen=True)
+class FilesPrediction:
+    """Answers for files: the images that could be read with their prediction, and the inputs that could not."""
+
+    inputs: list[str]  # the images answered, in input order (an image of a batch file is `file[i]`)
+    prediction: Prediction | None  # row i answers inputs[i]; None when no image could be read
+    errors: dict[str, str]  # input -> why it got no answer
+    notes: dict[str, str]  # input -> a hint about an answered image (e.g. it may want --invert)
 
 
 class Predictor:
@@ -188,7 +256,35 @@ class Predictor:
         return self.backend.device
 
     def predict(self, images: np.ndarray) -> Prediction:
-        """uint8 (N, 28, 28) or (28, 28) raw pixels -> logits, probabilities, indices, class names."""
+        """uint8 (N, 28, 28), (N, 28, 28, 1) or one (28, 28) image of raw pixels -> logits, probabilities,
+        indices and class names."""
         logits, probs = self.backend.run(check_images(images))
         indices = logits.argmax(axis=1)
-        return Prediction(logits, probs, indices, [self.class_names[i] for i in indices])
+        return Prediction(logits, probs, indices, [self.class_names[i] for i in indices], self.class_names)
+
+    def predict_files(self, paths: Iterable[str | Path], *, invert: bool = False, chunk: int = 256) -> FilesPrediction:
+        """Classify image files, .npy / IDX batch files and folders with exactly `fmnist-predict`'s preprocessing.
+
+        A file that cannot be read is listed in `errors`; the others are still answered.
+        Files are decoded `chunk` at a time, so memory stays bounded by the answers.
+        """
+        from fmnist_deploy.runtime.images import chunks, iter_items
+
+        names: list[str] = []
+        parts: list[Prediction] = []
+        errors: dict[str, str] = {}
+        notes: dict[str, str] = {}
+        for batch in chunks(iter_items((Path(p) for p in paths), invert=invert), chunk):
+            good = [item for item in batch if item.error is None]
+            errors.update({item.name: item.error for item in batch if item.error is not None})
+            notes.update({item.name: item.note for item in good if item.note is not None})
+            if good:
+                names += [item.name for item in good]
+                parts.append(self.predict(np.stack([item.image for item in good])))
+        if not parts:
+            return FilesPrediction([], None, errors, notes)
+        logits = np.concatenate([p.logits for p in parts])
+        probs = np.concatenate([p.probabilities for p in parts])
+        indices = np.concatenate([p.indices for p in parts])
+        labels = [label for p in parts for label in p.labels]
+        return FilesPrediction(names, Prediction(logits, probs, indices, labels, self.class_names), errors, notes)

@@ -2,27 +2,110 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
 
-from fmnist_deploy.runtime import BACKENDS, DEVICES, RuntimeFailure, load
-from fmnist_deploy.runtime.images import chunks, iter_items
+from fmnist_deploy.models import default_model
+from fmnist_deploy.runtime import BACKENDS, DEVICES, Predictor, RuntimeFailure, load
+from fmnist_deploy.runtime.images import Item, chunks, iter_items
+from fmnist_deploy.training.atomic import write_text_atomic
 
 CHUNK = 256  # images per model call: bounded memory for folders of any size
+OUTPUT_SUFFIXES = (".jsonl", ".csv")
+CSV_FIELDS = ("input", "class", "probability", "top_k", "error")
+
+
+def _paths(given: tuple[str, ...]) -> Iterator[Path]:
+    """PATHS as given; `-` stands for the paths listed on standard input, one per line."""
+    for arg in given:
+        if arg == "-":
+            for line in sys.stdin:
+                if line.strip():
+                    yield Path(line.rstrip("\n"))
+        else:
+            yield Path(arg)
+
+
+def rows(chunk: list[Item], predictor: Predictor, top_k: int) -> list[dict[str, Any]]:
+    """One record per item of a chunk, in input order: the answer, or the reason there is none."""
+    good = [item for item in chunk if item.error is None]
+    answers: dict[int, list[tuple[str, float]]] = {}
+    if good:
+        prediction = predictor.predict(np.stack([item.image for item in good]))
+        answers = {id(item): top for item, top in zip(good, prediction.top_k(top_k), strict=True)}
+    records = []
+    for item in chunk:
+        if item.error is not None:
+            records.append({"input": item.name, "error": item.error})
+            continue
+        top = answers[id(item)]
+        records.append(
+            {
+                "input": item.name,
+                "class": top[0][0],
+                "probability": round(top[0][1], 6),
+                "top_k": [{"class": c, "probability": round(p, 6)} for c, p in top],
+            }
+        )
+    return records
+
+
+def _human(record: dict[str, Any]) -> str:
+    return f"{record['input']}: " + ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in record["top_k"])
+
+
+def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
+    top = ";".join(f"{t['class']}:{t['probability']}" for t in record.get("top_k", []))
+    return {
+        "input": record["input"],
+        "class": record.get("class", ""),
+        "probability": record.get("probability", ""),
+        "top_k": top,
+        "error": record.get("error", ""),
+    }
+
+
+def _write_output(path: Path, records: list[dict[str, Any]]) -> None:
+    """All records into a .jsonl or .csv file, atomically: a failed run leaves no half file."""
+    if path.suffix == ".jsonl":
+        text = "".join(json.dumps(r) + "\n" for r in records)
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(_csv_row(r) for r in records)
+        text = buffer.getvalue()
+    write_text_atomic(path, text)
+
+
+def _load(model: Path | None, backend: str, device: str) -> tuple[Predictor, list[str]]:
+    """The predictor, and the warnings its loading raised as one-line notes (TorchScript's deprecation)."""
+    if model is None:
+        model = default_model("onnxruntime" if backend == "auto" else backend)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictor = load(model, backend=backend, device=device)
+    notes = sorted({str(w.message).splitlines()[0] for w in caught})
+    return predictor, notes
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True)
 @click.option(
     "--model",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    default=Path("artifacts/fmnist_mlp.onnx"),
-    show_default=True,
-    help=".onnx, .torchscript, .pt2 or a .pt weights file.",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help=".onnx, .torchscript, .pt2 or a .pt weights file [default: the packaged file for --backend; "
+    "fmnist_mlp.onnx for auto].",
 )
 @click.option(
     "--backend",
@@ -34,43 +117,75 @@ CHUNK = 256  # images per model call: bounded memory for folders of any size
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 @click.option("--top-k", type=click.IntRange(1, 10), default=1, show_default=True)
 @click.option("--invert", is_flag=True, help="Input is dark-on-light (photos, scans); Fashion-MNIST is light-on-dark.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per input and line (JSON Lines), errors included."
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write every record to FILE (.jsonl or .csv) instead of standard output.",
+)
+@click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
 def main(
-    paths: tuple[Path, ...], model: Path, backend: str, device: str, top_k: int, invert: bool, as_json: bool
+    paths: tuple[str, ...],
+    model: Path | None,
+    backend: str,
+    device: str,
+    top_k: int,
+    invert: bool,
+    as_json: bool,
+    output: Path | None,
 ) -> None:
     """Classify PATHS: image files (PNG, JPEG, BMP, GIF, TIFF, WebP, ...), .npy batches
-    (uint8 [N,28,28]), IDX files, or folders of them (walked in sorted order).
+    (uint8 [N,28,28]), IDX files, or folders of them (walked in sorted order); `-` reads
+    more paths from standard input, one per line.
 
-    One line per image on stdout; problems on stderr. Exit 1 if any input failed.
+    One line per image on stdout (with --json, one JSON record per input, failures as
+    records with an "error" field); problems also on stderr. Exit 1 if any input failed,
+    2 for a usage error.
     """
+    if model is not None and not model.is_file():
+        raise click.BadParameter(f"{model}: no such file", param_hint="--model")
+    if output is not None and output.suffix not in OUTPUT_SUFFIXES:
+        raise click.BadParameter(f"{output}: expected a {' or '.join(OUTPUT_SUFFIXES)} file", param_hint="--output")
     try:
-        predictor = load(model, backend=backend, device=device)
+        predictor, notes = _load(model, backend, device)
     except RuntimeFailure as exc:
         raise click.ClickException(str(exc)) from None
-    failed = 0
-    for chunk in chunks(iter_items(paths, invert=invert), CHUNK):
-        good = [item for item in chunk if item.error is None]
-        for item in chunk:
-            if item.error is not None:
-                failed += 1
-                click.echo(f"error: {item.error}", err=True)
-        if not good:
-            continue
-        prediction = predictor.predict(np.stack([item.image for item in good]))
-        for item, top in zip(good, prediction.top_k(top_k, predictor.class_names), strict=True):
-            if as_json:
-                click.echo(
-                    json.dumps(
-                        {
-                            "input": item.name,
-                            "class": top[0][0],
-                            "probability": round(top[0][1], 6),
-                            "top_k": [{"class": c, "probability": round(p, 6)} for c, p in top],
-                        }
-                    )
-                )
-            else:
-                click.echo(f"{item.name}: " + ", ".join(f"{c} ({p:.3f})" for c, p in top))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    failed = answered = 0
+    collected: list[dict[str, Any]] = []
+    try:
+        for chunk in chunks(iter_items(_paths(paths), invert=invert), CHUNK):
+            for item in chunk:
+                if item.error is not None:
+                    click.echo(f"error: {item.error}", err=True)
+                elif item.note is not None:
+                    click.echo(f"note: {item.name}: {item.note}", err=True)
+            for record in rows(chunk, predictor, top_k):
+                failed += "error" in record
+                answered += "error" not in record
+                if output is not None:
+                    collected.append(record)
+                elif as_json:
+                    click.echo(json.dumps(record))
+                elif "error" not in record:
+                    click.echo(_human(record))
+    except KeyboardInterrupt:
+        unwritten = f"; {output} was not written" if output is not None else ""
+        click.echo(f"interrupted after {answered} answer(s){unwritten}", err=True)
+        sys.exit(130)
+    if output is not None:
+        try:
+            _write_output(output, collected)
+        except OSError as exc:
+            raise click.ClickException(f"{output}: cannot write ({exc.strerror or exc})") from None
+        click.echo(f"wrote {len(collected)} record(s) to {output}", err=True)
+    if failed + answered == 0:
+        click.echo("error: no inputs", err=True)
+        sys.exit(1)
     if failed:
         click.echo(f"{failed} input(s) failed", err=True)
         sys.exit(1)

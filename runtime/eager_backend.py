@@ -23,6 +23,7 @@ class EagerBackend(TorchBackend):
 
     name = "eager"
     suffixes = (".pt",)
+    kind = "pt"
     reader = "torch.load"
 
     def _load(self, path: Path, device: Any) -> tuple[Any, dict[str, Any]]:

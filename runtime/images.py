@@ -34,6 +34,7 @@ class Item:
     name: str
     image: np.ndarray | None  # (28, 28) uint8
     error: str | None = None
+    note: str | None = None  # a hint about a good input (e.g. it may want --invert)
 
 
 def _to_gray(img: Image.Image, invert: bool) -> Image.Image:
@@ -125,30 +126,53 @@ def _is_batch(path: Path) -> bool:
 
 
 def walk(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files named, and the files under folders named, each folder walked in sorted order."""
+    """Files named, and the files under folders named, each folder walked in sorted order.
+
+    A folder with no image or batch file under it is yielded itself, so that the caller
+    reports it rather than answering nothing.
+    """
     for path in paths:
         if path.is_dir():
+            found = False
             for child in sorted(path.rglob("*")):
                 if child.is_file() and (child.suffix.lower() in IMAGE_SUFFIXES or _is_batch(child)):
+                    found = True
                     yield child
+            if not found:
+                yield path
         else:
             yield path
+
+
+def looks_dark_on_light(image: np.ndarray) -> bool:
+    """True when a (28, 28) model input has a bright border: probably a photo or scan that wants --invert."""
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    return float(border.mean()) > 127.5
 
 
 def iter_items(paths: Iterable[Path], *, invert: bool = False) -> Iterator[Item]:
     """Every image of every input, one at a time; a bad input becomes an Item with its error."""
     for path in walk(paths):
+        if path.is_dir():
+            yield Item(str(path), None, f"{path}: no images found under this folder")
+            continue
         if not path.exists():
             yield Item(str(path), None, f"{path}: no such file or folder")
             continue
         try:
             if _is_batch(path):
                 batch = read_batch(path)
+                if batch.shape[0] == 0:
+                    raise InputError(f"{path}: holds no images (shape {list(batch.shape)})")
                 for i in range(batch.shape[0]):
                     image = np.asarray(batch[i])
                     yield Item(f"{path}[{i}]", 255 - image if invert else image)
             else:
-                yield Item(str(path), read_image(path, invert=invert))
+                image = read_image(path, invert=invert)
+                note = None
+                if not invert and looks_dark_on_light(image):
+                    note = "looks dark-on-light (bright border); Fashion-MNIST is light-on-dark: pass --invert for photos and scans"
+                yield Item(str(path), image, note=note)
         except InputError as exc:
             yield Item(str(path), None, str(exc))
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAMES
-from fmnist_deploy.runtime.base import Backend, check_metadata, read_sidecar
+from fmnist_deploy.runtime.base import Backend, check_metadata, read_sidecar, wrong_kind_hint
 from fmnist_deploy.runtime.errors import DeviceError, ModelError, OptionError, first_line
 
 # option value -> onnxruntime.GraphOptimizationLevel member
@@ -61,7 +61,8 @@ class OnnxRuntimeBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors for damaged files
-            raise ModelError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)})") from None
+            hint = wrong_kind_hint(path, "onnx")
+            raise ModelError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)}){hint}") from None
         if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             # ORT silently falls back to the CPU when its CUDA libraries are missing.
             raise DeviceError(

@@ -14,13 +14,21 @@ class Pt2Backend(TorchBackend):
 
     name = "pt2"
     suffixes = (".pt2",)
+    kind = "pt2"
     reader = "torch.export.load"
 
     def _load(self, path: Path, device: Any) -> tuple[Any, dict[str, Any]]:
+        import zipfile
+
         import torch
 
+        from fmnist_deploy.runtime.torch_common import quiet_logger
+
+        if not zipfile.is_zipfile(path):
+            raise ValueError("not a zip archive")  # reported with what the file looks like instead
         extra = {ARCHIVE_METADATA: ""}
-        program = torch.export.load(str(path), extra_files=extra)
+        with quiet_logger("torch.export"):
+            program = torch.export.load(str(path), extra_files=extra)
         if device.type != "cpu":
             from torch.export.passes import move_to_device_pass
 

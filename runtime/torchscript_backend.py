@@ -14,6 +14,7 @@ class TorchScriptBackend(TorchBackend):
 
     name = "torchscript"
     suffixes = (".torchscript",)
+    kind = "torchscript"
     reader = "torch.jit.load"
 
     def _load(self, path: Path, device: Any) -> tuple[Any, dict[str, Any]]:

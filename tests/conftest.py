@@ -10,7 +10,7 @@ ARTIFACTS = REPO / "artifacts"
 
 @pytest.fixture(scope="session")
 def data():
-    """The real, verified data set (`make data` provides it)."""
+    """The real, verified data set (`make data` provides it, in the per-user cache)."""
     from fmnist_deploy.training.data import load
 
-    return load(root=REPO / "data")
+    return load(download=False)

@@ -79,7 +79,7 @@ def test_predict_rejects_wrong_input_with_what_was_given(images, given: str) -> 
     predictor = load(ARTIFACTS / "fmnist_mlp.onnx")
     with pytest.raises(InputError) as info:
         predictor.predict(images)
-    assert str(info.value) == f"expected uint8 [N,28,28] (N >= 1) or [28,28], got {given}"
+    assert str(info.value) == f"expected uint8 [N,28,28] (N >= 1), [N,28,28,1] or [28,28], got {given}"
 
 
 def test_the_onnx_path_never_imports_torch() -> None:
@@ -329,7 +329,7 @@ def test_cli_one_bad_input_among_good_ones(tmp_path: Path) -> None:
 def test_cli_errors_and_exit_codes(tmp_path: Path) -> None:
     runner = CliRunner()
     missing = runner.invoke(predict_cli, ["x.png", "--model", str(tmp_path / "none.onnx")])
-    assert missing.exit_code == 2 and "does not exist" in missing.output
+    assert missing.exit_code == 2 and "no such file" in missing.output
     bad_backend = runner.invoke(predict_cli, ["x.png", "--backend", "tflite"])
     assert bad_backend.exit_code == 2
     corrupt = tmp_path / "corrupt.onnx"
@@ -419,3 +419,118 @@ def test_metadata_that_breaks_the_contract_is_refused_in_one_line(tmp_path: Path
     onnx.save(model, tmp_path / "m.onnx")
     with pytest.raises(ModelError, match=r"class_names \['only', 'three', 'names'\]: expected 10 strings"):
         load(tmp_path / "m.onnx")
+
+
+# --- fmnist-predict as a tool ------------------------------------------------------------
+
+
+def test_predict_works_from_any_folder_with_the_packaged_model(tmp_path: Path) -> None:
+    image = tmp_path / "boot.png"
+    image.write_bytes((ARTIFACTS / "samples" / "0000_ankle_boot.png").read_bytes())
+    result = subprocess.run([sys.executable, "-m", "fmnist_deploy.runtime.cli", "boot.png"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "boot.png: Ankle boot (0.673)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boot.png"], "nothing written where it ran"
+
+
+def test_backend_without_model_picks_its_packaged_file() -> None:
+    result = CliRunner().invoke(predict_cli, [str(ARTIFACTS / "samples" / "0002_trouser.png"), "--backend", "pt2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["class"] == "Trouser"
+
+
+@pytest.mark.parametrize("content", ["empty", "text files"])
+def test_a_folder_without_images_is_an_error_not_silence(tmp_path: Path, content: str) -> None:
+    if content == "text files":
+        (tmp_path / "notes.txt").write_text("nothing to see")
+    result = CliRunner().invoke(predict_cli, [str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"error: {tmp_path}: no images found under this folder" in result.stderr and result.stdout == ""
+
+
+def test_json_lists_every_input_exactly_once_failures_included(tmp_path: Path) -> None:
+    (tmp_path / "bad.png").write_text("not an image")
+    good = ARTIFACTS / "samples" / "0001_pullover.png"
+    result = CliRunner().invoke(predict_cli, [str(good), str(tmp_path / "bad.png"), str(tmp_path / "gone.png"), "--json"])
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["input"] for r in records] == [str(good), str(tmp_path / "bad.png"), str(tmp_path / "gone.png")]
+    assert records[0]["class"] == "Pullover" and "error" not in records[0]
+    assert "not an image" in records[1]["error"] and "no such file" in records[2]["error"]
+
+
+def test_paths_from_stdin_and_output_files(tmp_path: Path) -> None:
+    samples = sorted((ARTIFACTS / "samples").glob("*.png"))
+    listing = "".join(f"{p}\n" for p in samples[:4]) + f"{tmp_path / 'missing.png'}\n"
+    for suffix in (".jsonl", ".csv"):
+        out = tmp_path / f"answers{suffix}"
+        result = CliRunner().invoke(predict_cli, ["-", "--output", str(out), "--top-k", "2"], input=listing)
+        assert result.exit_code == 1 and result.stdout == ""
+        assert f"wrote 5 record(s) to {out}" in result.stderr
+        if suffix == ".jsonl":
+            records = [json.loads(line) for line in out.read_text().splitlines()]
+            assert [r.get("class") for r in records] == ["Ankle boot", "Pullover", "Trouser", "Trouser", None]
+            assert len(records[0]["top_k"]) == 2 and "error" in records[4]
+        else:
+            import csv
+
+            table = list(csv.DictReader(out.open()))
+            assert [r["class"] for r in table] == ["Ankle boot", "Pullover", "Trouser", "Trouser", ""]
+            assert table[4]["error"].endswith("no such file or folder") and table[0]["top_k"].startswith("Ankle boot:")
+    bad = CliRunner().invoke(predict_cli, [str(samples[0]), "--output", str(tmp_path / "answers.txt")])
+    assert bad.exit_code == 2 and "expected a .jsonl or .csv file" in bad.output
+
+
+def test_dark_on_light_images_get_a_hint(tmp_path: Path) -> None:
+    image = np.asarray(Image.open(ARTIFACTS / "samples" / "0000_ankle_boot.png"))
+    Image.fromarray(255 - image).save(tmp_path / "scan.png")
+    result = CliRunner().invoke(predict_cli, [str(tmp_path / "scan.png")])
+    assert result.exit_code == 0
+    assert "note: " in result.stderr and "pass --invert" in result.stderr
+    inverted = CliRunner().invoke(predict_cli, [str(tmp_path / "scan.png"), "--invert"])
+    assert inverted.stderr == "" and inverted.stdout.endswith("Ankle boot (0.673)\n")
+
+
+def test_a_file_with_the_wrong_suffix_says_what_it_is(tmp_path: Path) -> None:
+    (tmp_path / "model.pt2").write_bytes((ARTIFACTS / "fmnist_mlp.onnx").read_bytes())
+    result = CliRunner().invoke(predict_cli, [str(ARTIFACTS / "samples" / "0000_ankle_boot.png"), "--model",
+                                              str(tmp_path / "model.pt2")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {tmp_path / 'model.pt2'}: torch.export.load cannot read it (not a zip archive); "
+        "this is an ONNX file: use --backend onnxruntime or rename it to .onnx"]
+
+
+def test_torchscript_deprecation_is_one_note() -> None:
+    result = CliRunner().invoke(predict_cli, [str(ARTIFACTS / "samples" / "0000_ankle_boot.png"), "--backend", "torchscript"])
+    assert result.exit_code == 0
+    assert result.stderr.splitlines() == ["note: `torch.jit.load` is deprecated. Please switch to `torch.export`."]
+
+
+def test_every_command_has_a_version() -> None:
+    from fmnist_deploy.benchmarks.cli import main as bench_cli
+    from fmnist_deploy.export.cli import main as export_cli
+    from fmnist_deploy.training.cli import main as train_cli
+
+    for command in (predict_cli, export_cli, train_cli, bench_cli):
+        result = CliRunner().invoke(command, ["--version"])
+        assert result.exit_code == 0 and result.output.strip().endswith(fmnist_version()), command.name
+
+
+def fmnist_version() -> str:
+    from importlib.metadata import version
+
+    return version("fmnist-deploy")
+
+
+def test_predict_files_and_channels_last_arrays(data) -> None:
+    predictor = load(ARTIFACTS / "fmnist_mlp.onnx")
+    samples = sorted((ARTIFACTS / "samples").glob("*.png"))
+    answers = predictor.predict_files([*samples[:3], ARTIFACTS / "samples" / "nope.png"])
+    assert answers.inputs == [str(p) for p in samples[:3]] and answers.prediction.labels == ["Ankle boot", "Pullover", "Trouser"]
+    assert list(answers.errors) == [str(ARTIFACTS / "samples" / "nope.png")]
+    images = data.test_images[:5].numpy()
+    assert predictor.predict(images[..., None]).labels == predictor.predict(images).labels
+    top = predictor.predict(images).top_k(3)
+    assert top[0][0][0] == "Ankle boot" and len(top[0]) == 3

@@ -121,6 +121,7 @@ def test_cli_train_then_resume_writes_every_artifact(data, tmp_path: Path) -> No
     resumed = runner.invoke(train_cli, [*args, "--epochs", "2", "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert "Epoch   2/2" in resumed.output and "Epoch   1/2" not in resumed.output
+    assert f"Resuming the run in {tmp_path} after epoch 1, up to epoch 2" in resumed.output
     for name in (
         "fmnist_mlp.pt",
         "checkpoint.pt",
@@ -129,6 +130,7 @@ def test_cli_train_then_resume_writes_every_artifact(data, tmp_path: Path) -> No
         "metrics.json",
         "curves.png",
         "samples.png",
+        "confusion.png",
     ):
         assert (tmp_path / name).stat().st_size > 0, name
     assert (tmp_path / "history.csv").read_text().splitlines()[
@@ -286,3 +288,53 @@ def test_resume_from_a_checkpoint_with_an_unknown_recipe_key_is_one_line(tmp_pat
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "unknown recipe keys ['warmup_epochs']" in lines[0], result.output
+
+
+def test_cli_resume_with_fewer_epochs_is_a_usage_error(data, tmp_path: Path) -> None:
+    args = ["--limit", "300", "--out", str(tmp_path), "--data-dir", str(data.root), "--device", "cpu"]
+    assert CliRunner().invoke(train_cli, [*args, "--epochs", "2"]).exit_code == 0
+    result = CliRunner().invoke(train_cli, [*args, "--epochs", "1", "--resume"])
+    assert result.exit_code == 2
+    assert "already holds 2 epochs; ask for 2 or more" in result.output
+
+
+def test_ctrl_c_during_training_names_the_epoch_and_the_resume_command(data, tmp_path: Path) -> None:
+    """A real SIGINT to a real training process, after its second epoch's checkpoint is written."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fmnist_deploy.training.cli",
+            "--limit",
+            "500",
+            "--epochs",
+            "100000",
+            "--out",
+            str(tmp_path),
+            "--data-dir",
+            str(data.root),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (tmp_path / "checkpoint.pt").exists() and load_checkpoint(tmp_path / "checkpoint.pt").epoch >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    epoch = int(last.split("interrupted after epoch ")[1].split(";")[0])
+    assert last == f"interrupted after epoch {epoch}; resume with: fmnist-train --out {tmp_path} --resume"
+    assert "Traceback" not in stderr and f"Epoch {epoch:3d}/100000" in stdout
+    assert load_checkpoint(tmp_path / "checkpoint.pt").epoch >= epoch

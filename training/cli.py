@@ -13,7 +13,7 @@ from click.core import ParameterSource
 from fmnist_deploy.contract import WEIGHTS_NAME
 from fmnist_deploy.training.checkpoint import CheckpointError, load_checkpoint
 from fmnist_deploy.training.config import Recipe
-from fmnist_deploy.training.data import DataError, load
+from fmnist_deploy.training.data import DataError, load, raw_dir
 from fmnist_deploy.training.loop import CHECKPOINT_NAME, Batch, EpochStats, TrainingError, resolve_device, run
 from fmnist_deploy.training.report import finalise
 
@@ -46,6 +46,15 @@ def _recipe_for_resume(ctx: click.Context, out: Path, epochs: int, given: dict[s
                 param_hint=option,
             )
     return replace(saved, epochs=epochs)
+
+
+def _interrupted(out: Path, done: list[int], resumed: bool) -> str:
+    """One line: where the run stopped and the command that continues it."""
+    if done:
+        return f"interrupted after epoch {done[-1]}; resume with: fmnist-train --out {out} --resume"
+    if resumed:
+        return f"interrupted before an epoch ended; {out / CHECKPOINT_NAME} is unchanged: resume again with --resume"
+    return "interrupted before the first epoch ended; nothing to resume"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -82,6 +91,7 @@ def _recipe_for_resume(ctx: click.Context, out: Path, epochs: int, given: dict[s
 )
 @click.option("--resume", is_flag=True, help="Continue the run checkpointed in --out up to --epochs.")
 @click.option("--overwrite", is_flag=True, help="Start a new run even if --out holds one.")
+@click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -97,14 +107,26 @@ def main(
     resume: bool,
     overwrite: bool,
 ) -> None:
-    """Train the course's Fashion-MNIST network and write weights, history and plots to --out."""
+    """Train the course's Fashion-MNIST network and write weights, history and plots to --out.
+
+    A checkpoint is written after every epoch; Ctrl-C (or a kill) loses at most the epoch
+    in progress, and --resume continues to exactly the weights of an uninterrupted run.
+    """
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other; give one")
+    done: list[int] = []  # epochs completed in this process, for the interruption message
     try:
         if resume:
             recipe = _recipe_for_resume(
                 ctx, out, epochs, {"lr": lr, "batch_size": batch_size, "seed": seed, "limit": limit}
             )
+            start = load_checkpoint(out / CHECKPOINT_NAME).epoch
+            if recipe.epochs < start:
+                raise click.BadParameter(
+                    f"{recipe.epochs}: {out / CHECKPOINT_NAME} already holds {start} epochs; ask for {start} or more",
+                    param_hint="--epochs",
+                )
+            click.echo(f"Resuming the run in {out} after epoch {start}, up to epoch {recipe.epochs}", err=True)
         else:
             if (out / CHECKPOINT_NAME).exists() and not overwrite:
                 raise click.UsageError(
@@ -114,7 +136,13 @@ def main(
             recipe = Recipe(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, train_limit=limit)
         torch_device = resolve_device(device)
         data = load(data_dir)
+        click.echo(f"Fashion-MNIST from {raw_dir(data.root)}", err=True)
         click.echo(f"Training on {torch_device} with the {loader} loader: {recipe}", err=True)
+
+        def on_epoch(stats: EpochStats) -> None:
+            done.append(stats.epoch)
+            click.echo(_epoch_line(stats, recipe.epochs))
+
         state = run(
             recipe,
             data,
@@ -122,12 +150,15 @@ def main(
             device=torch_device,
             loader=loader,
             resume=resume,
-            on_epoch=lambda stats: click.echo(_epoch_line(stats, recipe.epochs)),
+            on_epoch=on_epoch,
             wrap_batches=_progress if sys.stderr.isatty() else None,
         )
         weights = finalise(out, recipe, state.model, state.history, data, device=torch_device, loader=loader)
     except (DataError, CheckpointError, TrainingError) as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo(_interrupted(out, done, resume), err=True)
+        sys.exit(130)
     click.echo(f"Test accuracy {weights.test_accuracy:.4f}, loss {weights.test_loss:.4f}; wrote {out / WEIGHTS_NAME}")
 
 

@@ -1,15 +1,18 @@
 """Find, verify and load the four Fashion-MNIST IDX files.
 
-Search order: an explicit folder; ./data/FashionMNIST/raw; Debian's
-dataset-fashion-mnist package (decompressed into ./data/FashionMNIST/raw);
-torchvision's download for users who are online. Every file's uncompressed
-bytes are checked against the published sha256 before anything trains on it.
+Search order: an explicit folder; a project's own ./data/FashionMNIST/raw (read in
+place); the per-user cache ($XDG_CACHE_HOME/fmnist-deploy, default
+~/.cache/fmnist-deploy); Debian's dataset-fashion-mnist package (decompressed into
+the cache); torchvision's download into the cache, for users who are online. Nothing
+is ever written into the working directory. Every file's uncompressed bytes are
+checked against the published sha256 before anything trains on it.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +28,7 @@ SHA256: dict[str, str] = {
     "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
-DEFAULT_ROOT = Path("data")
+LOCAL_ROOT = Path("data")  # a project's own copy, read in place and never written
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 HOW_TO_GET = (
     "get the data with `make data` (Debian: apt-get install dataset-fashion-mnist) "
@@ -51,6 +54,12 @@ class FashionMNIST:
     test_images: torch.Tensor  # (10000, 28, 28) uint8
     test_labels: torch.Tensor  # (10000,) int64
     sha256: dict[str, str]
+
+
+def cache_root() -> Path:
+    """Where decompressed or downloaded copies go: $XDG_CACHE_HOME/fmnist-deploy, else ~/.cache/fmnist-deploy."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fmnist-deploy"
 
 
 def raw_dir(root: Path) -> Path:
@@ -112,12 +121,14 @@ def _torchvision_download(root: Path) -> None:
         raise DataError(f"Fashion-MNIST not found and the download failed ({exc}); {HOW_TO_GET}") from None
 
 
-def locate(data_dir: Path | None = None, *, root: Path = DEFAULT_ROOT, download: bool = True) -> Path:
+def locate(data_dir: Path | None = None, *, root: Path | None = None, download: bool = True) -> Path:
     """Return a torchvision root whose FashionMNIST/raw holds the four verified files.
 
-    An explicit `data_dir` must hold the data (as FashionMNIST/raw/ under it, or
-    the files themselves, plain or .gz); it never falls back to another source.
+    `root` is where copies are written (default: `cache_root()`). An explicit
+    `data_dir` must hold the data (as FashionMNIST/raw/ under it, or the files
+    themselves, plain or .gz); it never falls back to another source.
     """
+    root = cache_root() if root is None else Path(root)
     if data_dir is not None:
         data_dir = Path(data_dir)
         for folder in (raw_dir(data_dir), data_dir):
@@ -130,6 +141,9 @@ def locate(data_dir: Path | None = None, *, root: Path = DEFAULT_ROOT, download:
             return root
         raise DataError(f"--data-dir {data_dir}: the four Fashion-MNIST IDX files are not there; {HOW_TO_GET}")
 
+    local = _find_in(raw_dir(LOCAL_ROOT))
+    if local is not None and all(p.suffix != ".gz" for p in local.values()):
+        return LOCAL_ROOT
     for folder in (raw_dir(root), DEBIAN_DIR):
         files = _find_in(folder)
         if files is not None:
@@ -156,7 +170,7 @@ def parse_idx(data: bytes, name: str = "IDX") -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def load(data_dir: Path | None = None, *, root: Path = DEFAULT_ROOT, download: bool = True) -> FashionMNIST:
+def load(data_dir: Path | None = None, *, root: Path | None = None, download: bool = True) -> FashionMNIST:
     """Locate, verify and load the data set as tensors."""
     found = locate(data_dir, root=root, download=download)
     arrays = {}

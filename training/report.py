@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from fmnist_deploy.contract import WEIGHTS_NAME
 from fmnist_deploy.training.atomic import atomic_path, write_text_atomic
@@ -55,6 +56,7 @@ def plot_curves(path: Path, history: list[EpochStats]) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(frameon=False)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers, even on short runs
     fig.tight_layout()
     _save_figure(fig, path)
 
@@ -75,6 +77,28 @@ def plot_samples(path: Path, model: FashionMLP, data: FashionMNIST, recipe: Reci
             f"true: {CLASS_NAMES[label]}\npred: {CLASS_NAMES[pred]}", fontsize=9, color="black" if ok else "red"
         )
         ax.axis("off")
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_confusion(path: Path, confusion: list[list[int]], class_names: tuple[str, ...]) -> None:
+    """The test-set confusion matrix (rows: true class, columns: predicted), counts in the cells."""
+    counts = torch.tensor(confusion)
+    fig = Figure(figsize=(7.5, 6.5))
+    ax = fig.subplots()
+    image = ax.imshow(counts.numpy(), cmap="Blues")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(ticks, class_names, fontsize=8)
+    ax.set(xlabel="predicted class", ylabel="true class", title="Confusion matrix (test set)")
+    threshold = counts.max().item() / 2
+    for i in ticks:
+        for j in ticks:
+            value = int(counts[i, j])
+            ax.text(
+                j, i, str(value), ha="center", va="center", fontsize=7, color="white" if value > threshold else "black"
+            )
+    fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     _save_figure(fig, path)
 
@@ -127,5 +151,6 @@ def finalise(
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_history(out_dir, recipe, history)
     plot_curves(out_dir / "curves.png", history)
+    plot_confusion(out_dir / "confusion.png", weights.confusion_matrix, CLASS_NAMES)
     plot_samples(out_dir / "samples.png", model, data, recipe)
     return weights
