@@ -49,10 +49,11 @@ train: setup data
 	$(BIN)/fmnist-train --device cpu --out artifacts --overwrite
 
 bench: setup data
-	$(BIN)/fmnist-bench train
-	$(BIN)/fmnist-bench latency
-	$(BIN)/fmnist-bench parity
-	$(BIN)/fmnist-bench coldstart
+	$(BIN)/fmnist-bench train --out-dir artifacts/bench
+	$(BIN)/fmnist-bench latency --artifacts artifacts --out-dir artifacts/bench
+	$(BIN)/fmnist-bench parity --artifacts artifacts --out-dir artifacts/bench
+	$(BIN)/fmnist-bench formats --artifacts artifacts --out-dir artifacts/bench
+	$(BIN)/fmnist-bench coldstart --artifacts artifacts --out-dir artifacts/bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -4,19 +4,56 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from fmnist_deploy.contract import WEIGHTS_NAME
+from fmnist_deploy.contract import SAMPLES_DIR, WEIGHTS_NAME
+from fmnist_deploy.models import cache_root, models_dir
 from fmnist_deploy.training.atomic import write_text_atomic
 
-BENCH_DIR = Path("artifacts/bench")
+# Quick runs write here; `make bench` passes --out-dir artifacts/bench to refresh the committed reports.
+OUT_DIR_HELP = "Folder for the reports [default: $XDG_CACHE_HOME/fmnist-deploy/bench, i.e. ~/.cache/...]."
 
 
-def _write_reports(out_dir: Path, stem: str, report: dict, markdown: str) -> None:
-    write_text_atomic(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n")
-    write_text_atomic(out_dir / f"{stem}.md", markdown)
+def _out_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help=OUT_DIR_HELP)(
+        fn
+    )
+
+
+def _artifacts_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--artifacts",
+        type=click.Path(path_type=Path, file_okay=False, exists=True),
+        default=None,
+        help="Folder with the exported model files [default: the files installed with the package].",
+    )(fn)
+
+
+def _finish(
+    report: dict,
+    markdown: str,
+    as_json: bool,
+    out_dir: Path | None,
+    stem: str,
+    extra: dict[str, Callable[[Path], None]] | None = None,
+) -> None:
+    """Print the result first, then write the reports: a write failure never costs the measurement."""
+    click.echo(json.dumps(report, indent=2) if as_json else markdown)
+    folder = out_dir if out_dir is not None else cache_root() / "bench"
+    try:
+        write_text_atomic(folder / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+        write_text_atomic(folder / f"{stem}.md", markdown)
+        for suffix, write in (extra or {}).items():
+            write(folder / f"{stem}{suffix}")
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write the reports to {folder}: {exc.strerror or exc} (the results above are complete)"
+        ) from None
+    click.echo(f"reports written to {folder}/{stem}.*", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,7 +68,7 @@ def main() -> None:
 @click.option("--reference-epochs", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--fast-epochs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--limit", type=click.IntRange(min=100, max=60000), default=None, help="Time on the first N images only.")
-@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=BENCH_DIR, show_default=True)
+@_out_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
 def train_cmd(
     device: str,
@@ -39,7 +76,7 @@ def train_cmd(
     reference_epochs: int,
     fast_epochs: int,
     limit: int | None,
-    out_dir: Path,
+    out_dir: Path | None,
     as_json: bool,
 ) -> None:
     """Seconds per epoch: course DataLoader loop vs fast loader vs bare SGD steps."""
@@ -54,10 +91,8 @@ def train_cmd(
         raise click.ClickException(str(exc)) from None
     click.echo(f"Timing {fast_epochs} fast and {reference_epochs} reference epoch(s) on {torch_device}…", err=True)
     report = measure(data, device=torch_device, reference_epochs=reference_epochs, fast_epochs=fast_epochs, limit=limit)
-    markdown = to_markdown(report)
     stem = "train_speed" if torch_device.type == "cpu" else f"train_speed_{torch_device.type}"
-    _write_reports(out_dir, stem, report, markdown)
-    click.echo(json.dumps(report, indent=2) if as_json else markdown)
+    _finish(report, to_markdown(report), as_json, out_dir, stem)
 
 
 def _test_set(data_dir: Path | None):
@@ -80,13 +115,7 @@ def _csv_ints(value: str) -> tuple[int, ...]:
 
 
 @main.command("latency")
-@click.option(
-    "--artifacts",
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
-    default=Path("artifacts"),
-    show_default=True,
-    help="Folder with the exported model files.",
-)
+@_artifacts_option
 @click.option("--backend", "backends", multiple=True, help="Repeatable; default: every available backend.")
 @click.option(
     "--device",
@@ -113,10 +142,10 @@ def _csv_ints(value: str) -> tuple[int, ...]:
 )
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
-@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=BENCH_DIR, show_default=True)
+@_out_dir_option
 @click.option("--json", "as_json", is_flag=True)
 def latency_cmd(
-    artifacts: Path,
+    artifacts: Path | None,
     backends: tuple[str, ...],
     devices: tuple[str, ...],
     batches: str,
@@ -125,7 +154,7 @@ def latency_cmd(
     e2e_max_batch: int,
     threads: int | None,
     data_dir: Path | None,
-    out_dir: Path,
+    out_dir: Path | None,
     as_json: bool,
 ) -> None:
     """p50/p90/p99/p99.9 latency and images/s per backend x device x batch size."""
@@ -133,6 +162,7 @@ def latency_cmd(
     from fmnist_deploy.benchmarks.report import latency_csv, latency_markdown, latency_plot
     from fmnist_deploy.runtime import RuntimeFailure
 
+    artifacts = artifacts or models_dir()
     unknown = [b for b in backends if b not in TARGETS]
     if unknown:
         raise click.BadParameter(f"{', '.join(unknown)}: expected one of {', '.join(TARGETS)}", param_hint="--backend")
@@ -171,20 +201,15 @@ def latency_cmd(
     except RuntimeFailure as exc:
         raise click.ClickException(str(exc)) from None
     stem = "latency" if config.devices == ("cpu",) else "latency_" + "_".join(config.devices)
-    markdown = latency_markdown(report)
-    _write_reports(out_dir, stem, report, markdown)
-    write_text_atomic(out_dir / f"{stem}.csv", latency_csv(report))
-    latency_plot(report, out_dir / f"{stem}.png")
-    click.echo(json.dumps(report, indent=2) if as_json else markdown)
+    extra = {
+        ".csv": lambda path: write_text_atomic(path, latency_csv(report)),
+        ".png": lambda path: latency_plot(report, path),
+    }
+    _finish(report, latency_markdown(report), as_json, out_dir, stem, extra)
 
 
 @main.command("parity")
-@click.option(
-    "--artifacts",
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
-    default=Path("artifacts"),
-    show_default=True,
-)
+@_artifacts_option
 @click.option(
     "--device",
     "devices",
@@ -193,59 +218,97 @@ def latency_cmd(
     help="Repeatable; default: cpu, plus cuda when present.",
 )
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
-@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=BENCH_DIR, show_default=True)
+@_out_dir_option
 @click.option("--json", "as_json", is_flag=True)
-def parity_cmd(artifacts: Path, devices: tuple[str, ...], data_dir: Path | None, out_dir: Path, as_json: bool) -> None:
+def parity_cmd(
+    artifacts: Path | None, devices: tuple[str, ...], data_dir: Path | None, out_dir: Path | None, as_json: bool
+) -> None:
     """Accuracy and agreement with eager PyTorch of every format x backend x device on the full test set.
 
     Exit 1 if an fp32 backend disagrees with eager on any image or by more than 1e-5,
-    or int8 loses more than 0.5 points.
+    or int8 loses more than 0.5 points, or a file is missing or does not load.
     """
     from fmnist_deploy.benchmarks.latency import available_devices
     from fmnist_deploy.benchmarks.parity import measure, to_markdown
     from fmnist_deploy.runtime import RuntimeFailure
 
+    artifacts = artifacts or models_dir()
+    if "cuda" in devices and "cuda" not in available_devices():
+        raise click.BadParameter("cuda requested but no CUDA device is available", param_hint="--device")
     if not (artifacts / WEIGHTS_NAME).is_file():
         raise click.ClickException(f"{artifacts / WEIGHTS_NAME}: no such file (the eager reference)")
     data = _test_set(data_dir)
     try:
         report = measure(artifacts, data.test_images.numpy(), data.test_labels.numpy(), devices or available_devices())
     except RuntimeFailure as exc:
-        raise click.ClickException(str(exc)) from None
-    markdown = to_markdown(report)
-    _write_reports(out_dir, "parity", report, markdown)
-    click.echo(json.dumps(report, indent=2) if as_json else markdown)
+        raise click.ClickException(f"the eager reference: {exc}") from None
+    _finish(report, to_markdown(report), as_json, out_dir, "parity")
+    if report["measured"] == 0:
+        raise click.ClickException("parity measured nothing: every row was skipped (see why above)")
     if not report["passed"]:
         raise click.ClickException("parity failed: see the rows marked FAIL")
 
 
-@main.command("coldstart")
+@main.command("formats")
+@_artifacts_option
 @click.option(
-    "--artifacts",
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
-    default=Path("artifacts"),
+    "--budget",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=0.5,
     show_default=True,
+    help="Seconds of timed calls per file and batch size.",
 )
+@click.option(
+    "--fp16/--no-fp16",
+    default=True,
+    show_default=True,
+    help="Also measure an fp16 ONNX file built on the fly (not shipped).",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@_out_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def formats_cmd(
+    artifacts: Path | None, budget: float, fp16: bool, data_dir: Path | None, out_dir: Path | None, as_json: bool
+) -> None:
+    """One row per exported file: format, precision, size, accuracy, parity, latency and throughput."""
+    from fmnist_deploy.benchmarks.formats import measure, plot, to_markdown
+    from fmnist_deploy.runtime import RuntimeFailure
+
+    artifacts = artifacts or models_dir()
+    if not (artifacts / WEIGHTS_NAME).is_file():
+        raise click.ClickException(f"{artifacts / WEIGHTS_NAME}: no such file (the eager reference)")
+    data = _test_set(data_dir)
+    try:
+        report = measure(artifacts, data.test_images.numpy(), data.test_labels.numpy(), budget_s=budget, fp16=fp16)
+    except RuntimeFailure as exc:
+        raise click.ClickException(str(exc)) from None
+    _finish(report, to_markdown(report), as_json, out_dir, "formats", {".png": lambda path: plot(report, path)})
+
+
+@main.command("coldstart")
+@_artifacts_option
 @click.option(
     "--image",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    default=Path("artifacts/samples/0000_ankle_boot.png"),
-    show_default=True,
+    default=None,
+    help="The image each fresh process classifies [default: the packaged sample 0000_ankle_boot.png].",
 )
 @click.option("--repetitions", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=BENCH_DIR, show_default=True)
+@_out_dir_option
 @click.option("--json", "as_json", is_flag=True)
-def coldstart_cmd(artifacts: Path, image: Path, repetitions: int, out_dir: Path, as_json: bool) -> None:
+def coldstart_cmd(
+    artifacts: Path | None, image: Path | None, repetitions: int, out_dir: Path | None, as_json: bool
+) -> None:
     """Wall time of a fresh `fmnist-predict` process on one image, ONNX vs the torch backends."""
     from fmnist_deploy.benchmarks.coldstart import ColdStartError, measure, to_markdown
 
+    artifacts = artifacts or models_dir()
+    image = image or models_dir() / SAMPLES_DIR / "0000_ankle_boot.png"
     try:
         report = measure(artifacts, image, repetitions)
     except ColdStartError as exc:
         raise click.ClickException(str(exc)) from None
-    markdown = to_markdown(report)
-    _write_reports(out_dir, "coldstart", report, markdown)
-    click.echo(json.dumps(report, indent=2) if as_json else markdown)
+    _finish(report, to_markdown(report), as_json, out_dir, "coldstart")
 
 
 if __name__ == "__main__":

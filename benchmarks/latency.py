@@ -23,6 +23,7 @@ from fmnist_deploy.benchmarks.numpy_ref import NumpyMLP
 from fmnist_deploy.benchmarks.stats import FLOP_PER_IMAGE, ceiling_images_per_s, sgemm_peak_gflops, summarise
 from fmnist_deploy.contract import INT8_ONNX_NAME, STEM, SUFFIXES, WEIGHTS_NAME
 from fmnist_deploy.machine import environment
+from fmnist_deploy.models import models_dir
 
 DEFAULT_BATCHES = (1, 8, 32, 100, 1000, 10000)
 
@@ -52,7 +53,7 @@ Predict = Callable[[np.ndarray], Any]
 class Config:
     """What one latency run measures: files, backends, devices, batch sizes and time budgets."""
 
-    artifacts: Path = Path("artifacts")
+    artifacts: Path = field(default_factory=models_dir)  # the packaged model files
     backends: tuple[str, ...] = tuple(TARGETS)
     devices: tuple[str, ...] = ("cpu",)
     batches: tuple[int, ...] = DEFAULT_BATCHES

@@ -24,6 +24,24 @@ ROWS = tuple(
 )
 
 
+def _compare(out: Any, reference: Any, labels: np.ndarray, ref_acc: float, precision: str) -> dict[str, Any]:
+    """Accuracy and agreement of one backend's prediction with the eager reference, and the verdict (pure)."""
+    accuracy = float((out.indices == labels).mean())
+    row = {
+        "accuracy": accuracy,
+        "accuracy_drop_points": 100 * (ref_acc - accuracy),
+        "predictions_differing_from_eager": int((out.indices != reference.indices).sum()),
+        "max_abs_logit_diff": float(np.abs(out.logits.astype(np.float64) - reference.logits).max()),
+        "max_abs_prob_diff": float(np.abs(out.probabilities.astype(np.float64) - reference.probabilities).max()),
+    }
+    row["pass"] = (
+        row["accuracy_drop_points"] <= INT8_MAX_ACCURACY_DROP_POINTS
+        if precision == "int8"
+        else row["predictions_differing_from_eager"] == 0 and row["max_abs_logit_diff"] <= LOGIT_TOLERANCE
+    )
+    return row
+
+
 def measure(artifacts: Path, images: np.ndarray, labels: np.ndarray, devices: tuple[str, ...]) -> dict[str, Any]:
     """One row per file x device (ONNX also with graph optimisation off); verdicts against eager PyTorch on the CPU."""
     from fmnist_deploy import runtime
@@ -33,47 +51,22 @@ def measure(artifacts: Path, images: np.ndarray, labels: np.ndarray, devices: tu
     rows = []
     for file_name, backend, precision in ROWS:
         path = artifacts / file_name
-        if not path.is_file():
-            continue
         variants = [{"optimization": "all"}, {"optimization": "disabled"}] if backend == "onnxruntime" else [{}]
         for device in devices:
             for options in variants:
+                head = {"file": file_name, "backend": backend, "device": device, "precision": precision, **options}
+                if not path.is_file():  # a missing file is a failing row, never a row left out
+                    rows.append({**head, "error": f"{path}: no such file", "pass": False})
+                    continue
                 try:
                     predictor = runtime.load(path, backend=backend, device=device, **options)
                 except runtime.DeviceError as exc:
-                    rows.append(
-                        {
-                            "file": file_name,
-                            "backend": backend,
-                            "device": device,
-                            "precision": precision,
-                            **options,
-                            "skipped": str(exc),
-                        }
-                    )
+                    rows.append({**head, "skipped": str(exc)})
                     continue
-                out = predictor.predict(images)
-                accuracy = float((out.indices == labels).mean())
-                row = {
-                    "file": file_name,
-                    "backend": backend,
-                    "device": device,
-                    "precision": precision,
-                    **options,
-                    "accuracy": accuracy,
-                    "accuracy_drop_points": 100 * (ref_acc - accuracy),
-                    "predictions_differing_from_eager": int((out.indices != reference.indices).sum()),
-                    "max_abs_logit_diff": float(np.abs(out.logits.astype(np.float64) - reference.logits).max()),
-                    "max_abs_prob_diff": float(
-                        np.abs(out.probabilities.astype(np.float64) - reference.probabilities).max()
-                    ),
-                }
-                row["pass"] = (
-                    row["accuracy_drop_points"] <= INT8_MAX_ACCURACY_DROP_POINTS
-                    if precision == "int8"
-                    else row["predictions_differing_from_eager"] == 0 and row["max_abs_logit_diff"] <= LOGIT_TOLERANCE
-                )
-                rows.append(row)
+                except runtime.RuntimeFailure as exc:
+                    rows.append({**head, "error": str(exc), "pass": False})
+                    continue
+                rows.append({**head, **_compare(predictor.predict(images), reference, labels, ref_acc, precision)})
     measured = [r for r in rows if "skipped" not in r]
     return {
         "benchmark": "parity",
@@ -84,16 +77,24 @@ def measure(artifacts: Path, images: np.ndarray, labels: np.ndarray, devices: tu
             "int8": f"accuracy drop <= {INT8_MAX_ACCURACY_DROP_POINTS} points",
         },
         "rows": rows,
+        "measured": len(measured),
+        # no FAIL without a failing row; nothing measured at all is a failure of its own
         "passed": bool(measured) and all(r["pass"] for r in measured),
         "environment": environment(),
     }
+
+
+def _verdict(report: dict[str, Any]) -> str:
+    if report["measured"] == 0:
+        return "NOTHING MEASURED"
+    return "PASS" if report["passed"] else "FAIL"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
     """The parity matrix as a Markdown table with its verdict."""
     lines = [
         f"Parity on {report['images']} test images against eager PyTorch (CPU, accuracy {report['reference']['accuracy']:.4f}): "
-        f"**{'PASS' if report['passed'] else 'FAIL'}**",
+        f"**{_verdict(report)}**",
         "",
         "| file | backend | device | precision | ORT graph opt. | accuracy | differing predictions | max abs dlogit | max abs dprob | verdict |",
         "|---|---|---|---|---|---:|---:|---:|---:|---|",
@@ -103,6 +104,11 @@ def to_markdown(report: dict[str, Any]) -> str:
         if "skipped" in r:
             lines.append(
                 f"| {r['file']} | {r['backend']} | {r['device']} | {r['precision']} | {opt} | — | — | — | — | skipped: {r['skipped']} |"
+            )
+            continue
+        if "error" in r:
+            lines.append(
+                f"| {r['file']} | {r['backend']} | {r['device']} | {r['precision']} | {opt} | — | — | — | — | FAIL: {r['error']} |"
             )
             continue
         lines.append(

@@ -93,16 +93,17 @@ def latency_plot(report: dict[str, Any], path: Path) -> None:
 
     fig = Figure(figsize=(12, 4.8))
     ax_lat, ax_thr = fig.subplots(1, 2)
-    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    series: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for c in report["cells"]:
-        if c["mode"] == "model":
-            series.setdefault((c["backend"], c["device"]), []).append(c)
-    for (backend, device), cells in sorted(series.items()):
+        series.setdefault((c["backend"], c["device"], c["mode"]), []).append(c)
+    for (backend, device, mode), cells in sorted(series.items()):
         cells.sort(key=lambda c: c["batch"])
         batches = [c["batch"] for c in cells]
-        style = "--" if device == "cuda" else "-"
-        ax_lat.plot(batches, [c["p50_us"] for c in cells], style, marker="o", ms=3, label=f"{backend} / {device}")
-        ax_thr.plot(batches, [c["images_per_s"] for c in cells], style, marker="o", ms=3, label=f"{backend} / {device}")
+        # model call: solid (CPU) or dashed (CUDA); end to end from PNG files: dotted
+        style = ":" if mode != "model" else "--" if device == "cuda" else "-"
+        label = f"{backend} / {device}" + ("" if mode == "model" else " (from PNG files)")
+        ax_lat.plot(batches, [c["p50_us"] for c in cells], style, marker="o", ms=3, label=label)
+        ax_thr.plot(batches, [c["images_per_s"] for c in cells], style, marker="o", ms=3, label=label)
     ax_thr.axhline(report["ceiling"]["images_per_s"], color="black", lw=0.8, ls=":", label="arithmetic ceiling (CPU)")
     ax_lat.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency per call (µs)", title="Latency")
     ax_thr.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images / s", title="Throughput")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from fmnist_deploy.export import golden as golden_mod
 from fmnist_deploy.export import onnx_format
 from fmnist_deploy.export.checks import ExportError, GateError, GateReport
 from fmnist_deploy.export.formats import FORMATS
-from fmnist_deploy.export.gate import GOLDEN_HINT, EagerReference, References, report_path, verify
+from fmnist_deploy.export.gate import GOLDEN_HINT, EagerReference, References, report_path, verify, write_report
 from fmnist_deploy.export.metadata import build_metadata, write_sidecar
 from fmnist_deploy.export.quantize import SETTINGS as INT8_SETTINGS
 from fmnist_deploy.export.quantize import quantize
@@ -140,22 +141,34 @@ def run_export(
     opset: int = onnx_format.DEFAULT_OPSET,
     int8: bool = False,
     data_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> list[Exported]:
-    """Export, then gate every file (its report as `<file>.gate.json`); raise GateError if any file fails."""
+    """Export, then gate every file and write its report as `<file>.gate.json`; raise GateError if any file fails.
+
+    `progress` is called with a short description before each step (load, each format, each gate).
+    """
     if int8 and "onnx" not in formats:
         raise ExportError("--quantize int8 quantises the ONNX file: use it with --format onnx or all")
+    step = progress or (lambda _: None)
+    step(f"loading {weights_path} and the test set")
+    data = try_load_test_set(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    source = prepare(weights_path, out_dir, try_load_test_set(data_dir))
-    paths = [export_format(source, fmt, out_dir, opset=opset) for fmt in formats]
+    source = prepare(weights_path, out_dir, data)
+    paths = []
+    for fmt in formats:
+        step(f"exporting {fmt}")
+        paths.append(export_format(source, fmt, out_dir, opset=opset))
     if int8:
+        step("quantising the ONNX file to int8")
         paths.append(export_int8(paths[formats.index("onnx")]))
     results = []
     for path in paths:
+        step(f"gating {path.name}")
         expected = opset if path.suffix == onnx_format.SUFFIX else None
-        report = verify(
-            path, source.references, expected_opset=expected, report_to=report_path(path), raise_on_failure=False
-        )
+        report = verify(path, source.references, expected_opset=expected, raise_on_failure=False)
         results.append(Exported(path, report))
+    for result in results:  # every verdict is known before any report is written
+        write_report(report_path(result.path), result.report)
     failed = [r.report for r in results if not r.report.passed]
     if failed:
         raise GateError(*failed)
@@ -169,7 +182,6 @@ def verify_file(
     golden_path: Path | None = None,
     opset: int | None = None,
     data_dir: Path | None = None,
-    report_to: Path | None = None,
 ) -> GateReport:
     """`fmnist-export --verify`: gate an existing file against its golden vectors and, given them, its weights.
 
@@ -204,4 +216,4 @@ def verify_file(
         golden_missing=golden_missing or References.golden_missing,
         test_set_missing=test_set_missing,
     )
-    return verify(path, refs, expected_opset=opset, report_to=report_to)
+    return verify(path, refs, expected_opset=opset, raise_on_failure=False)

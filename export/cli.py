@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
+import warnings
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from fmnist_deploy.contract import WEIGHTS_NAME
+from fmnist_deploy.contract import GOLDEN_NAME, SAMPLES_DIR, WEIGHTS_NAME, sidecar_path
 from fmnist_deploy.errors import first_line
-from fmnist_deploy.export.onnx_format import DEFAULT_OPSET, NATIVE_OPSET
+from fmnist_deploy.export.gate import report_path
+from fmnist_deploy.export.onnx_format import DEFAULT_OPSET, MAX_OPSET, NATIVE_OPSET
 
 FORMAT_CHOICES = ("onnx", "torchscript", "pt2", "all")
 DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
@@ -30,9 +34,10 @@ DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
 )
 @click.option(
     "--opset",
-    type=click.IntRange(min=7),
+    type=click.IntRange(min=DEFAULT_OPSET, max=MAX_OPSET),
     default=None,
-    help=f"ONNX opset (default {DEFAULT_OPSET}: the lowest this exporter reaches; {NATIVE_OPSET}+ is native).",
+    help=f"ONNX opset, {DEFAULT_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET}: the lowest this exporter reaches; "
+    f"{NATIVE_OPSET}+ is native).",
 )
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write fmnist_mlp.int8.onnx.")
 @click.option(
@@ -85,44 +90,76 @@ def main(
     """
     from fmnist_deploy.export.api import ALL_FORMATS, run_export, verify_file
     from fmnist_deploy.export.checks import ExportError, GateError
+    from fmnist_deploy.export.gate import write_report
     from fmnist_deploy.export.golden import GoldenError
     from fmnist_deploy.training.checkpoint import CheckpointError
     from fmnist_deploy.training.data import DataError
 
+    # Every input is checked before any work or write.
     weights_given = ctx.get_parameter_source("weights") == ParameterSource.COMMANDLINE
-    if weights_given and not weights.is_file():
+    if (weights_given or verify_path is None) and not weights.is_file():
         raise click.BadParameter(f"{weights}: no such file", param_hint="--weights")
     if verify_path is None and (golden_path is not None or report_to is not None):
         raise click.UsageError("--golden and --report go with --verify FILE")
+    if verify_path is not None and not verify_path.is_file():
+        raise click.BadParameter(f"{verify_path}: no such file", param_hint="--verify")
+    if quantize == "int8" and fmt not in ("onnx", "all"):
+        raise click.BadParameter(
+            f"int8 quantises the ONNX file: use it with --format onnx or all, not {fmt}", param_hint="--quantize"
+        )
+    started = time.perf_counter()
+
+    def progress(step: str) -> None:
+        if not as_json:
+            click.echo(f"[{time.perf_counter() - started:5.1f}s] {step}", err=True)
+
     try:
         if verify_path is not None:
-            if not verify_path.is_file():
-                raise click.BadParameter(f"{verify_path}: no such file", param_hint="--verify")
             # The default weights are used when they exist; named ones must exist (checked above).
-            reports = [
-                verify_file(
-                    verify_path,
-                    weights_path=weights if weights.is_file() else None,
-                    golden_path=golden_path,
-                    opset=opset,
-                    data_dir=data_dir,
-                    report_to=report_to,
-                )
-            ]
-        else:
-            if not weights.is_file():
-                raise click.BadParameter(f"{weights}: no such file", param_hint="--weights")
-            formats = ALL_FORMATS if fmt == "all" else (fmt,)
-            results = run_export(
-                weights, formats, out_dir, opset=opset or DEFAULT_OPSET, int8=quantize == "int8", data_dir=data_dir
+            report = verify_file(
+                verify_path,
+                weights_path=weights if weights.is_file() else None,
+                golden_path=golden_path,
+                opset=opset,
+                data_dir=data_dir,
             )
-            reports = [r.report for r in results]
+            _echo_reports([report], as_json)  # the verdict first, then anything written
+            if report_to is not None:
+                write_report(report_to, report)
+                click.echo(f"report written to {report_to}", err=True)
+            if not report.passed:
+                raise GateError(report)
+            return
+        formats = ALL_FORMATS if fmt == "all" else (fmt,)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results = run_export(
+                weights,
+                formats,
+                out_dir,
+                opset=opset or DEFAULT_OPSET,
+                int8=quantize == "int8",
+                data_dir=data_dir,
+                progress=progress,
+            )
     except GateError as exc:
-        _echo_reports(exc.reports, as_json)
+        if verify_path is None:
+            _echo_reports(exc.reports, as_json)
         raise click.ClickException(first_line(exc, limit=100_000)) from None
     except (CheckpointError, ExportError, DataError, GoldenError, ValueError) as exc:
         raise click.ClickException(first_line(exc, limit=100_000)) from None
-    _echo_reports(reports, as_json)
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or out_dir}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        click.echo(
+            "interrupted: every file is written atomically, so each one is either complete or untouched", err=True
+        )
+        sys.exit(130)
+    for note in sorted({str(w.message).splitlines()[0] for w in caught}):
+        click.echo(f"note: {note}", err=True)  # TorchScript's deprecation, once instead of at every call
+    _echo_reports([r.report for r in results], as_json)
+    if not as_json:
+        _echo_written([r.path for r in results])
 
 
 def _echo_reports(reports: list, as_json: bool) -> None:
@@ -133,6 +170,19 @@ def _echo_reports(reports: list, as_json: bool) -> None:
     else:
         for report in reports:
             click.echo(report.summary())
+
+
+def _echo_written(paths: list[Path]) -> None:
+    """What was written, where, how large, and the command to try it with."""
+    click.echo("\nwrote:")
+    for path in paths:
+        for written in (path, sidecar_path(path), report_path(path)):
+            click.echo(f"  {written.resolve()}  ({written.stat().st_size:,} bytes)")
+    first = paths[0].resolve()
+    samples = sorted((first.parent / SAMPLES_DIR).glob("*.png"))
+    click.echo(f"  {first.parent / GOLDEN_NAME} and {len(samples)} sample images in {first.parent / SAMPLES_DIR}")
+    image = samples[0] if samples else "IMAGE.png"
+    click.echo(f"next: fmnist-predict {image} --model {first}")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,11 @@ def report_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.name + ".gate.json")
 
 
+def write_report(path: Path, report: GateReport) -> None:
+    """The report as JSON, written atomically."""
+    write_text_atomic(path, json.dumps(report.to_dict(), indent=2) + "\n")
+
+
 def compare(logits: np.ndarray, probs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Parity statistics of one backend's output against reference logits (pure)."""
     return {
@@ -170,12 +175,11 @@ def verify(
     refs: References,
     *,
     expected_opset: int | None = None,
-    report_to: Path | None = None,
     raise_on_failure: bool = True,
 ) -> GateReport:
-    """Check one exported file against the contract and `refs`; raise GateError after reporting every failure.
+    """Check one exported file against the contract and `refs`; raise GateError after recording every failure.
 
-    Writes nothing unless `report_to` names a file for the JSON report.
+    Writes nothing (`write_report` saves a report where one is wanted).
     """
     path = Path(path)
     report = GateReport(file=path.name, format="unknown", machine=environment())
@@ -185,8 +189,6 @@ def verify(
         report.add("format", False, str(exc))
     if report.format in FORMATS:
         _verify_file(report, path, FORMATS[report.format], expected_opset, refs)
-    if report_to is not None:
-        write_text_atomic(report_to, json.dumps(report.to_dict(), indent=2) + "\n")
     if raise_on_failure and not report.passed:
         raise GateError(report)
     return report

@@ -22,6 +22,7 @@ NAME = "onnx"
 SUFFIX = SUFFIXES[NAME]
 DEFAULT_OPSET = 17
 NATIVE_OPSET = 18  # the lowest opset torch.onnx's dynamo exporter emits itself
+MAX_OPSET = onnx.defs.onnx_opset_version()  # the newest opset the installed onnx package defines
 TRAINING_OPS = {"Dropout"}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,98 @@ def test_the_bench_module_runs_as_a_script() -> None:
         timeout=120,
     )
     assert result.returncode == 0 and "fresh `fmnist-predict` process" in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_parity_cuda_without_gpu_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(bench_cli, ["parity", "--device", "cuda", "--out-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "no CUDA device" in result.output and "FAIL" not in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_parity_counts_a_model_that_is_not_a_file_as_a_failing_row(tmp_path: Path, data) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("fmnist_mlp.onnx", "fmnist_mlp.int8.onnx", "fmnist_mlp.torchscript", "fmnist_mlp.pt"):
+        shutil.copy(ARTIFACTS / name, models / name)
+        if name != "fmnist_mlp.pt":
+            shutil.copy(ARTIFACTS / f"{name}.json", models / f"{name}.json")
+    (models / "fmnist_mlp.pt2").mkdir()  # a directory where the .pt2 file should be
+    result = CliRunner().invoke(
+        bench_cli,
+        [
+            "parity",
+            "--artifacts",
+            str(models),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--data-dir",
+            str(data.root),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 1 and "parity failed" in result.output
+    report = json.loads((tmp_path / "out" / "parity.json").read_text())
+    failing = [r for r in report["rows"] if not r.get("pass", True)]
+    assert [r["file"] for r in failing] == ["fmnist_mlp.pt2"] and "no such file" in failing[0]["error"]
+    assert report["passed"] is False and "FAIL: " in (tmp_path / "out" / "parity.md").read_text()
+
+
+def test_quick_runs_never_touch_the_committed_reports(tmp_path: Path, data, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    before = {p.name: p.read_bytes() for p in (ARTIFACTS / "bench").iterdir()}
+    result = CliRunner().invoke(
+        bench_cli,
+        [
+            "latency",
+            "--backend",
+            "onnxruntime",
+            "--batches",
+            "1",
+            "--budget",
+            "0.01",
+            "--e2e-max-batch",
+            "0",
+            "--data-dir",
+            str(data.root),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cache" / "fmnist-deploy" / "bench" / "latency.json").is_file()
+    assert f"reports written to {tmp_path / 'cache' / 'fmnist-deploy' / 'bench'}/latency.*" in result.stderr
+    assert {p.name: p.read_bytes() for p in (ARTIFACTS / "bench").iterdir()} == before
+
+
+def test_a_read_only_report_folder_keeps_the_printed_result(tmp_path: Path, data) -> None:
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")  # a file where the report folder should be: every write fails
+    result = CliRunner().invoke(
+        bench_cli, ["parity", "--device", "cpu", "--out-dir", str(blocked / "reports"), "--data-dir", str(data.root)]
+    )
+    assert result.exit_code == 1
+    assert "**PASS**" in result.stdout
+    assert (
+        result.output.strip().splitlines()[-1].startswith(f"Error: cannot write the reports to {blocked / 'reports'}")
+    )
+
+
+def test_formats_table(tmp_path: Path, data) -> None:
+    result = CliRunner().invoke(
+        bench_cli, ["formats", "--budget", "0.02", "--out-dir", str(tmp_path), "--data-dir", str(data.root)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "formats.json").read_text())
+    rows = {r["file"]: r for r in report["rows"]}
+    assert set(rows) == {
+        "fmnist_mlp.onnx",
+        "fmnist_mlp.int8.onnx",
+        "fmnist_mlp.torchscript",
+        "fmnist_mlp.pt2",
+        "fmnist_mlp.pt",
+        "fmnist_mlp.fp16.onnx",
+    }
+    assert rows["fmnist_mlp.onnx"]["max_abs_logit_diff"] <= 1e-5 and rows["fmnist_mlp.int8.onnx"]["precision"] == "int8"
+    assert rows["fmnist_mlp.int8.onnx"]["size_bytes"] < rows["fmnist_mlp.onnx"]["size_bytes"] / 3
+    assert all(r["p50_us_batch_1"] > 0 and r["images_per_s_batch_1000"] > 0 for r in rows.values())
+    assert (tmp_path / "formats.png").read_bytes()[:4] == b"\x89PNG"

@@ -312,9 +312,9 @@ def test_cli_not_a_checkpoint_is_one_line(tmp_path: Path, content: bytes) -> Non
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
     result = CliRunner().invoke(export_cli, ["--weights", str(bad), "--out-dir", str(tmp_path / "out")])
-    assert result.exit_code == 1
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "not a readable torch checkpoint" in lines[0]
+    assert result.exit_code == 1 and result.stdout == ""
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("[")]  # progress lines
+    assert len(lines) == 1 and "not a readable torch checkpoint (not a zip archive" in lines[0]
 
 
 def test_cli_other_torch_file_is_refused(tmp_path: Path) -> None:
@@ -536,3 +536,92 @@ def test_cli_export_json_is_one_document(exported, tmp_path: Path, data) -> None
     assert result.exit_code == 0, result.output
     reports = json.loads(result.stdout)
     assert [r["file"] for r in reports] == list(EXPORTED) and all(r["passed"] for r in reports)
+
+
+# --- fmnist-export as a tool ---------------------------------------------------------------
+
+
+def test_export_without_weights_writes_nothing_where_it_runs(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(export_cli, ["--format", "onnx"])
+    assert result.exit_code == 2 and "artifacts/fmnist_mlp.pt: no such file" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--format", "torchscript", "--quantize", "int8"], "int8 quantises the ONNX file"),
+        (["--opset", "30"], "30 is not in the range 17<=x<="),
+        (["--opset", "13"], "13 is not in the range 17<=x<="),
+        (["--golden", "README.md"], "--golden and --report go with --verify FILE"),
+    ],
+)
+def test_export_usage_errors_exit_2(args: list[str], needle: str, exported: Path) -> None:
+    result = CliRunner().invoke(export_cli, [*args, "--weights", str(exported / "weights.pt")])
+    assert result.exit_code == 2 and needle in result.output, result.output
+
+
+def test_export_says_what_it_wrote_and_what_to_run_next(exported, tmp_path: Path, data) -> None:
+    result = CliRunner().invoke(
+        export_cli,
+        [
+            "--format",
+            "onnx",
+            "--quantize",
+            "int8",
+            "--weights",
+            str(exported / "weights.pt"),
+            "--out-dir",
+            str(tmp_path),
+            "--data-dir",
+            str(data.root),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    for name in ("fmnist_mlp.onnx", "fmnist_mlp.onnx.json", "fmnist_mlp.onnx.gate.json", "fmnist_mlp.int8.onnx"):
+        size = (tmp_path / name).stat().st_size
+        assert f"  {tmp_path.resolve() / name}  ({size:,} bytes)" in result.stdout
+    assert result.stdout.rstrip().endswith(
+        f"next: fmnist-predict {tmp_path.resolve() / 'samples' / '0000_ankle_boot.png'} --model {tmp_path.resolve() / 'fmnist_mlp.onnx'}"
+    )
+    assert "] exporting onnx" in result.stderr and "] gating fmnist_mlp.int8.onnx" in result.stderr
+    assert "pre-processing" not in result.output, "ONNX Runtime's quantisation advice is noise to users"
+
+
+def test_ctrl_c_during_export_is_one_line(exported, tmp_path: Path, data) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fmnist_deploy.export.cli",
+            "--format",
+            "onnx",
+            "--weights",
+            str(exported / "weights.pt"),
+            "--out-dir",
+            str(tmp_path),
+            "--data-dir",
+            str(data.root),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if "exporting onnx" in line or not line:
+            break
+    time.sleep(0.5)  # inside the ONNX capture
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "".join(lines) + stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: every file is written atomically")
+    assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "fmnist_mlp.onnx").exists()

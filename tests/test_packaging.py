@@ -59,7 +59,9 @@ def test_the_wheel_installs_one_namespace_and_nothing_else(tmp_path: Path) -> No
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     source = tmp_path / "src"
     for name in files:
-        if name.startswith(("training/", "export/", "runtime/", "benchmarks/", "fmnist_deploy/", "artifacts/")) or name in (
+        if name.startswith(
+            ("training/", "export/", "runtime/", "benchmarks/", "fmnist_deploy/", "artifacts/")
+        ) or name in (
             "pyproject.toml",
             "README.md",
         ):
@@ -90,8 +92,15 @@ def test_the_wheel_installs_one_namespace_and_nothing_else(tmp_path: Path) -> No
         assert f"fmnist_deploy/{stage}/__init__.py" in names
     assert "fmnist_deploy/contract.py" in names
     # the exported files ship as package data, so the tools find a model from any folder
-    for model in ("fmnist_mlp.onnx", "fmnist_mlp.onnx.json", "fmnist_mlp.torchscript", "fmnist_mlp.pt2", "fmnist_mlp.pt",
-                  "golden.npz", "samples/0000_ankle_boot.png"):
+    for model in (
+        "fmnist_mlp.onnx",
+        "fmnist_mlp.onnx.json",
+        "fmnist_mlp.torchscript",
+        "fmnist_mlp.pt2",
+        "fmnist_mlp.pt",
+        "golden.npz",
+        "samples/0000_ankle_boot.png",
+    ):
         assert f"fmnist_deploy/artifacts/{model}" in names, model
     assert not any(n.endswith(("checkpoint.pt", ".gate.json", "curves.png")) for n in names), "only what the tools read"
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()

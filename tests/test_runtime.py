@@ -427,15 +427,23 @@ def test_metadata_that_breaks_the_contract_is_refused_in_one_line(tmp_path: Path
 def test_predict_works_from_any_folder_with_the_packaged_model(tmp_path: Path) -> None:
     image = tmp_path / "boot.png"
     image.write_bytes((ARTIFACTS / "samples" / "0000_ankle_boot.png").read_bytes())
-    result = subprocess.run([sys.executable, "-m", "fmnist_deploy.runtime.cli", "boot.png"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist_deploy.runtime.cli", "boot.png"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "boot.png: Ankle boot (0.673)\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["boot.png"], "nothing written where it ran"
 
 
 def test_backend_without_model_picks_its_packaged_file() -> None:
-    result = CliRunner().invoke(predict_cli, [str(ARTIFACTS / "samples" / "0002_trouser.png"), "--backend", "pt2", "--json"])
+    result = CliRunner().invoke(
+        predict_cli, [str(ARTIFACTS / "samples" / "0002_trouser.png"), "--backend", "pt2", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["class"] == "Trouser"
 
@@ -452,7 +460,9 @@ def test_a_folder_without_images_is_an_error_not_silence(tmp_path: Path, content
 def test_json_lists_every_input_exactly_once_failures_included(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_text("not an image")
     good = ARTIFACTS / "samples" / "0001_pullover.png"
-    result = CliRunner().invoke(predict_cli, [str(good), str(tmp_path / "bad.png"), str(tmp_path / "gone.png"), "--json"])
+    result = CliRunner().invoke(
+        predict_cli, [str(good), str(tmp_path / "bad.png"), str(tmp_path / "gone.png"), "--json"]
+    )
     assert result.exit_code == 1
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["input"] for r in records] == [str(good), str(tmp_path / "bad.png"), str(tmp_path / "gone.png")]
@@ -494,16 +504,20 @@ def test_dark_on_light_images_get_a_hint(tmp_path: Path) -> None:
 
 def test_a_file_with_the_wrong_suffix_says_what_it_is(tmp_path: Path) -> None:
     (tmp_path / "model.pt2").write_bytes((ARTIFACTS / "fmnist_mlp.onnx").read_bytes())
-    result = CliRunner().invoke(predict_cli, [str(ARTIFACTS / "samples" / "0000_ankle_boot.png"), "--model",
-                                              str(tmp_path / "model.pt2")])
+    result = CliRunner().invoke(
+        predict_cli, [str(ARTIFACTS / "samples" / "0000_ankle_boot.png"), "--model", str(tmp_path / "model.pt2")]
+    )
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         f"Error: {tmp_path / 'model.pt2'}: torch.export.load cannot read it (not a zip archive); "
-        "this is an ONNX file: use --backend onnxruntime or rename it to .onnx"]
+        "this is an ONNX file: use --backend onnxruntime or rename it to .onnx"
+    ]
 
 
 def test_torchscript_deprecation_is_one_note() -> None:
-    result = CliRunner().invoke(predict_cli, [str(ARTIFACTS / "samples" / "0000_ankle_boot.png"), "--backend", "torchscript"])
+    result = CliRunner().invoke(
+        predict_cli, [str(ARTIFACTS / "samples" / "0000_ankle_boot.png"), "--backend", "torchscript"]
+    )
     assert result.exit_code == 0
     assert result.stderr.splitlines() == ["note: `torch.jit.load` is deprecated. Please switch to `torch.export`."]
 
@@ -528,7 +542,11 @@ def test_predict_files_and_channels_last_arrays(data) -> None:
     predictor = load(ARTIFACTS / "fmnist_mlp.onnx")
     samples = sorted((ARTIFACTS / "samples").glob("*.png"))
     answers = predictor.predict_files([*samples[:3], ARTIFACTS / "samples" / "nope.png"])
-    assert answers.inputs == [str(p) for p in samples[:3]] and answers.prediction.labels == ["Ankle boot", "Pullover", "Trouser"]
+    assert answers.inputs == [str(p) for p in samples[:3]] and answers.prediction.labels == [
+        "Ankle boot",
+        "Pullover",
+        "Trouser",
+    ]
     assert list(answers.errors) == [str(ARTIFACTS / "samples" / "nope.png")]
     images = data.test_images[:5].numpy()
     assert predictor.predict(images[..., None]).labels == predictor.predict(images).labels

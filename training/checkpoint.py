@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import zipfile
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,10 +120,12 @@ def _load_dict(path: Path, expected_format: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (not a zip archive: damaged or another format)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     # torch.load reports a foreign file through many types (a text file: KeyError).
-    except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({first_line(exc, 160)})") from None
     if not isinstance(payload, dict) or payload.get("format") != expected_format:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmnist_deploy.models import cache_root
 from fmnist_deploy.training.atomic import atomic_path
 
 SHA256: dict[str, str] = {
@@ -54,12 +54,6 @@ class FashionMNIST:
     test_images: torch.Tensor  # (10000, 28, 28) uint8
     test_labels: torch.Tensor  # (10000,) int64
     sha256: dict[str, str]
-
-
-def cache_root() -> Path:
-    """Where decompressed or downloaded copies go: $XDG_CACHE_HOME/fmnist-deploy, else ~/.cache/fmnist-deploy."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fmnist-deploy"
 
 
 def raw_dir(root: Path) -> Path:
