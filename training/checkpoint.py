@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import pickle
-import zipfile
 import platform
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
