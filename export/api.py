@@ -19,6 +19,7 @@ from fmnist_deploy.export.metadata import build_metadata, write_sidecar
 from fmnist_deploy.export.quantize import SETTINGS as INT8_SETTINGS
 from fmnist_deploy.export.quantize import quantize
 from fmnist_deploy.export.wrapper import Deployable, from_weights
+from fmnist_deploy.training.atomic import check_writable, remove_stale_temporaries
 from fmnist_deploy.training.checkpoint import Weights, load_weights
 from fmnist_deploy.training.data import DataMissing, FashionMNIST
 from fmnist_deploy.training.data import load as load_data
@@ -152,7 +153,9 @@ def run_export(
     step = progress or (lambda _: None)
     step(f"loading {weights_path} and the test set")
     data = try_load_test_set(data_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    load_weights(weights_path)  # every input is checked before anything is written
+    check_writable(out_dir)  # a read-only or full output folder fails now, in one line
+    remove_stale_temporaries(out_dir)
     source = prepare(weights_path, out_dir, data)
     paths = []
     for fmt in formats:

@@ -149,7 +149,7 @@ def main(
     except (CheckpointError, ExportError, DataError, GoldenError, ValueError) as exc:
         raise click.ClickException(first_line(exc, limit=100_000)) from None
     except OSError as exc:
-        raise click.ClickException(f"{exc.filename or out_dir}: {exc.strerror or exc}") from None
+        raise click.ClickException(f"cannot write to {exc.filename or out_dir}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
         click.echo(
             "interrupted: every file is written atomically, so each one is either complete or untouched", err=True

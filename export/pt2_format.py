@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from fmnist_deploy.contract import ARCHIVE_METADATA, IMAGE_SHAPE, INPUT_NAME, SUFFIXES
+from fmnist_deploy.integrity import inspect_pt2
 from fmnist_deploy.export.checks import Check, Runner
 from fmnist_deploy.export.metadata import completed
 from fmnist_deploy.export.wrapper import eval_copy, numpy_runner
@@ -44,6 +45,7 @@ def export(module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: 
 
 def load(path: Path) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
     """The ExportedProgram and its metadata (torch.export.load)."""
+    inspect_pt2(path)  # before torch sees it: torch.export.load unpickles sample_inputs without restrictions
     extra = {ARCHIVE_METADATA: ""}
     program = torch.export.load(str(path), extra_files=extra)
     return program, json.loads(extra[ARCHIVE_METADATA]) if extra[ARCHIVE_METADATA] else {}

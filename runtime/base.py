@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fmnist_deploy.contract import ARCHIVE_METADATA, IMAGE_SHAPE, N_CLASSES, contract_problems, sidecar_path
+from fmnist_deploy.integrity import IntegrityError
 from fmnist_deploy.runtime.errors import InputError, ModelError, first_line
 
 
@@ -183,6 +184,8 @@ class TorchBackend(Backend):
         self.torch_device = torch_device(device)
         try:
             self.module, meta = self._load(path, self.torch_device)
+        except IntegrityError as exc:
+            raise ModelError(str(exc)) from None
         # torch reports a damaged or foreign file through many types (a text file: KeyError).
         except (
             RuntimeError,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fmnist_deploy.contract import describe
+from fmnist_deploy.integrity import check_content
 from fmnist_deploy.runtime.base import TorchBackend
 from fmnist_deploy.runtime.errors import ModelError
 
@@ -32,6 +33,7 @@ class EagerBackend(TorchBackend):
         payload = torch.load(str(path), map_location=device, weights_only=True)
         if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
             raise ModelError(f"{path}: expected a {WEIGHTS_FORMAT} file written by fmnist-train")
+        check_content(payload, str(path))  # a flipped byte in a tensor is refused, not answered from
         try:
             state, recipe = payload["model"], payload["recipe"]
             norm = (float(recipe["norm_mean"]), float(recipe["norm_std"]))

@@ -11,6 +11,7 @@ light-on-dark.
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fmnist_deploy.runtime.base import IMAGE_SHAPE, describe
 from fmnist_deploy.runtime.errors import InputError
 
-MAX_PIXELS = 64_000_000  # 8000 x 8000; a larger image is refused before it is decoded
-MAX_FILE_BYTES = 512 * 1024 * 1024
+# Limits checked from the header, before any pixel is decoded. Padding to a square makes the
+# working image max(width, height)^2 pixels, so the longest side is bounded, not just the area:
+# a 64000 x 1000 image would otherwise pad to 4 Gpx.
+MAX_SIDE = 8000
+MAX_PIXELS = MAX_SIDE * MAX_SIDE  # 64 Mpx: the padded square, and so the decoded image too
+MAX_FILE_BYTES = 512 * 1024 * 1024  # a .npy or (uncompressed) IDX batch file
+# Modes Pillow can turn into 8-bit luma here; others (LAB, HSV, YCbCr...) are refused by name.
+SUPPORTED_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "La", "I", "I;16", "I;16B",
+                   "I;16L", "I;16N", "F"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
 BATCH_SUFFIXES = {".npy", ".idx", ".ubyte", ".gz"}
 
@@ -44,6 +52,8 @@ def _to_gray(img: Image.Image, invert: bool) -> Image.Image:
         img = Image.fromarray(np.clip(np.rint(array * 255.0 / top), 0, 255).astype(np.uint8), mode="L")
     if img.mode == "F":
         array = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise InputError("has non-finite (NaN or infinite) pixel values")
         scale = 255.0 if array.max() <= 1.0 else 1.0
         img = Image.fromarray(np.clip(np.rint(array * scale), 0, 255).astype(np.uint8), mode="L")
     if img.mode == "P" or img.mode == "LA" or "transparency" in img.info:
@@ -74,14 +84,21 @@ def read_image(path: Path, *, invert: bool = False) -> np.ndarray:
     try:
         with Image.open(path) as img:
             width, height = img.size
-            if width * height > MAX_PIXELS:
+            if max(width, height) > MAX_SIDE:
                 raise InputError(
-                    f"{path}: {width}x{height} image ({width * height / 1e6:.0f} Mpx) is over "
-                    f"the {MAX_PIXELS / 1e6:.0f} Mpx limit"
+                    f"{path}: {width}x{height} image is over the {MAX_SIDE}-pixel limit on its longest side "
+                    f"(padded to a square it would be {max(width, height) ** 2 / 1e6:.0f} Mpx)"
                 )
+            if img.mode not in SUPPORTED_MODES:
+                raise InputError(f"{path}: unsupported mode {img.mode}; expected grayscale, RGB, CMYK or palette")
             img.seek(0)  # first frame of animations
             img.load()
-            return to_model_input(img, invert=invert)
+            try:
+                return to_model_input(img, invert=invert)
+            except InputError as exc:
+                raise InputError(f"{path}: {exc}") from None
+    except MemoryError:
+        raise InputError(f"{path}: too large to decode in the memory available") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image Pillow can read") from None
     except Image.DecompressionBombError as exc:
@@ -115,9 +132,15 @@ def read_batch(path: Path) -> np.ndarray:
             raise InputError(f"{path}: expected uint8 [N,28,28] or [28,28], got {describe(array)}")
         return array[None] if array.ndim == 2 else array
     try:
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise InputError(f"{path}: damaged gzip file ({exc})") from None
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:  # streamed, with a cap: a small .gz can inflate to gigabytes
+                data = f.read(MAX_FILE_BYTES + 1)
+            if len(data) > MAX_FILE_BYTES:
+                raise InputError(f"{path}: inflates to more than the {MAX_FILE_BYTES} byte limit")
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: unreadable or damaged ({exc})") from None
     return parse_idx_images(data, str(path))
 
 
@@ -175,6 +198,8 @@ def iter_items(paths: Iterable[Path], *, invert: bool = False) -> Iterator[Item]
                 yield Item(str(path), image, note=note)
         except InputError as exc:
             yield Item(str(path), None, str(exc))
+        except MemoryError:  # one input's failure never costs the others their answers
+            yield Item(str(path), None, f"{path}: too large to decode in the memory available")
 
 
 def chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fmnist_deploy.contract import ARCHIVE_METADATA
+from fmnist_deploy.integrity import inspect_pt2
 from fmnist_deploy.runtime.base import TorchBackend, archive_metadata
 
 
@@ -26,6 +27,7 @@ class Pt2Backend(TorchBackend):
 
         if not zipfile.is_zipfile(path):
             raise ValueError("not a zip archive")  # reported with what the file looks like instead
+        inspect_pt2(path)  # before torch sees it: torch.export.load unpickles sample_inputs without restrictions
         extra = {ARCHIVE_METADATA: ""}
         with quiet_logger("torch.export"):
             program = torch.export.load(str(path), extra_files=extra)

@@ -161,11 +161,14 @@ def test_parity_cli(tmp_path: Path, data) -> None:
 def test_parity_fails_for_a_wrong_model(tmp_path: Path, data) -> None:
     import shutil
 
-    for name in ("fmnist_mlp.pt", "fmnist_mlp.pt2", "fmnist_mlp.pt2.json"):
+    from fmnist_deploy.integrity import CONTENT_KEY, content_digest
+
+    for name in ("fmnist_mlp.onnx", "fmnist_mlp.int8.onnx", "fmnist_mlp.torchscript", "fmnist_mlp.pt2"):
         shutil.copy(ARTIFACTS / name, tmp_path / name)
-    shutil.copy(ARTIFACTS / "checkpoint.pt", tmp_path / "other.pt")
+        shutil.copy(ARTIFACTS / f"{name}.json", tmp_path / f"{name}.json")
     payload = torch.load(ARTIFACTS / "fmnist_mlp.pt", weights_only=True)
-    payload["model"]["fc3.bias"] = payload["model"]["fc3.bias"] + 0.01  # the eager reference moves; the .pt2 does not
+    payload["model"]["fc3.bias"] = payload["model"]["fc3.bias"] + 0.01  # the eager reference moves; the files do not
+    payload[CONTENT_KEY] = content_digest(payload)  # other, intact weights: not a damaged file
     torch.save(payload, tmp_path / "fmnist_mlp.pt")
     result = CliRunner().invoke(
         bench_cli,
@@ -182,7 +185,10 @@ def test_parity_fails_for_a_wrong_model(tmp_path: Path, data) -> None:
         ],
     )
     assert result.exit_code == 1 and "parity failed" in result.output
-    assert json.loads((tmp_path / "parity.json").read_text())["passed"] is False
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["passed"] is False
+    fp32 = [r for r in report["rows"] if r["precision"] == "fp32" and r["file"] != "fmnist_mlp.pt"]
+    assert fp32 and all(not r["pass"] and r["max_abs_logit_diff"] > 1e-3 for r in fp32)
 
 
 def test_train_speed_small(data) -> None:

@@ -104,4 +104,4 @@ def test_the_wheel_installs_one_namespace_and_nothing_else(tmp_path: Path) -> No
         assert f"fmnist_deploy/artifacts/{model}" in names, model
     assert not any(n.endswith(("checkpoint.pt", ".gate.json", "curves.png")) for n in names), "only what the tools read"
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "fmnist-predict = fmnist_deploy.runtime.cli:main" in entry_points
+    assert "fmnist-predict = fmnist_deploy.launch:predict" in entry_points

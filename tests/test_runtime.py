@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+import hashlib
 import json
 import subprocess
 import sys
@@ -175,7 +176,9 @@ def test_a_model_off_the_contract_is_refused(tmp_path: Path) -> None:
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 5  # a fixed batch of 5
     fixed = tmp_path / "fixed.onnx"
     onnx.save(model, fixed)
-    fixed.with_name("fixed.onnx.json").write_bytes((ARTIFACTS / "fmnist_mlp.onnx.json").read_bytes())
+    side = json.loads((ARTIFACTS / "fmnist_mlp.onnx.json").read_text())
+    side["file_sha256"] = hashlib.sha256(fixed.read_bytes()).hexdigest()  # an intact file, off the contract
+    fixed.with_name("fixed.onnx.json").write_text(json.dumps(side))
     with pytest.raises(ModelError, match="dynamic N"):
         load(fixed)
 

@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from fmnist_deploy.contract import ACCURACY_SLACK_IMAGES
+from fmnist_deploy.integrity import CONTENT_KEY, content_digest
 from fmnist_deploy.training import data as data_mod
 from fmnist_deploy.training.checkpoint import load_checkpoint, load_weights
 from fmnist_deploy.training.cli import main as train_cli
@@ -283,6 +284,7 @@ def test_cuda_fast_loader_is_bit_identical_to_the_course_loop(data, tmp_path: Pa
 def test_resume_from_a_checkpoint_with_an_unknown_recipe_key_is_one_line(tmp_path: Path) -> None:
     payload = torch.load(ARTIFACTS / "checkpoint.pt", weights_only=True)
     payload["recipe"]["warmup_epochs"] = 3
+    payload[CONTENT_KEY] = content_digest(payload)  # intact, but from an unknown recipe
     torch.save(payload, tmp_path / "checkpoint.pt")
     result = CliRunner().invoke(train_cli, ["--out", str(tmp_path), "--resume", "--epochs", "101"])
     assert result.exit_code == 1

@@ -18,12 +18,13 @@ import torch
 from torch import nn
 
 from fmnist_deploy.errors import first_line
+from fmnist_deploy.integrity import CONTENT_KEY, IntegrityError, check_content, content_digest
 from fmnist_deploy.training.atomic import write_bytes_atomic
 from fmnist_deploy.training.config import Recipe
 
 CHECKPOINT_FORMAT = "fmnist-deploy/checkpoint"
 WEIGHTS_FORMAT = "fmnist-deploy/weights"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the payload carries a digest of its own content, checked on load
 
 
 class CheckpointError(Exception):
@@ -109,10 +110,11 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
 
 
 def _serialise(payload: dict[str, Any]) -> bytes:
-    """torch.save into memory: saved to a file, the archive's root folder would take the
-    (random) temporary file's name, and the same tensors would give different bytes."""
+    """torch.save into memory, with a digest of the content: saved to a file, the archive's root
+    folder would take the (random) temporary file's name, and the same tensors would give
+    different bytes."""
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
+    torch.save({**payload, CONTENT_KEY: content_digest(payload)}, buffer)
     return buffer.getvalue()
 
 
@@ -134,6 +136,10 @@ def _load_dict(path: Path, expected_format: str) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: format version {payload.get('format_version')!r}, this tool reads {FORMAT_VERSION}"
         )
+    try:
+        check_content(payload, str(path))
+    except IntegrityError as exc:
+        raise CheckpointError(str(exc)) from None
     return payload
 
 

@@ -11,6 +11,7 @@ import click
 from click.core import ParameterSource
 
 from fmnist_deploy.contract import WEIGHTS_NAME
+from fmnist_deploy.training.atomic import check_writable, remove_stale_temporaries
 from fmnist_deploy.training.checkpoint import CheckpointError, load_checkpoint
 from fmnist_deploy.training.config import Recipe
 from fmnist_deploy.training.data import DataError, load, raw_dir
@@ -135,6 +136,9 @@ def main(
                 )
             recipe = Recipe(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, train_limit=limit)
         torch_device = resolve_device(device)
+        check_writable(out)  # a read-only or full output folder fails now, not after the first epoch
+        for stale in remove_stale_temporaries(out):
+            click.echo(f"removed {stale}, left by an interrupted write", err=True)
         data = load(data_dir)
         click.echo(f"Fashion-MNIST from {raw_dir(data.root)}", err=True)
         click.echo(f"Training on {torch_device} with the {loader} loader: {recipe}", err=True)
@@ -156,6 +160,8 @@ def main(
         weights = finalise(out, recipe, state.model, state.history, data, device=torch_device, loader=loader)
     except (DataError, CheckpointError, TrainingError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # the output folder: read-only, full, or not a folder
+        raise click.ClickException(f"cannot write to {exc.filename or out}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
         click.echo(_interrupted(out, done, resume), err=True)
         sys.exit(130)

@@ -166,6 +166,14 @@ def parse_idx(data: bytes, name: str = "IDX") -> np.ndarray:
 
 def load(data_dir: Path | None = None, *, root: Path | None = None, download: bool = True) -> FashionMNIST:
     """Locate, verify and load the data set as tensors."""
+    try:
+        return _load(data_dir, root, download)
+    except OSError as exc:  # an unreadable folder, a directory where a file should be, a full disk
+        where = exc.filename or data_dir or root or cache_root()
+        raise DataError(f"{where}: {exc.strerror or exc}; {HOW_TO_GET}") from None
+
+
+def _load(data_dir: Path | None, root: Path | None, download: bool) -> FashionMNIST:
     found = locate(data_dir, root=root, download=download)
     arrays = {}
     for name in SHA256:

@@ -1,0 +1,177 @@
+"""Integrity and safety of the files the toolkit reads: nothing it reads may run code, and a damaged
+file is refused, never answered from.
+
+- A model file is checked against the `file_sha256` of its JSON sidecar when one is beside it.
+- A weights file or checkpoint carries a digest of its own content (`content_sha256`), checked
+  on load, so a flipped byte in a tensor is caught even without a sidecar.
+- A .pt2 archive is inspected before torch sees it: only the records the contract needs, no
+  weight or constant stored as a pickle, and the one pickle torch.export writes
+  (`sample_inputs`) must pass the weights-only unpickler. torch.export.load itself would
+  unpickle that record without restrictions.
+
+Pure Python plus duck-typed tensors: importing this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from fmnist_deploy.contract import sha256_file, sidecar_path
+
+CONTENT_KEY = "content_sha256"
+
+
+class IntegrityError(ValueError):
+    """A file is damaged, was replaced, or holds something that could run code."""
+
+
+class IntegrityWarning(UserWarning):
+    """A file could not be checked (no sidecar beside it); it is used, with this warning."""
+
+
+def sidecar_check(path: Path) -> str | None:
+    """Compare a model file with its sidecar's `file_sha256`.
+
+    Returns None when they match, a one-line warning when there is no sidecar; raises
+    IntegrityError when the sidecar is unreadable or the file does not match it.
+    """
+    sidecar = sidecar_path(path)
+    if not sidecar.exists():
+        return f"{path}: no sidecar {sidecar.name} beside it, so its sha256 cannot be checked"
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"{sidecar}: unreadable sidecar ({type(exc).__name__})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("file_sha256"), str):
+        raise IntegrityError(f"{sidecar}: not a sidecar written by fmnist-export (no file_sha256)")
+    actual = sha256_file(path)
+    if actual != meta["file_sha256"]:
+        raise IntegrityError(
+            f"{path}: sha256 {actual[:12]}… does not match {sidecar.name} ({meta['file_sha256'][:12]}…): "
+            "the file is damaged or was replaced; restore it with its sidecar or re-export it"
+        )
+    return None
+
+
+def _feed(digest: Any, value: Any, where: str) -> None:
+    """Hash `value` (nested dicts, lists, tensors, primitives) deterministically, keys sorted."""
+    if isinstance(value, dict):
+        digest.update(f"{where}:dict:{len(value)};".encode())
+        for key in sorted(value, key=str):
+            _feed(digest, value[key], f"{where}/{key}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{where}:list:{len(value)};".encode())
+        for i, item in enumerate(value):
+            _feed(digest, item, f"{where}/{i}")
+    elif hasattr(value, "detach") and hasattr(value, "shape"):  # a torch tensor, without importing torch
+        tensor = value.detach().cpu().contiguous()
+        raw = tensor.reshape(-1).numpy().tobytes()
+        digest.update(f"{where}:tensor:{tensor.dtype}:{tuple(tensor.shape)}:{len(raw)};".encode())
+        digest.update(raw)
+    elif value is None or isinstance(value, (bool, int, float, str)):
+        digest.update(f"{where}:{type(value).__name__}:{value!r};".encode())
+    else:
+        raise TypeError(f"{where}: cannot digest a {type(value).__name__}")
+
+
+def content_digest(payload: dict[str, Any]) -> str:
+    """sha256 of everything in a weights/checkpoint payload but the digest itself."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in payload.items() if k != CONTENT_KEY}, "")
+    return digest.hexdigest()
+
+
+def check_content(payload: dict[str, Any], source: str) -> None:
+    """Raise IntegrityError unless the payload's recorded digest matches its content."""
+    recorded = payload.get(CONTENT_KEY)
+    if not isinstance(recorded, str):
+        raise IntegrityError(f"{source}: no {CONTENT_KEY}: not written by this version of fmnist-train")
+    try:
+        actual = content_digest(payload)
+    except TypeError as exc:
+        raise IntegrityError(f"{source}: unexpected content ({exc})") from None
+    if actual != recorded:
+        raise IntegrityError(
+            f"{source}: content does not match its recorded {CONTENT_KEY} ({actual[:12]}… vs {recorded[:12]}…): "
+            "the file is damaged"
+        )
+
+
+# The records a torch.export archive of this contract may hold, below its root folder.
+PT2_RECORDS = (
+    r"models/model\.json",
+    r"data/weights/weight_\d+",
+    r"data/weights/model_weights_config\.json",
+    r"data/constants/model_constants_config\.json",
+    r"data/sample_inputs/model\.pt",
+    r"extra/[A-Za-z0-9_.-]+\.json",
+    r"archive_format",
+    r"archive_version",
+    r"byteorder",
+    r"\.data/version",
+    r"\.data/serialization_id",
+)
+_PT2_RECORD = re.compile("|".join(f"(?:{r})" for r in PT2_RECORDS))
+
+
+def inspect_pt2(path: Path) -> None:
+    """Refuse a .pt2 archive with records the contract does not need or pickles that could run code."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            roots = {name.split("/", 1)[0] for name in names}
+            if len(roots) != 1 or any("/" not in name for name in names):
+                raise IntegrityError(f"{path}: not a torch.export archive (records {sorted(names)[:5]}…)")
+            records = {name.split("/", 1)[1]: name for name in names}
+            unexpected = sorted(r for r in records if not _PT2_RECORD.fullmatch(r))
+            if unexpected:
+                raise IntegrityError(f"{path}: records the contract does not need: {', '.join(unexpected[:5])}")
+            for config in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
+                if config in records:
+                    _no_pickled_entries(path, config, archive.read(records[config]))
+            if "data/sample_inputs/model.pt" in records:
+                _weights_only(path, archive.read(records["data/sample_inputs/model.pt"]))
+    except zipfile.BadZipFile as exc:
+        raise IntegrityError(f"{path}: damaged zip archive ({exc})") from None
+
+
+def _no_pickled_entries(path: Path, name: str, blob: bytes) -> None:
+    try:
+        config = json.loads(blob).get("config", {})
+    except (ValueError, AttributeError):
+        raise IntegrityError(f"{path}: {name} is not the JSON torch.export writes") from None
+    pickled = sorted(k for k, v in config.items() if not isinstance(v, dict) or v.get("use_pickle") is not False)
+    if pickled:
+        raise IntegrityError(f"{path}: {name} stores {', '.join(pickled[:3])} as pickles, which could run code")
+
+
+def _weights_only(path: Path, blob: bytes) -> None:
+    """The pickle must load with torch's weights-only unpickler (tensors and plain containers only)."""
+    import pickle
+
+    import torch
+
+    try:
+        torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise IntegrityError(
+            f"{path}: its sample_inputs record is refused by the weights-only unpickler "
+            f"({str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__})"
+        ) from None
+
+
+__all__ = [
+    "CONTENT_KEY",
+    "IntegrityError",
+    "IntegrityWarning",
+    "check_content",
+    "content_digest",
+    "inspect_pt2",
+    "sidecar_check",
+]
