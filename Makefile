@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test lint export train bench clean node-example
+.PHONY: setup data test soak lint export train bench clean node-example
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ data: setup
 
 test: setup data node-example
 	$(BIN)/python -m pytest -q
+
+# The long reliability runs: 100 SIGKILLs, 200 000 fuzzed inputs, 3 000 examples per property.
+soak: setup data
+	$(BIN)/python -m pytest -q tests/reliability --soak
 
 # ruff: pyflakes, pycodestyle, import order, bugbear, pyupgrade, docstrings (see pyproject.toml).
 lint: setup

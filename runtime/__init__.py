@@ -15,8 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from fmnist_deploy.integrity import IntegrityError, IntegrityWarning, sidecar_check
 from fmnist_deploy.contract import sidecar_path
+from fmnist_deploy.integrity import IntegrityError, IntegrityWarning, sidecar_check
 from fmnist_deploy.runtime.base import Backend, Prediction, Predictor, read_sidecar
 from fmnist_deploy.runtime.eager_backend import EagerBackend
 from fmnist_deploy.runtime.errors import DeviceError, InputError, ModelError, OptionError, RuntimeFailure
@@ -86,8 +86,10 @@ def _check_sidecar_metadata(path: Path, meta: dict[str, Any]) -> None:
     described = {k: v for k, v in side.items() if k not in ("file", "file_sha256")}
     if described != meta:
         differing = sorted(k for k in set(described) | set(meta) if described.get(k) != meta.get(k))
-        raise ModelError(f"{sidecar_path(path)}: differs from the metadata inside {path.name} in "
-                         f"{', '.join(differing[:5])}; restore the sidecar or re-export")
+        raise ModelError(
+            f"{sidecar_path(path)}: differs from the metadata inside {path.name} in "
+            f"{', '.join(differing[:5])}; restore the sidecar or re-export"
+        )
 
 
 __all__ = [

@@ -11,6 +11,7 @@ light-on-dark.
 from __future__ import annotations
 
 import gzip
+import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,8 +30,25 @@ MAX_SIDE = 8000
 MAX_PIXELS = MAX_SIDE * MAX_SIDE  # 64 Mpx: the padded square, and so the decoded image too
 MAX_FILE_BYTES = 512 * 1024 * 1024  # a .npy or (uncompressed) IDX batch file
 # Modes Pillow can turn into 8-bit luma here; others (LAB, HSV, YCbCr...) are refused by name.
-SUPPORTED_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "La", "I", "I;16", "I;16B",
-                   "I;16L", "I;16N", "F"}
+SUPPORTED_MODES = {
+    "1",
+    "L",
+    "LA",
+    "P",
+    "PA",
+    "RGB",
+    "RGBA",
+    "RGBX",
+    "RGBa",
+    "CMYK",
+    "La",
+    "I",
+    "I;16",
+    "I;16B",
+    "I;16L",
+    "I;16N",
+    "F",
+}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
 BATCH_SUFFIXES = {".npy", ".idx", ".ubyte", ".gz"}
 
@@ -87,7 +105,7 @@ def read_image(path: Path, *, invert: bool = False) -> np.ndarray:
             if max(width, height) > MAX_SIDE:
                 raise InputError(
                     f"{path}: {width}x{height} image is over the {MAX_SIDE}-pixel limit on its longest side "
-                    f"(padded to a square it would be {max(width, height) ** 2 / 1e6:.0f} Mpx)"
+                    f"(padded to a square it would be {max(width, height) ** 2 / 1e6:,.0f} Mpx)"
                 )
             if img.mode not in SUPPORTED_MODES:
                 raise InputError(f"{path}: unsupported mode {img.mode}; expected grayscale, RGB, CMYK or palette")
@@ -126,22 +144,42 @@ def read_batch(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False, mmap_mode="r")
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise InputError(f"{path}: not a readable .npy file ({exc})") from None
+        if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
+            array.close()
+            raise InputError(f"{path}: an .npz archive, not a .npy array; save one array with np.save")
         if array.dtype != np.uint8 or array.shape[-2:] != IMAGE_SHAPE or array.ndim not in (2, 3):
             raise InputError(f"{path}: expected uint8 [N,28,28] or [28,28], got {describe(array)}")
         return array[None] if array.ndim == 2 else array
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:  # streamed, with a cap: a small .gz can inflate to gigabytes
-                data = f.read(MAX_FILE_BYTES + 1)
-            if len(data) > MAX_FILE_BYTES:
-                raise InputError(f"{path}: inflates to more than the {MAX_FILE_BYTES} byte limit")
-        else:
-            data = path.read_bytes()
+        # Streamed: the header says how many bytes follow, which is checked against the limit before
+        # they are read, so a small .gz that inflates to gigabytes never gets to allocate them.
+        with opener(path, "rb") as f:
+            header = f.read(16)
+            declared = _idx_payload_bytes(header, str(path))
+            payload = f.read(declared + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{path}: unreadable or damaged ({exc})") from None
-    return parse_idx_images(data, str(path))
+    if len(payload) != declared:
+        raise InputError(
+            f"{path}: IDX header declares {declared} payload bytes, the file holds "
+            f"{'more' if len(payload) > declared else len(payload)}"
+        )
+    return parse_idx_images(header + payload, str(path))
+
+
+def _idx_payload_bytes(header: bytes, name: str) -> int:
+    """The payload size an IDX image header declares, refused above MAX_FILE_BYTES."""
+    if len(header) < 16 or header[:3] != b"\x00\x00\x08" or header[3] != 3:
+        raise InputError(f"{name}: not an IDX image file (expected magic 00000803, got {header[:4].hex()})")
+    n, rows, cols = (int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(3))
+    if (rows, cols) != IMAGE_SHAPE:
+        raise InputError(f"{name}: IDX header says [{n},{rows},{cols}]; expected [N,28,28]")
+    if 16 + n * rows * cols > MAX_FILE_BYTES:
+        raise InputError(f"{name}: IDX header declares {n} images, over the {MAX_FILE_BYTES} byte limit")
+    return n * rows * cols
 
 
 def _is_batch(path: Path) -> bool:

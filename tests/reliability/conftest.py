@@ -18,6 +18,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", default=False, help=SOAK_HELP)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from hypothesis import HealthCheck, settings
+
+    common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+    # make test: the same examples every run (a red CI is a real bug, not luck); --soak: many more, new ones
+    settings.register_profile("ci", max_examples=150, derandomize=True, **common)
+    settings.register_profile("soak", max_examples=3000, **common)
+    settings.load_profile("soak" if config.getoption("--soak") else "ci")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--soak"):
         return

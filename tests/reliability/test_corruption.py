@@ -61,8 +61,10 @@ def _hostile(name: str, original: bytes, marker: Path) -> dict[str, bytes]:
         config = json.dumps({"config": {"net.fc1.weight": {"path_name": "weight_0", "use_pickle": True}}}).encode()
         return {
             "pickle": replace_records(original, {"data/sample_inputs/model.pt": malicious_torch_file(marker)}),
-            "use_pickle": replace_records(original, {"data/weights/model_weights_config.json": config,
-                                                     "data/weights/weight_0": malicious_pickle(marker)}),
+            "use_pickle": replace_records(
+                original,
+                {"data/weights/model_weights_config.json": config, "data/weights/weight_0": malicious_pickle(marker)},
+            ),
         }
     if name == "fmnist_mlp.torchscript":
         return {"pickle": replace_records(original, {"data.pkl": malicious_pickle(marker)})}
@@ -98,8 +100,10 @@ def _predict(model: str) -> Callable[[Path, Path], tuple]:
 
 
 def _verify(model: str) -> Callable[[Path, Path], tuple]:
-    return lambda work, data: (export_cli, ["--verify", str(work / model), "--weights", str(work / "fmnist_mlp.pt"),
-                                            "--data-dir", str(data)])
+    return lambda work, data: (
+        export_cli,
+        ["--verify", str(work / model), "--weights", str(work / "fmnist_mlp.pt"), "--data-dir", str(data)],
+    )
 
 
 CASES = [
@@ -107,22 +111,80 @@ CASES = [
     Case("fmnist_mlp.onnx.json", {"predict": _predict("fmnist_mlp.onnx"), "verify": _verify("fmnist_mlp.onnx")}),
     Case("fmnist_mlp.pt2.json", {"predict": _predict("fmnist_mlp.pt2"), "verify": _verify("fmnist_mlp.pt2")}),
     Case("golden.npz", {"verify": _verify("fmnist_mlp.onnx")}),
-    Case("fmnist_mlp.pt", {
-        "predict": _predict("fmnist_mlp.pt"),
-        "export": lambda work, data: (export_cli, ["--weights", str(work / "fmnist_mlp.pt"), "--out-dir", str(work),
-                                                   "--format", "onnx", "--data-dir", str(data)]),
-        "verify": _verify("fmnist_mlp.onnx"),
-    }),
-    Case("checkpoint.pt", {
-        "train --resume": lambda work, data: (train_cli, ["--out", str(work), "--resume", "--epochs", "3", "--limit",
-                                                          "300", "--data-dir", str(data), "--device", "cpu"]),
-    }),
-    Case("t10k-images-idx3-ubyte", {
-        "train": lambda work, data: (train_cli, ["--out", str(work / "run"), "--epochs", "1", "--limit", "300",
-                                                 "--data-dir", str(data), "--device", "cpu"]),
-        "export": lambda work, data: (export_cli, ["--weights", str(work / "fmnist_mlp.pt"), "--out-dir", str(work),
-                                                   "--format", "onnx", "--data-dir", str(data)]),
-    }),
+    Case(
+        "fmnist_mlp.pt",
+        {
+            "predict": _predict("fmnist_mlp.pt"),
+            "export": lambda work, data: (
+                export_cli,
+                [
+                    "--weights",
+                    str(work / "fmnist_mlp.pt"),
+                    "--out-dir",
+                    str(work),
+                    "--format",
+                    "onnx",
+                    "--data-dir",
+                    str(data),
+                ],
+            ),
+            "verify": _verify("fmnist_mlp.onnx"),
+        },
+    ),
+    Case(
+        "checkpoint.pt",
+        {
+            "train --resume": lambda work, data: (
+                train_cli,
+                [
+                    "--out",
+                    str(work),
+                    "--resume",
+                    "--epochs",
+                    "3",
+                    "--limit",
+                    "300",
+                    "--data-dir",
+                    str(data),
+                    "--device",
+                    "cpu",
+                ],
+            ),
+        },
+    ),
+    Case(
+        "t10k-images-idx3-ubyte",
+        {
+            "train": lambda work, data: (
+                train_cli,
+                [
+                    "--out",
+                    str(work / "run"),
+                    "--epochs",
+                    "1",
+                    "--limit",
+                    "300",
+                    "--data-dir",
+                    str(data),
+                    "--device",
+                    "cpu",
+                ],
+            ),
+            "export": lambda work, data: (
+                export_cli,
+                [
+                    "--weights",
+                    str(work / "fmnist_mlp.pt"),
+                    "--out-dir",
+                    str(work),
+                    "--format",
+                    "onnx",
+                    "--data-dir",
+                    str(data),
+                ],
+            ),
+        },
+    ),
 ]
 
 
@@ -134,8 +196,21 @@ def template(tmp_path_factory, data) -> Path:
         shutil.copy(ARTIFACTS / name, work / name)
         if (ARTIFACTS / f"{name}.json").is_file():
             shutil.copy(ARTIFACTS / f"{name}.json", work / f"{name}.json")
-    result = CliRunner().invoke(train_cli, ["--out", str(work / "run"), "--epochs", "2", "--limit", "300", "--data-dir",
-                                            str(data.root), "--device", "cpu"])
+    result = CliRunner().invoke(
+        train_cli,
+        [
+            "--out",
+            str(work / "run"),
+            "--epochs",
+            "2",
+            "--limit",
+            "300",
+            "--data-dir",
+            str(data.root),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     for produced in (work / "run").iterdir():  # the short run's results sit beside the exported files
         if produced.name not in work_names(work):
@@ -163,8 +238,9 @@ def _data_folder(base: Path, data, corrupt: str | None, content: bytes | None) -
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.file for c in CASES])
-def test_every_damaged_or_hostile_file_is_refused_by_every_reader(case: Case, template: Path, tmp_path: Path,
-                                                                  data) -> None:
+def test_every_damaged_or_hostile_file_is_refused_by_every_reader(
+    case: Case, template: Path, tmp_path: Path, data
+) -> None:
     marker = tmp_path / "code-ran.marker"
     is_idx = case.file in SHA256
     original = (raw_dir(data.root) / case.file).read_bytes() if is_idx else (template / case.file).read_bytes()
@@ -221,12 +297,18 @@ def test_hostile_files_without_a_sidecar_run_no_code(name: str, tmp_path: Path, 
         if name == "golden.npz":
             runs = [(export_cli, ["--verify", str(work / "fmnist_mlp.onnx")])]
         elif name == "fmnist_mlp.pt":
-            runs = [(predict_cli, [str(SAMPLE), "--model", str(work / name)]),
-                    (export_cli, ["--weights", str(work / name), "--out-dir", str(work / "out"), "--data-dir",
-                                  str(data.root)])]
+            runs = [
+                (predict_cli, [str(SAMPLE), "--model", str(work / name)]),
+                (
+                    export_cli,
+                    ["--weights", str(work / name), "--out-dir", str(work / "out"), "--data-dir", str(data.root)],
+                ),
+            ]
         else:
-            runs = [(predict_cli, [str(SAMPLE), "--model", str(work / name)]),
-                    (export_cli, ["--verify", str(work / name), "--golden", str(ARTIFACTS / "golden.npz")])]
+            runs = [
+                (predict_cli, [str(SAMPLE), "--model", str(work / name)]),
+                (export_cli, ["--verify", str(work / name), "--golden", str(ARTIFACTS / "golden.npz")]),
+            ]
         for cli, args in runs:
             result = CliRunner().invoke(cli, args)
             assert result.exit_code != 0, (variant, args, result.output)
@@ -241,6 +323,8 @@ def test_matrix_summary(capsys) -> None:
         pytest.skip("the corruption matrix did not run in this session")
     files = {f for f, _, _ in OUTCOMES}
     with capsys.disabled():
-        print(f"\ncorruption matrix: {len(files)} files x their corruptions x their readers = {len(OUTCOMES)} runs, "
-              "each refused in one line, no code run, no other file changed")
+        print(
+            f"\ncorruption matrix: {len(files)} files x their corruptions x their readers = {len(OUTCOMES)} runs, "
+            "each refused in one line, no code run, no other file changed"
+        )
     assert len(OUTCOMES) >= 100

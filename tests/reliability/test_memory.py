@@ -1,0 +1,73 @@
+"""Memory stays bounded on hostile inputs, and one input's failure never costs another its answer.
+
+Peak RSS of a real `fmnist-predict` process is read from the kernel (os.wait4's ru_maxrss, what
+`/usr/bin/time -v` reports as "Maximum resident set size")."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+from PIL import Image
+
+from tests.conftest import ARTIFACTS
+
+LIMIT_MB = 1024
+SAMPLE = ARTIFACTS / "samples" / "0000_ankle_boot.png"
+
+
+def _gzip_of_zeros(path: Path, header: bytes, zero_bytes: int) -> None:
+    """A small .gz that inflates to `zero_bytes` zeros after an IDX header."""
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header)
+        block = bytes(1 << 20)
+        for _ in range(zero_bytes >> 20):
+            f.write(block)
+
+
+# A small launcher measures the command: forked from this test process (which holds torch), the child's
+# peak RSS would count the parent's pages copied at fork time, before exec.
+MEASURE = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[1:]).returncode\n"
+    "print(f'peak-rss-kb {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def test_hostile_images_and_batches_stay_under_a_gigabyte(tmp_path: Path) -> None:
+    Image.new("L", (64_000, 1_000)).save(tmp_path / "wide.png")  # 64 Mpx that would pad to 4 Gpx
+    Image.new("L", (1, 60_000_000)).save(tmp_path / "tall.png")
+    Image.new("1", (9_000, 9_000)).save(tmp_path / "bomb.png")
+    header = b"\x00\x00\x08\x03" + (4_000_000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    _gzip_of_zeros(tmp_path / "declares-3gb-idx3.gz", header, 16 << 20)
+    small = b"\x00\x00\x08\x03" + (10).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    _gzip_of_zeros(tmp_path / "trailing-idx3.gz", small, 64 << 20)  # 10 images declared, 64 MB follow
+    inputs = [
+        str(SAMPLE),
+        *(str(tmp_path / n) for n in ("wide.png", "tall.png", "bomb.png", "declares-3gb-idx3.gz", "trailing-idx3.gz")),
+        str(SAMPLE),
+    ]
+    command = [sys.executable, "-c", MEASURE, sys.executable, "-m", "fmnist_deploy.runtime.cli", *inputs]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    stdout, stderr = result.stdout, result.stderr
+    peak_mb = int(stderr.rsplit("peak-rss-kb ", 1)[1]) / 1024
+    stderr = stderr.rsplit("peak-rss-kb ", 1)[0]
+    assert result.returncode == 1, stderr
+    assert stdout.splitlines() == [f"{SAMPLE}: Ankle boot (0.673)"] * 2, "the good inputs around the bad ones"
+    assert stderr.count("error: ") == 5 and "Traceback" not in stderr
+    assert peak_mb <= LIMIT_MB, f"peak RSS {peak_mb:.0f} MB"
+    print(f"\nfmnist-predict on 5 hostile inputs between 2 good ones: peak RSS {peak_mb:.0f} MB (limit {LIMIT_MB})")
+
+
+def test_zlib_is_what_inflates_gzip() -> None:
+    """The streamed reader relies on zlib raising on damage: a sanity check of that contract."""
+    bad = gzip.compress(b"x" * 1000)[:-12] + b"\x00" * 12
+    try:
+        gzip.decompress(bad)
+    except (OSError, EOFError, zlib.error):
+        return
+    raise AssertionError("damaged gzip data was accepted")
