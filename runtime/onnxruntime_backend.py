@@ -76,12 +76,12 @@ class OnnxRuntimeBackend(Backend):
 
     def _metadata(self, path: Path) -> dict[str, Any]:
         """metadata_props (one JSON value per key), else the sidecar for files from other tools."""
-        custom = self.session.get_modelmeta().custom_metadata_map
-        if custom:
-            try:
+        try:  # a damaged file can hold bytes that are not UTF-8 (UnicodeDecodeError) or not JSON
+            custom = self.session.get_modelmeta().custom_metadata_map
+            if custom:
                 return {k: json.loads(v) for k, v in custom.items()}
-            except ValueError as exc:
-                raise ModelError(f"{path}: metadata_props are not JSON values ({exc})") from None
+        except ValueError as exc:
+            raise ModelError(f"{path}: metadata_props are not UTF-8 JSON values ({type(exc).__name__})") from None
         return read_sidecar(path)  # files from other tools may only have the sidecar
 
     def _check_io(self, path: Path) -> None:

@@ -317,6 +317,18 @@ def test_hostile_files_without_a_sidecar_run_no_code(name: str, tmp_path: Path, 
             OUTCOMES.append((name, f"{variant} without sidecar", cli.name))
 
 
+def test_damaged_onnx_metadata_without_a_sidecar_is_one_line(tmp_path: Path) -> None:
+    blob = bytearray((ARTIFACTS / "fmnist_mlp.onnx").read_bytes())
+    at = blob.find(b'"T-shirt/top"')
+    blob[at + 3] = 0xC3  # not UTF-8 any more
+    (tmp_path / "m.onnx").write_bytes(bytes(blob))
+    result = CliRunner().invoke(predict_cli, [str(SAMPLE), "--model", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {tmp_path / 'm.onnx'}: metadata_props are not UTF-8 JSON values (UnicodeDecodeError)"]
+    OUTCOMES.append(("fmnist_mlp.onnx", "metadata not UTF-8, without sidecar", "predict"))
+
+
 def test_matrix_summary(capsys) -> None:
     """Print the matrix's size (runs only when the matrix above ran in this session)."""
     if not OUTCOMES:
