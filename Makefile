@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test soak lint export train bench clean node-example
+.PHONY: setup data test test-embed embed-deps soak lint export train bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,8 +27,12 @@ data: setup
 	fi
 	$(BIN)/python -m fmnist_deploy.training.data
 
-test: setup data node-example
+test: setup data embed-deps
 	$(BIN)/python -m pytest -q
+
+# Only the embedding tests: Node.js (the golden vectors, the image command) and the page in Chromium.
+test-embed: setup data embed-deps
+	$(BIN)/python -m pytest -q tests/test_embedding.py
 
 # The long reliability runs: 100 SIGKILLs, 200 000 fuzzed inputs, 3 000 examples per property.
 soak: setup data
@@ -39,12 +43,18 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The Node.js embedding example (its test skips where Node.js/npm are absent). Install
-# scripts stay off: the CPU binaries ship inside the npm package.
-node-example:
+# The embedding examples' packages (npm ci from their lock files; install scripts stay off: the
+# binaries ship inside the npm packages) and Debian's Chromium for the browser test, installed as
+# the data set is. Where Node.js is absent the embedding tests skip and say why.
+embed-deps:
 	@if command -v npm >/dev/null && command -v node >/dev/null; then \
-		cd examples/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; \
-	else echo "node/npm not found: the Node.js embedding test will be skipped"; fi
+		(cd examples/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) && \
+		(cd examples/web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error); \
+	else echo "node/npm not found: the Node.js and browser embedding tests will be skipped"; fi
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; \
+	fi
 
 export: setup
 	$(BIN)/fmnist-export --format all --quantize int8 --weights artifacts/fmnist_mlp.pt --out-dir artifacts

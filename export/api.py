@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fmnist_deploy.contract import GOLDEN_NAME, INT8_ONNX_NAME, SAMPLES_DIR, STEM, sha256_file
+from fmnist_deploy.contract import GOLDEN_JSON_NAME, GOLDEN_NAME, INT8_ONNX_NAME, SAMPLES_DIR, STEM, sha256_file
 from fmnist_deploy.export import golden as golden_mod
 from fmnist_deploy.export import onnx_format
 from fmnist_deploy.export.checks import ExportError, GateError, GateReport
@@ -19,7 +19,7 @@ from fmnist_deploy.export.metadata import build_metadata, write_sidecar
 from fmnist_deploy.export.quantize import SETTINGS as INT8_SETTINGS
 from fmnist_deploy.export.quantize import quantize
 from fmnist_deploy.export.wrapper import Deployable, from_weights
-from fmnist_deploy.training.atomic import check_writable, remove_stale_temporaries
+from fmnist_deploy.training.atomic import check_writable, remove_stale_temporaries, write_text_atomic
 from fmnist_deploy.training.checkpoint import Weights, load_weights
 from fmnist_deploy.training.data import DataMissing, FashionMNIST
 from fmnist_deploy.training.data import load as load_data
@@ -92,6 +92,7 @@ def prepare(weights_path: Path, out_dir: Path, data: FashionMNIST | None) -> Sou
         test_set = eager_reference(weights, data)
         golden = make_golden(weights, weights_sha, data)
         golden_mod.save(golden_path, golden)
+        write_text_atomic(out_dir / GOLDEN_JSON_NAME, golden_mod.to_json(golden))
         golden_mod.write_samples(
             out_dir / SAMPLES_DIR, data.test_images.numpy(), data.test_labels.numpy(), tuple(weights.class_names)
         )

@@ -11,7 +11,9 @@ it) with fixed zip timestamps, so the same weights always give the same bytes.
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -96,6 +98,25 @@ def save(path: Path, golden: Golden) -> None:
             np.lib.format.write_array(member, np.asarray(array, order="C"), allow_pickle=False)
             archive.writestr(entry, member.getvalue())
     write_bytes_atomic(path, buffer.getvalue())
+
+
+def to_json(golden: Golden) -> str:
+    """The same golden vectors as JSON, for languages without an .npz reader (generated, never edited):
+    images as base64 of the raw uint8 bytes, logits and probabilities as the exact float32 values."""
+    document = {
+        "format_version": golden.format_version,
+        "reference": golden.reference,
+        "logit_tolerance": golden.logit_tolerance,
+        "weights_sha256": golden.weights_sha256,
+        "class_names": list(golden.class_names),
+        "shape": list(golden.images.shape),
+        "images_base64": base64.b64encode(np.ascontiguousarray(golden.images, dtype=np.uint8).tobytes()).decode(),
+        "labels": [int(v) for v in golden.labels],
+        "indices": [int(v) for v in golden.indices],
+        "logits": [[float(v) for v in row] for row in golden.logits],
+        "probabilities": [[float(v) for v in row] for row in golden.probabilities],
+    }
+    return json.dumps(document, indent=1) + "\n"
 
 
 def load(path: Path) -> Golden:

@@ -43,6 +43,7 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript", "pt2": ".pt2", "pt":
 WEIGHTS_NAME = f"{STEM}.pt"
 INT8_ONNX_NAME = f"{STEM}.int8.onnx"
 GOLDEN_NAME = "golden.npz"
+GOLDEN_JSON_NAME = "golden.json"  # the same vectors for languages without an .npz reader
 SAMPLES_DIR = "samples"
 ARCHIVE_METADATA = "fmnist_deploy.json"  # the extra file holding the metadata in .torchscript / .pt2 archives
 SIDECAR_SUFFIX = ".json"

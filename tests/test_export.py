@@ -387,6 +387,7 @@ def test_make_export_reproduces_the_committed_files_byte_for_byte(tmp_path: Path
         *EXPORTED,
         "fmnist_mlp.int8.onnx",
         "golden.npz",
+        "golden.json",
         *(f"samples/{p.name}" for p in (ARTIFACTS / "samples").iterdir()),
     ]:
         assert (tmp_path / name).read_bytes() == (ARTIFACTS / name).read_bytes(), name

@@ -99,6 +99,7 @@ def test_the_wheel_installs_one_namespace_and_nothing_else(tmp_path: Path) -> No
         "fmnist_mlp.pt2",
         "fmnist_mlp.pt",
         "golden.npz",
+        "golden.json",
         "samples/0000_ankle_boot.png",
     ):
         assert f"fmnist_deploy/artifacts/{model}" in names, model

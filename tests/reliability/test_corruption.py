@@ -325,7 +325,8 @@ def test_damaged_onnx_metadata_without_a_sidecar_is_one_line(tmp_path: Path) -> 
     result = CliRunner().invoke(predict_cli, [str(SAMPLE), "--model", str(tmp_path / "m.onnx")])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        f"Error: {tmp_path / 'm.onnx'}: metadata_props are not UTF-8 JSON values (UnicodeDecodeError)"]
+        f"Error: {tmp_path / 'm.onnx'}: metadata_props are not UTF-8 JSON values (UnicodeDecodeError)"
+    ]
     OUTCOMES.append(("fmnist_mlp.onnx", "metadata not UTF-8, without sidecar", "predict"))
 
 
