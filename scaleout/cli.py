@@ -1,0 +1,111 @@
+"""fmnist-batch: classify very large image sets on Ray Data, with fmnist-predict's exact answers.
+
+A separate command rather than `fmnist-predict --engine ray`: a batch job always writes a
+file (Parquet or JSON Lines) instead of lines for a person, has its own knobs (cluster
+address, actors, batch size, resume), and needs the optional `ray` package, which
+fmnist-predict's fast, torch-free start should not pay for.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from fmnist_deploy.models import default_model
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Results, one row per image: .parquet or .jsonl (written atomically).",
+)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="An .onnx file [default: the packaged fmnist_mlp.onnx].",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to join (`auto`, `ray://host:port`) [default: a local instance sized to this machine].",
+)
+@click.option(
+    "--actors",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Predictor actors, each holding one ONNX Runtime session.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per model call.")
+@click.option("--top-k", type=click.IntRange(1, 10), default=3, show_default=True)
+@click.option("--invert", is_flag=True, help="Inputs are dark-on-light (photos, scans).")
+@click.option("--resume", is_flag=True, help="Continue a killed job: skip the rows its partial output holds.")
+@click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
+def main(
+    inputs: tuple[Path, ...],
+    output: Path,
+    model: Path | None,
+    address: str | None,
+    actors: int,
+    batch_size: int,
+    top_k: int,
+    invert: bool,
+    resume: bool,
+) -> None:
+    """Classify INPUTS (image files, folders, .npy / IDX batch files, or .txt files listing paths) on Ray.
+
+    Every row has the input, its file and index within a batch file, the class, its
+    probability, the top k, and an error for an input that could not be read: a bad file
+    never fails the job. Exit 1 if any input failed, 2 for a usage error.
+    """
+    try:
+        from fmnist_deploy.scaleout.ray_job import BatchError, JobConfig, check_job, run_job, start_ray
+    except ImportError as exc:
+        raise click.ClickException(
+            f"fmnist-batch needs Ray: pip install 'fmnist-deploy[scale]' ({exc.name} missing)"
+        ) from None
+    config = JobConfig(
+        model=model or default_model("onnxruntime"),
+        output=output,
+        address=address,
+        actors=actors,
+        batch_size=batch_size,
+        top_k=top_k,
+        invert=invert,
+        resume=resume,
+    )
+    try:
+        check_job(config)  # before Ray starts: a bad model or output name costs nothing
+    except BatchError as exc:
+        raise click.ClickException(str(exc)) from None
+    started = time.perf_counter()
+    try:
+        start_ray(address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise click.ClickException(f"cannot reach Ray at {address or 'a local instance'}: {exc}") from None
+    ray_seconds = time.perf_counter() - started
+    try:
+        counts = run_job(config, list(inputs))
+    except BatchError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted; finished rows are kept: resume with the same command and --resume", err=True)
+        sys.exit(130)
+    seconds = time.perf_counter() - started - ray_seconds
+    summary = {**counts, "output": str(output), "ray_start_s": round(ray_seconds, 2), "job_s": round(seconds, 2)}
+    click.echo(json.dumps(summary))
+    if counts["failed"]:
+        click.echo(f"{counts['failed']} input(s) failed: see the error column of {output}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
