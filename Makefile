@@ -68,6 +68,7 @@ bench: setup data
 	$(BIN)/fmnist-bench parity --artifacts artifacts --out-dir artifacts/bench
 	$(BIN)/fmnist-bench formats --artifacts artifacts --out-dir artifacts/bench
 	$(BIN)/fmnist-bench coldstart --artifacts artifacts --out-dir artifacts/bench
+	$(BIN)/fmnist-bench batch --out-dir artifacts/bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

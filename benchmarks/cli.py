@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,45 @@ def formats_cmd(
     except RuntimeFailure as exc:
         raise click.ClickException(str(exc)) from None
     _finish(report, to_markdown(report), as_json, out_dir, "formats", {".png": lambda path: plot(report, path)})
+
+
+@main.command("batch")
+@click.option(
+    "--images",
+    "count",
+    type=click.IntRange(1, 10_000),
+    default=10_000,
+    show_default=True,
+    help="How many test images, as PNG files and as the IDX file.",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@_out_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def batch_cmd(count: int, data_dir: Path | None, out_dir: Path | None, as_json: bool) -> None:
+    """Images/s of single-process fmnist-predict vs fmnist-batch on Ray (1 and 2 actors), PNG files and IDX."""
+    try:
+        from fmnist_deploy.benchmarks.batch import measure, to_markdown
+        from fmnist_deploy.models import default_model
+        from fmnist_deploy.training.data import raw_dir
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the batch benchmark needs Ray: pip install 'fmnist-deploy[scale]' ({exc})"
+        ) from None
+    data = _test_set(data_dir)
+    with tempfile.TemporaryDirectory() as scratch:
+        idx = raw_dir(data.root) / "t10k-images-idx3-ubyte"
+        if count < 10_000:  # the IDX file holds the whole test set: a shorter one for a shorter run
+            idx = _idx_prefix(data.test_images.numpy()[:count], Path(scratch) / "t10k-images-idx3-ubyte")
+        report = measure(data.test_images.numpy()[:count], idx, default_model("onnxruntime"))
+    _finish(report, to_markdown(report), as_json, out_dir, "batch")
+
+
+def _idx_prefix(images, path: Path) -> Path:
+    """An IDX image file of `images` (uint8 [N,28,28])."""
+    header = b"\x00\x00\x08\x03" + len(images).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + images.tobytes())
+    return path
 
 
 @main.command("coldstart")
