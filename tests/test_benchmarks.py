@@ -336,10 +336,14 @@ def test_formats_table(tmp_path: Path, data) -> None:
 
 def test_batch_benchmark_small(tmp_path: Path, data) -> None:
     pytest.importorskip("ray", reason="the batch benchmark needs the optional ray package")
-    result = CliRunner().invoke(bench_cli, ["batch", "--images", "300", "--out-dir", str(tmp_path),
-                                            "--data-dir", str(data.root)])
+    result = CliRunner().invoke(
+        bench_cli, ["batch", "--images", "300", "--out-dir", str(tmp_path), "--data-dir", str(data.root)]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "batch.json").read_text())
-    assert {r["path"] for r in report["rows"]} == {"fmnist-predict (one process)", "fmnist-batch, Ray, 1 actor(s)",
-                                                   "fmnist-batch, Ray, 2 actor(s)"}
+    assert {r["path"] for r in report["rows"]} == {
+        "fmnist-predict (one process)",
+        "fmnist-batch, Ray, 1 actor(s)",
+        "fmnist-batch, Ray, 2 actor(s)",
+    }
     assert all(r["exit"] == 0 and r["images_per_s"] > 0 for r in report["rows"]) and report["ray_start_s"] > 0

@@ -555,3 +555,33 @@ def test_predict_files_and_channels_last_arrays(data) -> None:
     assert predictor.predict(images[..., None]).labels == predictor.predict(images).labels
     top = predictor.predict(images).top_k(3)
     assert top[0][0][0] == "Ankle boot" and len(top[0]) == 3
+
+
+def test_inputs_that_hold_nothing_or_cannot_be_converted_are_named(tmp_path: Path) -> None:
+    (tmp_path / "x.png").mkdir()  # an empty folder with an image's name
+    np.save(tmp_path / "none.npy", np.zeros((0, 28, 28), np.uint8))
+    Image.new("RGB", (20, 20)).convert("LAB").save(tmp_path / "lab.tif")
+    result = CliRunner().invoke(
+        predict_cli,
+        [
+            str(tmp_path / "x.png"),
+            str(tmp_path / "none.npy"),
+            str(tmp_path / "lab.tif"),
+            str(ARTIFACTS / "samples" / "0000_ankle_boot.png"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert result.stdout.endswith("Ankle boot (0.673)\n")
+    assert result.stderr.splitlines() == [
+        f"error: {tmp_path / 'x.png'}: no images found under this folder",
+        f"error: {tmp_path / 'none.npy'}: holds no images (shape [0, 28, 28])",
+        f"error: {tmp_path / 'lab.tif'}: unsupported mode LAB; expected grayscale, RGB, CMYK or palette",
+        "3 input(s) failed",
+    ]
+
+
+def test_a_sidecar_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "m.onnx").write_bytes((ARTIFACTS / "fmnist_mlp.onnx").read_bytes())
+    (tmp_path / "m.onnx.json").write_text("[]")
+    with pytest.raises(ModelError, match=r"m.onnx.json: not a sidecar written by fmnist-export \(no file_sha256\)"):
+        load(tmp_path / "m.onnx")

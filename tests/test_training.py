@@ -340,3 +340,23 @@ def test_ctrl_c_during_training_names_the_epoch_and_the_resume_command(data, tmp
     assert last == f"interrupted after epoch {epoch}; resume with: fmnist-train --out {tmp_path} --resume"
     assert "Traceback" not in stderr and f"Epoch {epoch:3d}/100000" in stdout
     assert load_checkpoint(tmp_path / "checkpoint.pt").epoch >= epoch
+
+
+def test_training_from_another_folder_writes_nothing_there(tmp_path: Path, monkeypatch, data) -> None:
+    """The data set goes to the per-user cache, never into the working directory."""
+    system = tmp_path / "system"  # stands for Debian's folder, whatever this machine has installed
+    system.mkdir()
+    for name in data_mod.SHA256:
+        (system / name).symlink_to(data_mod.raw_dir(data.root) / name)
+    monkeypatch.setattr(data_mod, "DEBIAN_DIR", system)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = CliRunner().invoke(
+        train_cli, ["--epochs", "1", "--limit", "200", "--out", str(tmp_path / "run"), "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    assert list(work.iterdir()) == []
+    assert (tmp_path / "cache" / "fmnist-deploy" / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()
+    assert f"Fashion-MNIST from {tmp_path / 'cache' / 'fmnist-deploy' / 'FashionMNIST' / 'raw'}" in result.stderr
