@@ -16,7 +16,7 @@ from fmnist_deploy.errors import first_line
 from fmnist_deploy.export.gate import report_path
 from fmnist_deploy.export.onnx_format import DEFAULT_OPSET, MAX_OPSET, NATIVE_OPSET
 
-FORMAT_CHOICES = ("onnx", "torchscript", "pt2", "all")
+FORMAT_CHOICES = ("onnx", "torchscript", "pt2", "all", "triton")
 DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
 
 
@@ -130,6 +130,9 @@ def main(
             if not report.passed:
                 raise GateError(report)
             return
+        if fmt == "triton":
+            _export_triton(weights, out_dir, opset or DEFAULT_OPSET, data_dir, progress, as_json)
+            return
         formats = ALL_FORMATS if fmt == "all" else (fmt,)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -160,6 +163,35 @@ def main(
     _echo_reports([r.report for r in results], as_json)
     if not as_json:
         _echo_written([r.path for r in results])
+
+
+def _export_triton(weights: Path, repository: Path, opset: int, data_dir: Path | None, progress, as_json: bool) -> None:
+    """`--format triton`: the gated ONNX file laid out as a Triton model repository, checked against Triton's
+    own ModelConfig schema, plus a KServe InferenceService manifest."""
+    import tempfile
+
+    from fmnist_deploy.export.api import run_export
+    from fmnist_deploy.export.checks import Check, GateError
+    from fmnist_deploy.export.triton_repository import check_repository, write_repository
+
+    with tempfile.TemporaryDirectory() as scratch:
+        (result,) = run_export(weights, ("onnx",), Path(scratch), opset=opset, data_dir=data_dir, progress=progress)
+        progress(f"writing the Triton model repository into {repository}")
+        written = write_repository(result.path, repository)
+    report = result.report
+    report.file = f"{repository}/fmnist_mlp/1/model.onnx"
+    report.checks.extend(Check(name, ok, detail) for name, ok, detail in check_repository(repository))
+    _echo_reports([report], as_json)
+    if not report.passed:
+        raise GateError(report)
+    if not as_json:
+        click.echo("\nwrote:")
+        for path in written:
+            click.echo(f"  {path.resolve()}  ({path.stat().st_size:,} bytes)")
+        click.echo(
+            f"next: fmnist-serve --model-repository {repository}   (or: tritonserver --model-repository "
+            f"{repository.resolve()})"
+        )
 
 
 def _echo_reports(reports: list, as_json: bool) -> None:

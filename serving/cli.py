@@ -1,0 +1,146 @@
+"""fmnist-serve: an HTTP inference server speaking Triton's / KServe's Open Inference Protocol (v2)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from fmnist_deploy.models import default_model
+from fmnist_deploy.runtime import BACKENDS, DEVICES
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, whose graceful shutdown on SIGTERM / SIGINT ends with exit status 0.
+
+        uvicorn re-raises the signal once it has drained the requests in flight, so the
+        process would end as killed by SIGTERM; a clean, completed shutdown is a success.
+        """
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    return Server
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", required=False, type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--model-repository",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="A Triton model repository written by `fmnist-export --format triton` (the same folder Triton serves).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Images per model execution when requests are batched together.",
+)
+@click.option(
+    "--max-delay-ms",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="How long the first request of a batch waits for others (0: no dynamic batching).",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Requests waiting at most; one more is answered 503 at once.",
+)
+@click.option(
+    "--max-request-images",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Images in one request at most; more is answered 413.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Server processes, each with its own model and batcher.",
+)
+@click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
+def main(
+    model: Path | None,
+    model_repository: Path | None,
+    host: str,
+    port: int,
+    backend: str,
+    device: str,
+    max_batch: int,
+    max_delay_ms: float,
+    max_queue: int,
+    max_request_images: int,
+    workers: int,
+) -> None:
+    """Serve MODEL (default: the packaged fmnist_mlp.onnx) at http://HOST:PORT/v2/models/fmnist_mlp/infer.
+
+    SIGTERM or Ctrl-C stops accepting, answers every request already accepted, then exits.
+    """
+    import uvicorn
+
+    from fmnist_deploy.runtime import RuntimeFailure
+    from fmnist_deploy.serving.app import ServeConfig, config_to_environment, create_app, model_from_repository
+
+    if model is not None and model_repository is not None:
+        raise click.UsageError("give MODEL or --model-repository, not both")
+    if model_repository is not None:
+        model = model_from_repository(model_repository)
+        if not model.is_file():
+            raise click.BadParameter(
+                f"{model_repository}: no fmnist_mlp/1/model.onnx in it; write one with fmnist-export --format triton",
+                param_hint="--model-repository",
+            )
+    config = ServeConfig(
+        model=str(model or default_model("onnxruntime" if backend == "auto" else backend)),
+        backend=backend,
+        device=device,
+        max_batch=max_batch,
+        max_delay_ms=max_delay_ms,
+        max_queue=max_queue,
+        max_request_images=max_request_images,
+    )
+    try:
+        app = create_app(config)  # load (and check) the model before listening
+    except RuntimeFailure as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"serving {config.model} at http://{host}:{port}/v2/models/fmnist_mlp (Ctrl-C or SIGTERM stops)", err=True
+    )
+    if workers == 1:
+        server = _server_class()(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+        )
+        server.run()
+        click.echo("stopped: every accepted request was answered", err=True)
+    else:
+        os.environ.update(config_to_environment(config))
+        uvicorn.run(
+            "fmnist_deploy.serving.app:from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            timeout_graceful_shutdown=30,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The Open Inference Protocol (KServe v2) as Triton speaks it: request parsing and response encoding.
+
+JSON bodies, and Triton's binary tensor data extension: the JSON header comes first, its
+length in the `Inference-Header-Content-Length` header, then the raw tensors in input order;
+an input says `"parameters": {"binary_data_size": n}` instead of `"data"`, and an output asked
+for with `"binary_data": true` comes back the same way. The classification extension
+(`"classification": k` on an output) answers the top k as `"score:index:label"` strings.
+Pure functions of bytes and arrays: no HTTP here.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, N_CLASSES, OUTPUT_NAMES
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+DATATYPES = {"UINT8": np.uint8, "FP32": np.float32}
+
+
+class ProtocolError(ValueError):
+    """A request the protocol or the model does not accept; `status` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Requested:
+    """One output a request asks for."""
+
+    name: str
+    binary: bool
+    classification: int = 0  # top k as "score:index:label" strings when > 0
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A parsed infer request: the images, the outputs wanted, and the request id to echo."""
+
+    images: np.ndarray  # (N, 28, 28) uint8
+    outputs: list[Requested] = field(default_factory=list)
+    request_id: str | None = None
+
+
+def _json(blob: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(blob)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ProtocolError("the request body must be a JSON object")
+    return document
+
+
+def parse_infer(body: bytes, header_length: str | None, max_images: int) -> InferRequest:
+    """An infer request body (JSON, or JSON + binary tensors) -> InferRequest, or a ProtocolError naming the fault."""
+    if header_length is not None:
+        try:
+            split = int(header_length)
+        except ValueError:
+            raise ProtocolError(f"{HEADER_LENGTH}: {header_length!r} is not a number") from None
+        if not 0 <= split <= len(body):
+            raise ProtocolError(f"{HEADER_LENGTH} {split} is outside the {len(body)}-byte body")
+        document, binary = _json(body[:split]), body[split:]
+    else:
+        document, binary = _json(body), b""
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise ProtocolError(f"expected exactly one input named {INPUT_NAME!r}")
+    tensor = inputs[0]
+    if tensor.get("name") != INPUT_NAME:
+        raise ProtocolError(f"unknown input {tensor.get('name')!r}; the model's input is {INPUT_NAME!r}")
+    if tensor.get("datatype") != "UINT8":
+        raise ProtocolError(f"input {INPUT_NAME!r} has datatype {tensor.get('datatype')!r}; expected UINT8")
+    shape = tensor.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or tuple(shape[1:]) != IMAGE_SHAPE
+        or not all(isinstance(d, int) for d in shape)
+        or shape[0] < 1
+    ):
+        raise ProtocolError(f"input {INPUT_NAME!r} has shape {shape}; expected [N,28,28] with N >= 1")
+    if shape[0] > max_images:
+        raise ProtocolError(f"{shape[0]} images in one request; the limit is {max_images}", status=413)
+    expected = shape[0] * IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+    parameters = tensor.get("parameters") or {}
+    if "binary_data_size" in parameters:
+        size = parameters["binary_data_size"]
+        if size != expected or len(binary) != expected:
+            raise ProtocolError(
+                f"input {INPUT_NAME!r}: binary_data_size {size} and {len(binary)} bytes sent; "
+                f"shape {shape} needs {expected}"
+            )
+        images = np.frombuffer(binary, dtype=np.uint8).reshape(shape)
+    else:
+        images = _json_tensor(tensor.get("data"), shape, expected)
+    return InferRequest(images, _requested(document), document.get("id"))
+
+
+def _json_tensor(data: Any, shape: list[int], expected: int) -> np.ndarray:
+    flat = np.asarray(data, dtype=object).reshape(-1) if isinstance(data, list) else None
+    if flat is None or flat.size != expected:
+        count = "no data" if flat is None else f"{flat.size} values"
+        raise ProtocolError(f"input {INPUT_NAME!r}: {count} for shape {shape}, which needs {expected}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in flat):
+        raise ProtocolError(f"input {INPUT_NAME!r}: UINT8 data must be integers from 0 to 255")
+    return flat.astype(np.uint8).reshape(shape)
+
+
+def _requested(document: dict[str, Any]) -> list[Requested]:
+    binary_default = bool((document.get("parameters") or {}).get("binary_data_output", False))
+    outputs = document.get("outputs")
+    if outputs is None:
+        return [Requested(name, binary_default) for name in OUTPUT_NAMES]
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise ProtocolError("outputs must be a list of objects")
+    requested = []
+    for output in outputs:
+        name = output.get("name")
+        if name not in OUTPUT_NAMES:
+            raise ProtocolError(
+                f"unknown output {name!r}; the model's outputs are {', '.join(OUTPUT_NAMES)}", status=404
+            )
+        parameters = output.get("parameters") or {}
+        k = parameters.get("classification", 0)
+        if not isinstance(k, int) or not 0 <= k <= N_CLASSES:
+            raise ProtocolError(f"output {name!r}: classification {k!r}; expected 1 to {N_CLASSES}")
+        requested.append(Requested(name, bool(parameters.get("binary_data", binary_default)), k))
+    return requested
+
+
+def _bytes_tensor(strings: list[str]) -> bytes:
+    """Triton's BYTES serialisation: each element a 4-byte little-endian length, then its bytes."""
+    return b"".join(struct.pack("<I", len(s.encode())) + s.encode() for s in strings)
+
+
+def encode_infer(
+    model: str,
+    version: str,
+    request: InferRequest,
+    logits: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: tuple[str, ...],
+) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the JSON header's length (for the HTTP header)."""
+    values = {OUTPUT_NAMES[0]: logits, OUTPUT_NAMES[1]: probabilities}
+    outputs, blobs = [], []
+    for want in request.outputs:
+        array = values[want.name]
+        if want.classification:
+            order = np.argsort(-array, axis=1, kind="stable")[:, : want.classification]
+            strings = [f"{array[i, j]:f}:{j}:{class_names[j]}" for i in range(len(array)) for j in order[i]]
+            entry: dict[str, Any] = {"name": want.name, "datatype": "BYTES", "shape": [len(array), want.classification]}
+            raw = _bytes_tensor(strings)
+            data: Any = strings
+        else:
+            entry = {"name": want.name, "datatype": "FP32", "shape": list(array.shape)}
+            raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+            data = array.reshape(-1).tolist()
+        if want.binary:
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = data
+        outputs.append(entry)
+    document: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": outputs}
+    if request.request_id is not None:
+        document["id"] = request.request_id
+    header = json.dumps(document).encode()
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), len(header)

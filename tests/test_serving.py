@@ -1,0 +1,330 @@
+"""fmnist-serve against the real Triton client (tritonclient.http), and raw protocol requests: every
+endpoint, binary and JSON tensors, requested outputs, classification, dynamic batching bit for bit,
+bad requests, overload, SIGTERM under load. Servers bind 127.0.0.1 on a free port and are stopped."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from fmnist_deploy import load
+from tests.conftest import ARTIFACTS
+
+http = pytest.importorskip("tritonclient.http", reason="the serving tests need tritonclient[http]")
+
+MODEL = "fmnist_mlp"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real fmnist-serve process on a free loopback port, stopped with SIGTERM afterwards."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fmnist_deploy.serving.cli", *args, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://{url}/v2/health/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail(f"server did not start: {proc.communicate()[1][-2000:]}")
+    try:
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with serving() as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def images(data) -> np.ndarray:
+    return data.test_images[:64].numpy()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load(ARTIFACTS / "fmnist_mlp.onnx")
+
+
+def _input(x: np.ndarray, binary: bool = True):
+    tensor = http.InferInput("image", list(x.shape), "UINT8")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    return tensor
+
+
+def test_health_and_metadata(server: str) -> None:
+    client = http.InferenceServerClient(server)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
+    meta = client.get_model_metadata(MODEL)
+    assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 28, 28]}]
+    assert [o["name"] for o in meta["outputs"]] == ["logits", "probabilities"]
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_infer_binary_and_json_equal_predict(server: str, images, reference, binary: bool) -> None:
+    client = http.InferenceServerClient(server)
+    result = client.infer(
+        MODEL,
+        [_input(images, binary)],
+        outputs=[
+            http.InferRequestedOutput("logits", binary_data=binary),
+            http.InferRequestedOutput("probabilities", binary_data=binary),
+        ],
+    )
+    expected = reference.predict(images)
+    assert np.array_equal(result.as_numpy("logits"), expected.logits)
+    assert np.array_equal(result.as_numpy("probabilities"), expected.probabilities)
+
+
+def test_requested_outputs_and_classification(server: str, images, reference) -> None:
+    client = http.InferenceServerClient(server)
+    only = client.infer(MODEL, [_input(images[:3])], outputs=[http.InferRequestedOutput("probabilities")])
+    assert only.as_numpy("logits") is None and only.as_numpy("probabilities").shape == (3, 10)
+    top = client.infer(MODEL, [_input(images[:2])], outputs=[http.InferRequestedOutput("probabilities", class_count=3)])
+    rows = [[v.decode() for v in row] for row in top.as_numpy("probabilities")]
+    expected = reference.predict(images[:2]).top_k(3)
+    assert [[s.split(":", 2)[2] for s in row] for row in rows] == [[c for c, _ in row] for row in expected]
+    assert abs(float(rows[0][0].split(":")[0]) - expected[0][0][1]) < 1e-6
+
+
+def test_200_concurrent_requests_are_batched_and_each_equals_predict_alone(server: str, data, reference) -> None:
+    client = http.InferenceServerClient(server, concurrency=16)
+    x = data.test_images[:1000].numpy()
+    pending = [(i, client.async_infer(MODEL, [_input(x[5 * i : 5 * i + 5])])) for i in range(200)]
+    for i, request in pending:
+        got = request.get_result(timeout=120).as_numpy("logits")
+        assert np.array_equal(got, reference.predict(x[5 * i : 5 * i + 5]).logits), i
+    metrics = httpx.get(f"http://{server}/metrics").text
+    sizes = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("fmnist_batch_size_")
+    }
+    assert sizes["fmnist_batch_size_sum"] / sizes["fmnist_batch_size_count"] > 5, "requests were batched together"
+    assert 'nv_inference_request_success_total{model="fmnist_mlp",version="1"}' in metrics
+
+
+def test_the_protocols_own_json_form(server: str, images, reference) -> None:
+    body = {
+        "id": "r1",
+        "inputs": [
+            {"name": "image", "datatype": "UINT8", "shape": [1, 28, 28], "data": images[0].reshape(-1).tolist()}
+        ],
+        "outputs": [{"name": "probabilities"}],
+    }
+    response = httpx.post(f"http://{server}/v2/models/{MODEL}/infer", json=body)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    document = response.json()
+    assert document["id"] == "r1" and document["model_name"] == MODEL
+    (output,) = document["outputs"]
+    assert output["shape"] == [1, 10] and output["datatype"] == "FP32"
+    assert np.array_equal(np.float32(output["data"]), reference.predict(images[:1]).probabilities[0])
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "needle"),
+    [
+        (f"/v2/models/{MODEL}/infer", b"{not json", 400, "malformed JSON"),
+        (
+            f"/v2/models/{MODEL}/infer",
+            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 28, 28], "data": [0.0] * 784}]},
+            400,
+            "datatype 'FP32'; expected UINT8",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 32, 32], "data": [0] * 1024}]},
+            400,
+            "shape [1, 32, 32]",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [2, 28, 28], "data": [0] * 784}]},
+            400,
+            "784 values for shape [2, 28, 28]",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 28, 28], "data": [0] * 784}]},
+            400,
+            "unknown input 'pixels'",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            {
+                "inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 28, 28], "data": [0] * 784}],
+                "outputs": [{"name": "embeddings"}],
+            },
+            404,
+            "unknown output 'embeddings'",
+        ),
+        ("/v2/models/resnet50/infer", {"inputs": []}, 404, "unknown model 'resnet50'"),
+        (
+            f"/v2/models/{MODEL}/infer",
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "UINT8",
+                        "shape": [5000, 28, 28],
+                        "parameters": {"binary_data_size": 3920000},
+                    }
+                ]
+            },
+            413,
+            "limit is 4096",
+        ),
+    ],
+)
+def test_bad_requests_get_their_status_and_a_message(server: str, path: str, body, status: int, needle: str) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(f"http://{server}{path}", content=content)
+    assert response.status_code == status, response.text
+    assert needle in response.json()["error"]
+
+
+def test_binary_data_whose_length_does_not_match_the_shape(server: str) -> None:
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "image", "datatype": "UINT8", "shape": [2, 28, 28], "parameters": {"binary_data_size": 784}}
+            ]
+        }
+    ).encode()
+    response = httpx.post(
+        f"http://{server}/v2/models/{MODEL}/infer",
+        content=header + bytes(784),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert response.status_code == 400 and "needs 1568" in response.json()["error"]
+
+
+def test_a_full_queue_answers_503_and_every_accepted_request_is_answered(images, reference) -> None:
+    with serving("--max-queue", "2", "--max-delay-ms", "50", "--max-batch", "4") as (url, _):
+        outcomes: list[int] = []
+
+        def one(i: int) -> None:
+            body = {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "UINT8",
+                        "shape": [1, 28, 28],
+                        "data": images[i % 64].reshape(-1).tolist(),
+                    }
+                ],
+                "outputs": [{"name": "logits"}],
+            }
+            response = httpx.post(f"http://{url}/v2/models/{MODEL}/infer", json=body, timeout=60)
+            if response.status_code == 200:
+                got = np.float32(response.json()["outputs"][0]["data"])
+                assert np.array_equal(got, reference.predict(images[i % 64]).logits[0])
+            else:
+                assert "overloaded" in response.json()["error"]
+            outcomes.append(response.status_code)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert len(outcomes) == 40 and set(outcomes) == {200, 503}
+
+
+def test_sigterm_during_load_loses_no_accepted_request(images, reference) -> None:
+    with serving("--max-delay-ms", "20") as (url, proc):
+        results: list[str] = []
+
+        def client_loop() -> None:
+            for i in range(200):
+                body = {
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "datatype": "UINT8",
+                            "shape": [1, 28, 28],
+                            "data": images[i % 64].reshape(-1).tolist(),
+                        }
+                    ],
+                    "outputs": [{"name": "logits"}],
+                }
+                try:
+                    response = httpx.post(f"http://{url}/v2/models/{MODEL}/infer", json=body, timeout=30)
+                except httpx.ConnectError:
+                    results.append("refused")  # after shutdown began: never accepted
+                    return
+                got = np.float32(response.json()["outputs"][0]["data"])
+                results.append(
+                    "ok"
+                    if response.status_code == 200 and np.array_equal(got, reference.predict(images[i % 64]).logits[0])
+                    else f"bad {response.status_code}"
+                )
+
+        threads = [threading.Thread(target=client_loop) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=60)
+        assert proc.wait(timeout=30) == 0
+        assert results.count("ok") > 0 and set(results) <= {"ok", "refused"}, set(results)
+
+
+def test_triton_repository_serves_and_its_manifest_parses(tmp_path: Path, data, images, reference) -> None:
+    from click.testing import CliRunner
+
+    from fmnist_deploy.export.cli import main as export_cli
+
+    repository = tmp_path / "model_repository"
+    result = CliRunner().invoke(
+        export_cli, ["--format", "triton", "--out-dir", str(repository), "--data-dir", str(data.root)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "ok   triton_config: config.pbtxt parses as tritonclient's ModelConfig" in result.stdout
+    model = repository / "fmnist_mlp" / "1" / "model.onnx"
+    assert model.read_bytes() == (ARTIFACTS / "fmnist_mlp.onnx").read_bytes()
+    manifest = yaml.safe_load((repository / "inferenceservice.yaml").read_text())
+    assert manifest["apiVersion"] == "serving.kserve.io/v1beta1" and manifest["kind"] == "InferenceService"
+    predictor = manifest["spec"]["predictor"]["model"]
+    assert predictor["modelFormat"]["name"] == "onnx" and predictor["protocolVersion"] == "v2"
+    with serving("--model-repository", str(repository)) as (url, _):
+        out = http.InferenceServerClient(url).infer(MODEL, [_input(images[:4])])
+        assert np.array_equal(out.as_numpy("logits"), reference.predict(images[:4]).logits)
