@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test test-embed embed-deps soak lint export train bench clean
+.PHONY: setup data test test-embed embed-deps bench-deps soak lint export train bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,7 +27,7 @@ data: setup
 	fi
 	$(BIN)/python -m fmnist_deploy.training.data
 
-test: setup data embed-deps
+test: setup data embed-deps bench-deps
 	$(BIN)/python -m pytest -q
 
 # Only the embedding tests: Node.js (the golden vectors, the image command) and the page in Chromium.
@@ -56,19 +56,27 @@ embed-deps:
 		else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; \
 	fi
 
+# wrk drives the serving benchmark's load (a C load generator, so the clients leave the cores to the servers).
+bench-deps:
+	@if ! command -v wrk >/dev/null && command -v apt-get >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq wrk; fi; \
+	fi
+
 export: setup
 	$(BIN)/fmnist-export --format all --quantize int8 --weights artifacts/fmnist_mlp.pt --out-dir artifacts
 
 train: setup data
 	$(BIN)/fmnist-train --device cpu --out artifacts --overwrite
 
-bench: setup data
+bench: setup data bench-deps
 	$(BIN)/fmnist-bench train --out-dir artifacts/bench
 	$(BIN)/fmnist-bench latency --artifacts artifacts --out-dir artifacts/bench
 	$(BIN)/fmnist-bench parity --artifacts artifacts --out-dir artifacts/bench
 	$(BIN)/fmnist-bench formats --artifacts artifacts --out-dir artifacts/bench
 	$(BIN)/fmnist-bench coldstart --artifacts artifacts --out-dir artifacts/bench
 	$(BIN)/fmnist-bench batch --out-dir artifacts/bench
+	$(BIN)/fmnist-bench serve --out-dir artifacts/bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

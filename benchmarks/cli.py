@@ -325,6 +325,45 @@ def _idx_prefix(images, path: Path) -> Path:
     return path
 
 
+@main.command("serve")
+@click.option("--seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Per cell.")
+@click.option(
+    "--concurrency",
+    "concurrencies",
+    default="1,4,16,64",
+    show_default=True,
+    help="Comma-separated numbers of closed-loop clients.",
+)
+@click.option("--sizes", default="1,32", show_default=True, help="Comma-separated images per request.")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@_out_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def serve_cmd(
+    seconds: float, concurrencies: str, sizes: str, data_dir: Path | None, out_dir: Path | None, as_json: bool
+) -> None:
+    """Load on fmnist-serve (batching on and off) against a naive FastAPI peer, as perf_analyzer measures."""
+    try:
+        from fmnist_deploy.benchmarks.serve import measure, to_markdown
+    except ImportError as exc:
+        raise click.ClickException(f"the serving benchmark needs httpx and fastapi ({exc})") from None
+    from fmnist_deploy.models import default_model
+
+    concurrency_list, size_list = _csv_ints(concurrencies), _csv_ints(sizes)
+    if 64 not in concurrency_list or not {1, 32} <= set(size_list):
+        raise click.BadParameter(
+            "the targets compare cells at concurrency 64 with 1 and 32 images per request",
+            param_hint="--concurrency/--sizes",
+        )
+    images = _test_set(data_dir).test_images.numpy()[:64]
+    try:
+        report = measure(
+            default_model("onnxruntime"), images, concurrencies=concurrency_list, sizes=size_list, seconds=seconds
+        )
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    _finish(report, to_markdown(report), as_json, out_dir, "serve")
+
+
 @main.command("coldstart")
 @_artifacts_option
 @click.option(

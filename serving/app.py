@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -25,7 +26,7 @@ from starlette.routing import Route
 
 from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, N_CLASSES, OUTPUT_NAMES, STEM
 from fmnist_deploy.serving.batcher import Batcher, BatchStats, QueueFull
-from fmnist_deploy.serving.protocol import HEADER_LENGTH, ProtocolError, encode_infer, parse_infer
+from fmnist_deploy.serving.protocol import HEADER_LENGTH, InferRequest, ProtocolError, encode_infer, parse_infer
 
 disable_created_metrics()  # Triton exports no *_created series either
 MODEL_NAME = STEM  # the model's name on the wire, as in the Triton model repository
@@ -74,6 +75,18 @@ class Metrics:
             registry=self.registry,
             buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1),
         )
+        self.parse = Histogram(
+            "fmnist_parse_duration_seconds",
+            "Time to read and parse a request body",
+            registry=self.registry,
+            buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1),
+        )
+        self.serialise = Histogram(
+            "fmnist_serialise_duration_seconds",
+            "Time to encode a response",
+            registry=self.registry,
+            buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1),
+        )
         self.batch_size = Histogram(
             "fmnist_batch_size",
             "Images per model execution",
@@ -107,8 +120,9 @@ def create_app(config: ServeConfig) -> Starlette:
         max_delay_s=config.max_delay_ms / 1000,
         max_queue=config.max_queue,
         on_batch=metrics.batch,
+        arriving=lambda: state["arriving"],
     )
-    state = {"ready": False}
+    state = {"ready": False, "arriving": 0}
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -165,22 +179,37 @@ def create_app(config: ServeConfig) -> Starlette:
 
         if (problem := known(request)) is not None:
             return failed("unknown_model", problem, 404)
-        limit = config.max_request_images * (28 * 28 * 4 + 64) + (1 << 20)  # JSON digits at their widest
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return failed("too_large", f"request body of {declared} bytes is over the {limit}-byte limit", 413)
-        body = await request.body()
-        if len(body) > limit:
-            return failed("too_large", f"request body of {len(body)} bytes is over the {limit}-byte limit", 413)
+
+        async def read_request() -> InferRequest | Response:
+            limit = config.max_request_images * (28 * 28 * 4 + 64) + (1 << 20)  # JSON digits at their widest
+            declared = request.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                return failed("too_large", f"request body of {declared} bytes is over the {limit}-byte limit", 413)
+            started = time.perf_counter()
+            body = await request.body()
+            if len(body) > limit:
+                return failed("too_large", f"request body of {len(body)} bytes is over the {limit}-byte limit", 413)
+            try:
+                parsed = parse_infer(body, request.headers.get(HEADER_LENGTH), config.max_request_images)
+            except ProtocolError as exc:
+                return failed("bad_request", str(exc), exc.status)
+            metrics.parse.observe(time.perf_counter() - started)
+            return parsed
+
+        state["arriving"] += 1  # until it is queued: the batcher may wait for it
         try:
-            parsed = parse_infer(body, request.headers.get(HEADER_LENGTH), config.max_request_images)
-        except ProtocolError as exc:
-            return failed("bad_request", str(exc), exc.status)
+            parsed = await read_request()
+        finally:
+            state["arriving"] -= 1
+        if isinstance(parsed, Response):
+            return parsed
         try:
             logits, probs = await batcher.infer(parsed.images)
         except QueueFull as exc:
             return failed("overloaded", f"server overloaded: {exc}; retry later", 503)
+        started = time.perf_counter()
         payload, header = encode_infer(MODEL_NAME, MODEL_VERSION, parsed, logits, probs, predictor.class_names)
+        metrics.serialise.observe(time.perf_counter() - started)
         metrics.success.labels(MODEL_NAME, MODEL_VERSION).inc()
         if header is None:
             return Response(payload, media_type="application/json")

@@ -51,12 +51,16 @@ class Batcher:
         max_delay_s: float = 0.002,
         max_queue: int = 1024,
         on_batch: Callable[[BatchStats], None] | None = None,
+        arriving: Callable[[], int] | None = None,
     ) -> None:
         self.model = model
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue)
         self.on_batch = on_batch
+        # requests accepted but not queued yet (still being read or parsed): worth waiting for; when there
+        # are none, a lone request runs at once instead of sitting out max_delay for company that cannot come
+        self.arriving = arriving or (lambda: 1)
         self._worker: asyncio.Task | None = None
         self._carry: _Pending | None = None  # a request too large to join the last batch: it leads the next
         self._busy = False
@@ -90,7 +94,7 @@ class Batcher:
         while count < self.max_batch:
             if self.queue.empty():
                 remaining = deadline - time.perf_counter()
-                if remaining <= 0:
+                if remaining <= 0 or self.arriving() == 0:
                     break
                 try:
                     item = await asyncio.wait_for(self.queue.get(), remaining)

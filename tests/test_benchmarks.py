@@ -347,3 +347,35 @@ def test_batch_benchmark_small(tmp_path: Path, data) -> None:
         "fmnist-batch, Ray, 2 actor(s)",
     }
     assert all(r["exit"] == 0 and r["images_per_s"] > 0 for r in report["rows"]) and report["ray_start_s"] > 0
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="the serving benchmark needs wrk (make bench-deps)")
+def test_serve_benchmark_small(tmp_path: Path, data) -> None:
+    pytest.importorskip("fastapi", reason="the serving benchmark's naive peer needs fastapi")
+    result = CliRunner().invoke(
+        bench_cli,
+        [
+            "serve",
+            "--seconds",
+            "1",
+            "--concurrency",
+            "1,64",
+            "--sizes",
+            "1,32",
+            "--out-dir",
+            str(tmp_path),
+            "--data-dir",
+            str(data.root),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "serve.json").read_text())
+    assert len(report["cells"]) == 3 * 2 * 2
+    assert all(c["requests_per_s"] > 0 and c["failures"] == 0 for c in report["cells"])
+    batched = [
+        c
+        for c in report["cells"]
+        if c["server"].startswith("fmnist-serve (dynamic") and c["concurrency"] == 64 and c["images_per_request"] == 1
+    ]
+    assert batched[0]["mean_batch_images"] > 1, "concurrent requests were batched"
+    assert set(report["summary"]) >= {"server_over_peer_images_per_s_c64_b1", "batching_over_off_c64_b32"}

@@ -1,0 +1,323 @@
+"""Load benchmark of fmnist-serve in the manner of Triton's perf_analyzer: closed-loop clients at several
+concurrencies and request sizes, each cell bounded in time and count, loopback only; the same model
+behind a minimal FastAPI endpoint (`session.run` per request, JSON) measured in the same run.
+
+Load comes from wrk (one C thread), so the clients take as little as possible of the cores they
+share with the servers; the numbers are ratios of one run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmnist_deploy.machine import environment
+
+MODEL = "fmnist_mlp"
+HEADER = "Inference-Header-Content-Length"
+PEER = """
+import sys, numpy as np, onnxruntime as ort, uvicorn
+from fastapi import FastAPI, Request
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+app = FastAPI()
+
+@app.post("/predict")
+async def predict(request: Request):
+    body = await request.json()
+    images = np.asarray(body["image"], dtype=np.uint8)
+    logits, probabilities = session.run(None, {"image": images})
+    return {"probabilities": probabilities.tolist()}
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def _process(args: list[str], ready_url: str) -> Iterator[subprocess.Popen]:
+    import httpx
+
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(ready_url, timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _binary_request(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "UINT8",
+                    "shape": list(images.shape),
+                    "parameters": {"binary_data_size": images.size},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    return header + images.tobytes(), {HEADER: str(len(header)), "Content-Type": "application/octet-stream"}
+
+
+WRK_SCRIPT = """
+local f = io.open(os.getenv("BODY_FILE"), "rb")
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE")
+local split = os.getenv("HEADER_LENGTH")
+if split ~= "" then wrk.headers["Inference-Header-Content-Length"] = split end
+"""
+
+
+def _cell(
+    url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float, scratch: Path
+) -> dict[str, float]:
+    """Closed loop with wrk (one client thread, `concurrency` connections): a C load generator, so the
+    clients take as little as possible of the cores the servers need."""
+    import os
+
+    (scratch / "body.bin").write_bytes(body)
+    (scratch / "post.lua").write_text(WRK_SCRIPT)
+    env = {
+        **os.environ,
+        "BODY_FILE": str(scratch / "body.bin"),
+        "CONTENT_TYPE": headers["Content-Type"],
+        "HEADER_LENGTH": headers.get(HEADER, ""),
+    }
+    result = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "--timeout",
+            "30s",
+            "-s",
+            str(scratch / "post.lua"),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=seconds + 60,
+        check=True,
+    )
+    return _parse_wrk(result.stdout)
+
+
+def _milliseconds(text: str) -> float:
+    for unit, factor in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    raise ValueError(f"unexpected wrk latency {text!r}")
+
+
+def _parse_wrk(output: str) -> dict[str, float]:
+    """Requests/s, latency percentiles and failures from wrk's report."""
+    stats: dict[str, float] = {"failures": 0.0}
+    for line in output.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            stats["requests_per_s"] = float(parts[1])
+        elif len(parts) == 2 and parts[0] in ("50%", "90%", "99%"):
+            stats[f"p{parts[0][:-1]}_ms"] = _milliseconds(parts[1])
+        elif line.strip().startswith("Non-2xx or 3xx responses:"):
+            stats["failures"] += float(parts[-1])
+        elif "requests in" in line:
+            stats["requests"] = float(parts[0])
+    if "p90_ms" not in stats and "p99_ms" in stats:
+        stats["p90_ms"] = float("nan")
+    return stats
+
+
+def _metric_sums(base: str) -> dict[str, float]:
+    import httpx
+
+    sums = {}
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith("fmnist_") and ("_sum " in line or "_count " in line):
+            name, value = line.split()
+            sums[name] = float(value)
+    return sums
+
+
+def measure(
+    model: Path,
+    images: np.ndarray,
+    *,
+    concurrencies: tuple[int, ...] = (1, 4, 16, 64),
+    sizes: tuple[int, ...] = (1, 32),
+    seconds: float = 3.0,
+) -> dict[str, Any]:
+    """Every server x concurrency x request size; observed batch sizes and a time profile from /metrics."""
+    if shutil.which("wrk") is None:
+        raise FileNotFoundError("the serving benchmark drives load with wrk: apt-get install wrk")
+    with tempfile.TemporaryDirectory() as folder:
+        return _measure(model, images, concurrencies, sizes, seconds, Path(folder))
+
+
+def _measure(
+    model: Path,
+    images: np.ndarray,
+    concurrencies: tuple[int, ...],
+    sizes: tuple[int, ...],
+    seconds: float,
+    scratch: Path,
+) -> dict[str, Any]:
+    servers = {
+        "fmnist-serve (dynamic batching)": ["--max-delay-ms", "2", "--max-batch", "256"],
+        "fmnist-serve (batching off)": ["--max-delay-ms", "0", "--max-batch", "1"],
+    }
+    cells = []
+    for label, options in servers.items():
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "fmnist_deploy.serving.cli", str(model), "--port", str(port), *options]
+        with _process(command, f"{base}/v2/health/ready"):
+            for size in sizes:
+                body, headers = _binary_request(images[:size])
+                for concurrency in concurrencies:
+                    before = _metric_sums(base)
+                    stats = _cell(f"{base}/v2/models/{MODEL}/infer", body, headers, concurrency, seconds, scratch)
+                    cells.append(_summary(label, size, concurrency, stats, before, _metric_sums(base)))
+    port = _free_port()
+    peer = "naive FastAPI peer (session.run per request, JSON)"
+    with _process([sys.executable, "-c", PEER, str(model), str(port)], f"http://127.0.0.1:{port}/docs"):
+        for size in sizes:
+            body = json.dumps({"image": images[:size].tolist()}).encode()
+            for concurrency in concurrencies:
+                headers = {"Content-Type": "application/json"}
+                stats = _cell(f"http://127.0.0.1:{port}/predict", body, headers, concurrency, seconds, scratch)
+                cells.append(_summary(peer, size, concurrency, stats, {}, {}))
+    return {
+        "benchmark": "serve",
+        "load_generator": "wrk -t1 (closed loop, one connection per client)",
+        "seconds_per_cell": seconds,
+        "cells": cells,
+        "summary": _targets(cells),
+        "environment": environment(),
+    }
+
+
+def _summary(
+    label: str, size: int, concurrency: int, stats: dict[str, float], before: dict[str, float], after: dict[str, float]
+) -> dict[str, Any]:
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    per_request = {}
+    for part, metric in (
+        ("parse", "fmnist_parse_duration_seconds"),
+        ("queue", "fmnist_queue_duration_seconds"),
+        ("serialise", "fmnist_serialise_duration_seconds"),
+    ):
+        if delta.get(f"{metric}_count"):
+            per_request[part] = 1e6 * delta[f"{metric}_sum"] / delta[f"{metric}_count"]
+    executions = delta.get("fmnist_batch_size_count", 0)
+    if executions:
+        per_request["model_per_batch"] = 1e6 * delta["fmnist_compute_duration_seconds_sum"] / executions
+    return {
+        "server": label,
+        "images_per_request": size,
+        "concurrency": concurrency,
+        "requests": stats.get("requests"),
+        "failures": stats["failures"],
+        "requests_per_s": stats["requests_per_s"],
+        "images_per_s": stats["requests_per_s"] * size,
+        "p50_ms": stats["p50_ms"],
+        "p90_ms": stats.get("p90_ms", float("nan")),
+        "p99_ms": stats["p99_ms"],
+        "mean_batch_images": delta["fmnist_batch_size_sum"] / executions if executions else None,
+        "server_us": per_request,
+    }
+
+
+def _targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    def cell(server: str, size: int, concurrency: int) -> dict[str, Any]:
+        return next(
+            c
+            for c in cells
+            if c["server"].startswith(server) and c["images_per_request"] == size and c["concurrency"] == concurrency
+        )
+
+    on, off, naive = "fmnist-serve (dynamic", "fmnist-serve (batching off", "naive"
+    ours, peer = cell(on, 1, 64), cell(naive, 1, 64)
+    ratios = [
+        cell(on, c["images_per_request"], c["concurrency"])["images_per_s"] / c["images_per_s"]
+        for c in cells
+        if c["server"].startswith(off)
+    ]
+    return {
+        "server_over_peer_images_per_s_c64_b1": ours["images_per_s"] / peer["images_per_s"],
+        "server_p99_ms_c64_b1": ours["p99_ms"],
+        "peer_p99_ms_c64_b1": peer["p99_ms"],
+        "batching_over_off_min": min(ratios),
+        "batching_over_off_c64_b32": cell(on, 32, 64)["images_per_s"] / cell(off, 32, 64)["images_per_s"],
+    }
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The load grid and the targets as Markdown."""
+    env, s = report["environment"], report["summary"]
+    lines = [
+        f"Serving load ({env['cpu']}, {env['usable_cores']} cores shared by clients and servers; "
+        f"{report['seconds_per_cell']:.0f} s per cell, closed loop)",
+        "",
+        "| server | images/request | concurrency | requests/s | images/s | p50 ms | p90 ms | p99 ms | mean batch "
+        "| failures |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in report["cells"]:
+        batch = f"{c['mean_batch_images']:.1f}" if c["mean_batch_images"] else "—"
+        lines.append(
+            f"| {c['server']} | {c['images_per_request']} | {c['concurrency']} | {c['requests_per_s']:,.0f} | "
+            f"{c['images_per_s']:,.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['p99_ms']:.2f} | {batch} "
+            f"| {c['failures']} |"
+        )
+    lines += [
+        "",
+        f"- server / naive peer, images/s at 64 single-image clients: **{s['server_over_peer_images_per_s_c64_b1']:.2f}×** "
+        f"(p99 {s['server_p99_ms_c64_b1']:.1f} ms vs {s['peer_p99_ms_c64_b1']:.1f} ms)",
+        f"- dynamic batching / batching off: at least **{s['batching_over_off_min']:.2f}×** over every cell; "
+        f"**{s['batching_over_off_c64_b32']:.2f}×** at 64 clients x 32 images",
+    ]
+    profile = next(
+        (
+            c["server_us"]
+            for c in report["cells"]
+            if c["server"].startswith("fmnist-serve (dynamic")
+            and c["images_per_request"] == 1
+            and c["concurrency"] == 64
+        ),
+        {},
+    )
+    if profile:
+        parts = ", ".join(f"{k} {v:,.0f} µs" for k, v in profile.items())
+        lines.append(f"- where a request's server time goes at 64 single-image clients: {parts}")
+    return "\n".join(lines) + "\n"
