@@ -343,7 +343,7 @@ def serve_cmd(
 ) -> None:
     """Load on fmnist-serve (batching on and off) against a naive FastAPI peer, as perf_analyzer measures."""
     try:
-        from fmnist_deploy.benchmarks.serve import measure, to_markdown
+        from fmnist_deploy.benchmarks.serve import measure, plot, to_markdown
     except ImportError as exc:
         raise click.ClickException(f"the serving benchmark needs httpx and fastapi ({exc})") from None
     from fmnist_deploy.models import default_model
@@ -361,7 +361,7 @@ def serve_cmd(
         )
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
-    _finish(report, to_markdown(report), as_json, out_dir, "serve")
+    _finish(report, to_markdown(report), as_json, out_dir, "serve", {".png": lambda path: plot(report, path)})
 
 
 @main.command("coldstart")

@@ -321,3 +321,39 @@ def to_markdown(report: dict[str, Any]) -> str:
         parts = ", ".join(f"{k} {v:,.0f} µs" for k, v in profile.items())
         lines.append(f"- where a request's server time goes at 64 single-image clients: {parts}")
     return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Images/s and p99 against concurrency, one line per server, for each request size."""
+    from matplotlib.figure import Figure
+
+    from fmnist_deploy.training.atomic import atomic_path
+
+    sizes = sorted({c["images_per_request"] for c in report["cells"]})
+    fig = Figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2 * len(sizes))
+    for k, size in enumerate(sizes):
+        for server in dict.fromkeys(c["server"] for c in report["cells"]):
+            cells = sorted(
+                (c for c in report["cells"] if c["server"] == server and c["images_per_request"] == size),
+                key=lambda c: c["concurrency"],
+            )
+            x = [c["concurrency"] for c in cells]
+            label = server.split(" (")[0] + (" (" + server.split(" (")[1] if " (" in server else "")
+            axes[2 * k].plot(x, [c["images_per_s"] for c in cells], marker="o", ms=3, label=label)
+            axes[2 * k + 1].plot(x, [c["p99_ms"] for c in cells], marker="o", ms=3, label=label)
+        axes[2 * k].set(xscale="log", xlabel="concurrent clients", ylabel="images/s", title=f"{size} image(s)/request")
+        axes[2 * k + 1].set(
+            xscale="log",
+            yscale="log",
+            xlabel="concurrent clients",
+            ylabel="p99 ms",
+            title=f"p99, {size} image(s)/request",
+        )
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
