@@ -106,6 +106,19 @@ def _verify(model: str) -> Callable[[Path, Path], tuple]:
     )
 
 
+def _export(work: Path, data: Path) -> tuple:
+    return export_cli, [
+        "--weights",
+        str(work / "fmnist_mlp.pt"),
+        "--out-dir",
+        str(work),
+        "--format",
+        "onnx",
+        "--data-dir",
+        str(data),
+    ]
+
+
 CASES = [
     *(Case(name, {"predict": _predict(name), "verify": _verify(name)}) for name in MODEL_FILES),
     Case("fmnist_mlp.onnx.json", {"predict": _predict("fmnist_mlp.onnx"), "verify": _verify("fmnist_mlp.onnx")}),
@@ -115,19 +128,7 @@ CASES = [
         "fmnist_mlp.pt",
         {
             "predict": _predict("fmnist_mlp.pt"),
-            "export": lambda work, data: (
-                export_cli,
-                [
-                    "--weights",
-                    str(work / "fmnist_mlp.pt"),
-                    "--out-dir",
-                    str(work),
-                    "--format",
-                    "onnx",
-                    "--data-dir",
-                    str(data),
-                ],
-            ),
+            "export": _export,
             "verify": _verify("fmnist_mlp.onnx"),
         },
     ),
@@ -170,19 +171,7 @@ CASES = [
                     "cpu",
                 ],
             ),
-            "export": lambda work, data: (
-                export_cli,
-                [
-                    "--weights",
-                    str(work / "fmnist_mlp.pt"),
-                    "--out-dir",
-                    str(work),
-                    "--format",
-                    "onnx",
-                    "--data-dir",
-                    str(data),
-                ],
-            ),
+            "export": _export,
         },
     ),
 ]
