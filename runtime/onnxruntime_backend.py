@@ -73,6 +73,12 @@ class OnnxRuntimeBackend(Backend):
         self.providers = self.session.get_providers()
         self.metadata = check_metadata(self._metadata(path), str(path))
         self._check_io(path)
+        # InferenceSession.run re-checks the input names and, when an execution provider fails, silently
+        # retries on others; the base class has checked the input already and a silent provider change is
+        # what this runtime refuses, so the session's C-level run is called directly where it exists.
+        inner = getattr(self.session, "_sess", None)
+        self._call = inner.run if inner is not None and callable(getattr(inner, "run", None)) else self._public_run
+        self._names = list(OUTPUT_NAMES)
 
     def _metadata(self, path: Path) -> dict[str, Any]:
         """metadata_props (one JSON value per key), else the sidecar for files from other tools."""
@@ -102,6 +108,9 @@ class OnnxRuntimeBackend(Backend):
                 "[N,28,28] with a dynamic N, and logits, probabilities tensor(float)"
             )
 
+    def _public_run(self, names: list[str], feed: dict[str, np.ndarray], options: Any) -> list[np.ndarray]:
+        return self.session.run(names, feed, options)
+
     def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, probs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+        logits, probs = self._call(self._names, {INPUT_NAME: images}, None)
         return logits, probs
