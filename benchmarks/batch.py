@@ -12,14 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from fmnist_deploy.benchmarks.latency import write_pngs
 from fmnist_deploy.machine import environment
-
-
-def _write_pngs(folder: Path, images: np.ndarray) -> None:
-    from PIL import Image
-
-    for i, image in enumerate(images):
-        Image.fromarray(image, mode="L").save(folder / f"{i:05d}.png")
 
 
 def _timed(fn: Any) -> tuple[float, Any]:
@@ -36,7 +30,7 @@ def measure(images: np.ndarray, idx_file: Path, model: Path, actors: tuple[int, 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "pngs"
         folder.mkdir()
-        _write_pngs(folder, images)
+        write_pngs(folder, images)
         inputs = {"png files": folder, "idx file": idx_file}
         for label, path in inputs.items():
             seconds, done = _timed(

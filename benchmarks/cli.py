@@ -25,6 +25,16 @@ def _out_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )
 
 
+def _devices_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--device",
+        "devices",
+        multiple=True,
+        type=click.Choice(["cpu", "cuda"]),
+        help="Repeatable; default: cpu, plus cuda when present.",
+    )(fn)
+
+
 def _artifacts_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--artifacts",
@@ -118,13 +128,7 @@ def _csv_ints(value: str) -> tuple[int, ...]:
 @main.command("latency")
 @_artifacts_option
 @click.option("--backend", "backends", multiple=True, help="Repeatable; default: every available backend.")
-@click.option(
-    "--device",
-    "devices",
-    multiple=True,
-    type=click.Choice(["cpu", "cuda"]),
-    help="Repeatable; default: cpu, plus cuda when present.",
-)
+@_devices_option
 @click.option("--batches", default="1,8,32,100,1000,10000", show_default=True, help="Comma-separated batch sizes.")
 @click.option(
     "--budget",
@@ -211,13 +215,7 @@ def latency_cmd(
 
 @main.command("parity")
 @_artifacts_option
-@click.option(
-    "--device",
-    "devices",
-    multiple=True,
-    type=click.Choice(["cpu", "cuda"]),
-    help="Repeatable; default: cpu, plus cuda when present.",
-)
+@_devices_option
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
 @_out_dir_option
 @click.option("--json", "as_json", is_flag=True)

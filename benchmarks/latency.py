@@ -127,7 +127,8 @@ def time_calls(fn: Callable[[], Any], budget_s: float, min_repetitions: int, war
     return samples
 
 
-def _write_pngs(folder: Path, images: np.ndarray) -> list[Path]:
+def write_pngs(folder: Path, images: np.ndarray) -> list[Path]:
+    """Each image as an 8-bit grayscale PNG named by its position (00000.png, ...)."""
     from PIL import Image
 
     paths = []
@@ -166,7 +167,7 @@ def measure(
     grid = [(b, d) for b in config.backends for d in config.devices if not (b == "numpy" and d != "cpu")]
     cells: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
-        files = _write_pngs(Path(scratch), pool[: min(config.e2e_max_batch, max(config.batches))])
+        files = write_pngs(Path(scratch), pool[: min(config.e2e_max_batch, max(config.batches))])
         for backend, device in progress(grid):
             start = time.perf_counter_ns()
             opened = open_target(config, backend, device)

@@ -182,7 +182,8 @@ def _idx_payload_bytes(header: bytes, name: str) -> int:
     return n * rows * cols
 
 
-def _is_batch(path: Path) -> bool:
+def is_batch_file(path: Path) -> bool:
+    """Whether a path names a .npy / IDX batch file rather than an image."""
     return path.suffix in BATCH_SUFFIXES or "idx3" in path.name
 
 
@@ -196,7 +197,7 @@ def walk(paths: Iterable[Path]) -> Iterator[Path]:
         if path.is_dir():
             found = False
             for child in sorted(path.rglob("*")):
-                if child.is_file() and (child.suffix.lower() in IMAGE_SUFFIXES or _is_batch(child)):
+                if child.is_file() and (child.suffix.lower() in IMAGE_SUFFIXES or is_batch_file(child)):
                     found = True
                     yield child
             if not found:
@@ -221,7 +222,7 @@ def iter_items(paths: Iterable[Path], *, invert: bool = False) -> Iterator[Item]
             yield Item(str(path), None, f"{path}: no such file or folder")
             continue
         try:
-            if _is_batch(path):
+            if is_batch_file(path):
                 batch = read_batch(path)
                 if batch.shape[0] == 0:
                     raise InputError(f"{path}: holds no images (shape {list(batch.shape)})")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_deploy.runtime.images import BATCH_SUFFIXES, walk
+from fmnist_deploy.runtime.images import is_batch_file, walk
 
 SLICE = 1024  # images of a batch file per unit of work
 LIST_SUFFIXES = (".txt", ".lst")  # a text file listing input paths, one per line
@@ -46,10 +46,6 @@ class JobConfig:
     top_k: int = 3
     invert: bool = False
     resume: bool = False
-
-
-def _is_batch(path: Path) -> bool:
-    return path.suffix in BATCH_SUFFIXES or "idx3" in path.name
 
 
 def _batch_length(path: Path) -> int | None:
@@ -76,7 +72,7 @@ def list_units(paths: list[Path]) -> Iterator[dict[str, Any]]:
         else:
             expanded.append(path)
     for path in walk(expanded):
-        if path.is_file() and _is_batch(path):
+        if path.is_file() and is_batch_file(path):
             n = _batch_length(path)
             if n:
                 for start in range(0, n, SLICE):

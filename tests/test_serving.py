@@ -82,6 +82,14 @@ def reference():
     return load(ARTIFACTS / "fmnist_mlp.onnx")
 
 
+def _one_image_logits(image: np.ndarray) -> dict:
+    """The protocol's own JSON form of an infer request for one image, asking for its logits."""
+    return {
+        "inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 28, 28], "data": image.reshape(-1).tolist()}],
+        "outputs": [{"name": "logits"}],
+    }
+
+
 def _input(x: np.ndarray, binary: bool = True):
     tensor = http.InferInput("image", list(x.shape), "UINT8")
     tensor.set_data_from_numpy(x, binary_data=binary)
@@ -241,17 +249,7 @@ def test_a_full_queue_answers_503_and_every_accepted_request_is_answered(images,
         outcomes: list[int] = []
 
         def one(i: int) -> None:
-            body = {
-                "inputs": [
-                    {
-                        "name": "image",
-                        "datatype": "UINT8",
-                        "shape": [1, 28, 28],
-                        "data": images[i % 64].reshape(-1).tolist(),
-                    }
-                ],
-                "outputs": [{"name": "logits"}],
-            }
+            body = _one_image_logits(images[i % 64])
             response = httpx.post(f"http://{url}/v2/models/{MODEL}/infer", json=body, timeout=60)
             if response.status_code == 200:
                 got = np.float32(response.json()["outputs"][0]["data"])
@@ -274,17 +272,7 @@ def test_sigterm_during_load_loses_no_accepted_request(images, reference) -> Non
 
         def client_loop() -> None:
             for i in range(200):
-                body = {
-                    "inputs": [
-                        {
-                            "name": "image",
-                            "datatype": "UINT8",
-                            "shape": [1, 28, 28],
-                            "data": images[i % 64].reshape(-1).tolist(),
-                        }
-                    ],
-                    "outputs": [{"name": "logits"}],
-                }
+                body = _one_image_logits(images[i % 64])
                 try:
                     response = httpx.post(f"http://{url}/v2/models/{MODEL}/infer", json=body, timeout=30)
                 except httpx.ConnectError:
