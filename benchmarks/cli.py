@@ -323,6 +323,42 @@ def _idx_prefix(images, path: Path) -> Path:
     return path
 
 
+@main.command("files")
+@click.option("--rounds", type=click.IntRange(min=1), default=9, show_default=True, help="Interleaved rounds.")
+@click.option(
+    "--sizes",
+    default="2000,6000",
+    show_default=True,
+    help="The two folder sizes whose difference gives the marginal cost per image.",
+)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="The ONNX file both sides run [default: the packaged fmnist_mlp.onnx].",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@_out_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def files_cmd(
+    rounds: int, sizes: str, model: Path | None, data_dir: Path | None, out_dir: Path | None, as_json: bool
+) -> None:
+    """Per-image cost of answering a folder of PNG files: the toolkit beside a plain Pillow + session.run loop."""
+    from fmnist_deploy.benchmarks.files import markdown, measure, write_folders
+    from fmnist_deploy.models import default_model
+
+    pair = _csv_ints(sizes)
+    if len(pair) != 2 or pair[0] >= pair[1] or pair[1] > 10_000:
+        raise click.BadParameter(f"expected two increasing sizes up to 10000, got {sizes!r}", param_hint="--sizes")
+    images = _test_set(data_dir).test_images.numpy()
+    with tempfile.TemporaryDirectory() as scratch:
+        click.echo(f"Writing {' and '.join(map(str, pair))} test images as PNG files…", err=True)
+        folders = write_folders(images, Path(scratch), pair)
+        click.echo(f"Timing {rounds} interleaved rounds…", err=True)
+        report = measure(model or default_model("onnxruntime"), folders, rounds)
+    _finish(report, markdown(report), as_json, out_dir, "files")
+
+
 @main.command("serve")
 @click.option("--seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Per cell.")
 @click.option(

@@ -279,19 +279,23 @@ class Predictor:
         indices = logits.argmax(axis=1)
         return Prediction(logits, probs, indices, self.class_names)
 
-    def predict_files(self, paths: Iterable[str | Path], *, invert: bool = False, chunk: int = 256) -> FilesPrediction:
+    def predict_files(
+        self, paths: Iterable[str | Path], *, invert: bool = False, chunk: int = 1024, workers: int | None = None
+    ) -> FilesPrediction:
         """Classify image files, .npy / IDX batch files and folders with exactly `fmnist-predict`'s preprocessing.
 
         A file that cannot be read is listed in `errors`; the others are still answered.
-        Files are decoded `chunk` at a time, so memory stays bounded by the answers.
+        Image files are decoded by `workers` processes (default: one per core; 1 decodes
+        in this process) and run through the model `chunk` at a time, so memory stays
+        bounded by the answers.
         """
-        from fmnist_deploy.runtime.images import chunks, iter_items
+        from fmnist_deploy.runtime.inputs import chunks, iter_items
 
         names: list[str] = []
         parts: list[Prediction] = []
         errors: dict[str, str] = {}
         notes: dict[str, str] = {}
-        for batch in chunks(iter_items((Path(p) for p in paths), invert=invert), chunk):
+        for batch in chunks(iter_items(paths, invert=invert, workers=workers), chunk):
             good = [item for item in batch if item.error is None]
             errors.update({item.name: item.error for item in batch if item.error is not None})
             notes.update({item.name: item.note for item in good if item.note is not None})

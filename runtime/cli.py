@@ -16,10 +16,10 @@ import numpy as np
 
 from fmnist_deploy.models import default_model
 from fmnist_deploy.runtime import BACKENDS, DEVICES, Predictor, RuntimeFailure, load
-from fmnist_deploy.runtime.images import Item, chunks, iter_items
+from fmnist_deploy.runtime.inputs import Item, chunks, iter_items
 from fmnist_deploy.training.atomic import write_text_atomic
 
-CHUNK = 256  # images per model call: bounded memory for folders of any size
+CHUNK = 1024  # images per model call and per write: bounded memory for folders of any size
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
 CSV_FIELDS = ("input", "class", "probability", "top_k", "error")
 
@@ -159,20 +159,23 @@ def main(
     collected: list[dict[str, Any]] = []
     try:
         for chunk in chunks(iter_items(_paths(paths), invert=invert), CHUNK):
-            for item in chunk:
-                if item.error is not None:
-                    click.echo(f"error: {item.error}", err=True)
-                elif item.note is not None:
-                    click.echo(f"note: {item.name}: {item.note}", err=True)
-            for record in rows(chunk, predictor, top_k):
-                failed += "error" in record
-                answered += "error" not in record
-                if output is not None:
-                    collected.append(record)
-                elif as_json:
-                    click.echo(json.dumps(record))
-                elif "error" not in record:
-                    click.echo(_human(record))
+            # One write per stream and chunk: a write per line cost more than decoding the image.
+            problems = [
+                f"error: {item.error}" if item.error is not None else f"note: {item.name}: {item.note}"
+                for item in chunk
+                if item.error is not None or item.note is not None
+            ]
+            if problems:
+                click.echo("\n".join(problems), err=True)
+            records = rows(chunk, predictor, top_k)
+            failed += sum("error" in record for record in records)
+            answered += sum("error" not in record for record in records)
+            if output is not None:
+                collected += records
+                continue
+            lines = [json.dumps(r) for r in records] if as_json else [_human(r) for r in records if "error" not in r]
+            if lines:
+                click.echo("\n".join(lines))
     except KeyboardInterrupt:
         unwritten = f"; {output} was not written" if output is not None else ""
         click.echo(f"interrupted after {answered} answer(s){unwritten}", err=True)

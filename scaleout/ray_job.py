@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_deploy.runtime.images import is_batch_file, walk
+from fmnist_deploy.runtime.inputs import is_batch_name, walk
 
 SLICE = 1024  # images of a batch file per unit of work
 LIST_SUFFIXES = (".txt", ".lst")  # a text file listing input paths, one per line
@@ -72,7 +72,7 @@ def list_units(paths: list[Path]) -> Iterator[dict[str, Any]]:
         else:
             expanded.append(path)
     for path in walk(expanded):
-        if path.is_file() and is_batch_file(path):
+        if path.is_file() and is_batch_name(path.name):
             n = _batch_length(path)
             if n:
                 for start in range(0, n, SLICE):
@@ -84,7 +84,8 @@ def list_units(paths: list[Path]) -> Iterator[dict[str, Any]]:
 def decode(units: dict[str, np.ndarray], invert: bool = False) -> dict[str, np.ndarray]:
     """Ray task: units -> one row per image, with fmnist-predict's decoding and preprocessing."""
     from fmnist_deploy.runtime.errors import InputError
-    from fmnist_deploy.runtime.images import iter_items, read_batch
+    from fmnist_deploy.runtime.images import read_batch
+    from fmnist_deploy.runtime.inputs import iter_items
 
     names, paths, indices, images, errors = [], [], [], [], []
 
@@ -106,7 +107,7 @@ def decode(units: dict[str, np.ndarray], invert: bool = False) -> dict[str, np.n
                 image = np.asarray(batch[i])
                 add(f"{path}[{i}]", path, i, 255 - image if invert else image, None)
             continue
-        for item in iter_items([Path(path)], invert=invert):
+        for item in iter_items([path], invert=invert, workers=1):  # Ray runs the tasks in parallel
             index = int(item.name.rsplit("[", 1)[1][:-1]) if item.name.endswith("]") and item.name != path else -1
             add(item.name, path, index, item.image, item.error)
     return {

@@ -19,7 +19,8 @@ from PIL import Image
 from fmnist_deploy import runtime
 from fmnist_deploy.runtime import BACKENDS, DeviceError, InputError, ModelError, OptionError, load
 from fmnist_deploy.runtime.cli import main as predict_cli
-from fmnist_deploy.runtime.images import chunks, iter_items, read_image, to_model_input
+from fmnist_deploy.runtime.images import read_image, to_model_input
+from fmnist_deploy.runtime.inputs import chunks, iter_items
 from tests.conftest import ARTIFACTS, REPO
 
 # One case per registered backend: the committed file it reads.
@@ -347,13 +348,14 @@ def test_cli_errors_and_exit_codes(tmp_path: Path) -> None:
 
 
 def test_cli_folder_larger_than_a_chunk(tmp_path: Path, data) -> None:
-    for i in range(300):
+    n = 1100  # more than a model chunk (1024) and than a decode task (512): the decode processes run
+    for i in range(n):
         Image.fromarray(data.test_images[i].numpy(), mode="L").save(tmp_path / f"img_{i:04d}.png")
     result = CliRunner().invoke(predict_cli, [str(tmp_path), "--json"])
     assert result.exit_code == 0
     rows = [json.loads(line) for line in result.output.splitlines()]
-    assert [Path(r["input"]).name for r in rows] == [f"img_{i:04d}.png" for i in range(300)]
-    expected = load(ARTIFACTS / "fmnist_mlp.onnx").predict(data.test_images[:300].numpy()).labels
+    assert [Path(r["input"]).name for r in rows] == [f"img_{i:04d}.png" for i in range(n)]
+    expected = load(ARTIFACTS / "fmnist_mlp.onnx").predict(data.test_images[:n].numpy()).labels
     assert [r["class"] for r in rows] == expected
 
 

@@ -1,0 +1,150 @@
+"""Files to answers: what a folder of PNG files costs per image, the toolkit beside a plain Pillow loop.
+
+Each way of answering a folder is timed on 2 000 and on 6 000 test images (by default) in the
+same round, rounds interleaved; the marginal cost per image, (t6000 - t2000) / 4000, leaves
+out what every run pays once (imports, model load, pool start), which is reported apart
+as start-up = t2000 - 2000 x marginal.
+
+- plain: `np.stack([np.asarray(Image.open(p).convert("L")) for p in paths])` and one
+  `session.run` of the same ONNX file: what a user writes by hand.
+- sequential: `Predictor.predict_files` with one decode process (the fast PNG path only).
+- predict_files: `Predictor.predict_files` as shipped (decode processes, one per core).
+- fmnist-predict: the command on the folder, in a fresh process, stdout to a pipe.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmnist_deploy.machine import environment
+
+SIZES = (2000, 6000)
+WAYS = ("plain", "sequential", "predict_files", "fmnist-predict")
+
+
+def write_folders(images: np.ndarray, root: Path, sizes: tuple[int, ...] = SIZES) -> dict[int, Path]:
+    """A folder of `n` PNG files (the first n images) for each size."""
+    from PIL import Image
+
+    folders = {}
+    for n in sizes:
+        folder = root / f"png{n}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
+        folders[n] = folder
+    return folders
+
+
+def _ways(model: Path) -> dict[str, Callable[[Path], np.ndarray | None]]:
+    import onnxruntime as ort
+    from PIL import Image
+
+    from fmnist_deploy.runtime import load
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    predictor = load(model)
+
+    def plain(folder: Path) -> np.ndarray:
+        paths = sorted(folder.iterdir())
+        pixels = np.stack([np.asarray(Image.open(p).convert("L")) for p in paths])
+        return session.run(None, {"image": pixels})[0].argmax(axis=1)
+
+    def toolkit(workers: int | None) -> Callable[[Path], np.ndarray]:
+        def run(folder: Path) -> np.ndarray:
+            answer = predictor.predict_files([folder], workers=workers)
+            assert answer.prediction is not None and not answer.errors
+            return answer.prediction.indices
+
+        return run
+
+    def command(folder: Path) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "fmnist_deploy.runtime.cli", str(folder), "--model", str(model)],
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"fmnist-predict failed: {done.stderr.decode(errors='replace').strip()[-300:]}")
+
+    return {"plain": plain, "sequential": toolkit(1), "predict_files": toolkit(None), "fmnist-predict": command}
+
+
+def measure(model: Path, folders: dict[int, Path], rounds: int = 5) -> dict[str, Any]:
+    """Marginal µs per image and start-up seconds of every way, medians over interleaved rounds."""
+    ways = _ways(model)
+    small, large = sorted(folders)
+    answers = {name: ways[name](folders[large]) for name in ("plain", "predict_files")}  # warm-up + same answers
+    same = bool(np.array_equal(answers["plain"], answers["predict_files"]))
+    marginal: dict[str, list[float]] = {name: [] for name in ways}
+    startup: dict[str, list[float]] = {name: [] for name in ways}
+    for r in range(rounds):
+        order = list(ways)[r % len(ways) :] + list(ways)[: r % len(ways)]  # who goes first rotates
+        for name in order:
+            seconds = {}
+            for n in (small, large):
+                start = time.perf_counter()
+                ways[name](folders[n])
+                seconds[n] = time.perf_counter() - start
+            per_image = (seconds[large] - seconds[small]) / (large - small)
+            marginal[name].append(per_image * 1e6)
+            startup[name].append(seconds[small] - small * per_image)
+    ratios = {name: [m / p for m, p in zip(marginal[name], marginal["plain"], strict=True)] for name in ways}
+    rows = {
+        name: {
+            "marginal_us_per_image": statistics.median(marginal[name]),
+            "marginal_us_min_max": [min(marginal[name]), max(marginal[name])],
+            "images_per_s": 1e6 / statistics.median(marginal[name]),
+            "startup_s": statistics.median(startup[name]),
+            "cost_vs_plain": statistics.median(ratios[name]),
+            "cost_vs_plain_min_max": [min(ratios[name]), max(ratios[name])],
+        }
+        for name in ways
+    }
+    return {
+        "benchmark": "files",
+        "model": str(model),
+        "sizes": [small, large],
+        "rounds": rounds,
+        "same_answers_as_plain": same,
+        "ways": rows,
+        "environment": environment(),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table."""
+    small, large = report["sizes"]
+    lines = [
+        "# Files to answers",
+        "",
+        f"Marginal cost per image = (t{large} - t{small}) / {large - small} over PNG folders of test images; "
+        f"start-up = t{small} - {small} x marginal. Medians of {report['rounds']} interleaved rounds "
+        "(min-max in brackets). cost vs plain = marginal / plain's marginal, per round.",
+        "",
+        "| way | µs / image | images/s | start-up s | cost vs plain |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in report["ways"].items():
+        low, high = row["marginal_us_min_max"]
+        rlow, rhigh = row["cost_vs_plain_min_max"]
+        lines.append(
+            f"| {name} | {row['marginal_us_per_image']:.1f} [{low:.1f}-{high:.1f}] | {row['images_per_s']:,.0f} | "
+            f"{row['startup_s']:.3f} | {row['cost_vs_plain']:.2f} [{rlow:.2f}-{rhigh:.2f}] |"
+        )
+    env = report["environment"]
+    lines += [
+        "",
+        f"Same answers as plain: {report['same_answers_as_plain']}. "
+        f"Machine: {env.get('cpu', '?')}, {env.get('usable_cores', '?')} cores.",
+        "",
+    ]
+    return "\n".join(lines)
