@@ -15,6 +15,7 @@ DEFAULT_FILES = {
     "torchscript": STEM + SUFFIXES["torchscript"],
     "pt2": STEM + SUFFIXES["pt2"],
     "eager": STEM + SUFFIXES["pt"],
+    "openvino": STEM + SUFFIXES["onnx"],
 }
 
 

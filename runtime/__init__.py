@@ -21,6 +21,7 @@ from fmnist_deploy.runtime.base import Backend, Prediction, Predictor, read_side
 from fmnist_deploy.runtime.eager_backend import EagerBackend
 from fmnist_deploy.runtime.errors import DeviceError, InputError, ModelError, OptionError, RuntimeFailure
 from fmnist_deploy.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from fmnist_deploy.runtime.openvino_backend import OpenVinoBackend
 from fmnist_deploy.runtime.pt2_backend import Pt2Backend
 from fmnist_deploy.runtime.torchscript_backend import TorchScriptBackend
 
@@ -29,6 +30,7 @@ BACKENDS: dict[str, type[Backend]] = {
     "torchscript": TorchScriptBackend,
     "pt2": Pt2Backend,
     "eager": EagerBackend,
+    "openvino": OpenVinoBackend,  # the same .onnx; never chosen by "auto" (onnxruntime reads .onnx first)
 }
 DEVICES = ("cpu", "cuda")
 
@@ -48,7 +50,7 @@ def load(path: str | Path, backend: str = "auto", device: str = "cpu", **options
     backend: "auto" (from the suffix) or one of BACKENDS; device: "cpu" or "cuda"
     (an error, not a CPU fallback, when CUDA cannot really be used). Options go to the
     backend: for onnxruntime `threads`, `optimization` ("all", "extended", "basic",
-    "disabled") and `spinning`.
+    "disabled") and `spinning`; for openvino `threads` and `hint` ("latency", "throughput").
     """
     path = Path(path)
     if device not in DEVICES:

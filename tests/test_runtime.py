@@ -29,6 +29,7 @@ CASES = {
     "torchscript": "fmnist_mlp.torchscript",
     "pt2": "fmnist_mlp.pt2",
     "eager": "fmnist_mlp.pt",
+    "openvino": "fmnist_mlp.onnx",
 }
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
@@ -45,7 +46,9 @@ def test_every_registered_backend_has_a_parity_case() -> None:
 
 @pytest.mark.parametrize("backend", sorted(CASES))
 def test_backend_matches_the_golden_logits(backend: str, golden) -> None:
-    predictor = load(ARTIFACTS / CASES[backend])  # backend chosen from the suffix
+    path = ARTIFACTS / CASES[backend]
+    # chosen from the suffix, except openvino: it reads the .onnx that auto gives onnxruntime
+    predictor = load(path) if runtime.backend_for(path) == backend else load(path, backend=backend)
     assert predictor.backend_name == backend
     prediction = predictor.predict(golden["images"])
     assert np.abs(prediction.logits - golden["logits"]).max() <= 1e-5
@@ -105,7 +108,7 @@ def test_the_onnx_path_never_imports_torch() -> None:
 
 @pytest.mark.parametrize("backend", sorted(CASES))
 def test_a_predictor_shared_by_8_threads_answers_as_one_thread(backend: str, data) -> None:
-    predictor = load(ARTIFACTS / CASES[backend])
+    predictor = load(ARTIFACTS / CASES[backend], backend=backend)
     images = data.test_images[:800].numpy()
     expected = predictor.predict(images).logits
     results: dict[int, np.ndarray] = {}
@@ -134,7 +137,7 @@ def _cuda_available() -> bool:
 @pytest.mark.parametrize("backend", sorted(CASES))
 def test_cuda_without_a_gpu_is_an_error_not_a_cpu_run(backend: str) -> None:
     with pytest.raises(DeviceError, match="cuda"):
-        load(ARTIFACTS / CASES[backend], device="cuda")
+        load(ARTIFACTS / CASES[backend], backend=backend, device="cuda")
 
 
 @pytest.mark.cuda
@@ -295,7 +298,8 @@ def test_cli_readme_example() -> None:
 def test_cli_top_k_json_on_every_backend(backend: str) -> None:
     model = ARTIFACTS / CASES[backend]
     result = CliRunner().invoke(
-        predict_cli, [str(ARTIFACTS / "samples"), "--model", str(model), "--top-k", "3", "--json"]
+        predict_cli,
+        [str(ARTIFACTS / "samples"), "--model", str(model), "--backend", backend, "--top-k", "3", "--json"],
     )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
@@ -391,7 +395,7 @@ def test_runtime_modules_import_torch_only_in_torch_backends() -> None:
 
 @pytest.mark.parametrize("backend", sorted(CASES))
 def test_large_batches_run_in_slices_with_the_same_answers(backend: str, data) -> None:
-    predictor = load(ARTIFACTS / CASES[backend])
+    predictor = load(ARTIFACTS / CASES[backend], backend=backend)
     images = data.test_images[:2500].numpy()  # two full slices of 1024 and a partial one
     sliced = predictor.predict(images)
     predictor.backend.chunk_rows = 10_000  # one call for the whole batch

@@ -16,7 +16,7 @@ THREADS, PREDICTIONS = 8, 10_000
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_eight_threads_ten_thousand_predictions(backend: str, data) -> None:
-    predictor = load(models_dir() / DEFAULT_FILES[backend])
+    predictor = load(models_dir() / DEFAULT_FILES[backend], backend=backend)
     images = data.test_images[:PREDICTIONS].numpy()
     expected = predictor.predict(images).logits
     per_thread = PREDICTIONS // THREADS

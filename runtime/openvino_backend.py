@@ -1,0 +1,96 @@
+"""OpenVINO backend: the same ONNX file, compiled by OpenVINO for the CPU, float32 pinned.
+
+OpenVINO's CPU plugin runs float32 models in bfloat16 on CPUs with AMX or AVX512-BF16
+unless told otherwise: measured on such a Xeon, the logits then differ from ONNX Runtime's
+by ~1e-2, a thousand times the contract's tolerance. This backend sets the inference
+precision to f32 and reports it. It needs `pip install 'fmnist-deploy[openvino]'`; no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAMES
+from fmnist_deploy.runtime.base import Backend, check_metadata, wrong_kind_hint
+from fmnist_deploy.runtime.errors import DeviceError, ModelError, OptionError, first_line
+
+HINTS = ("latency", "throughput")
+
+
+class OpenVinoBackend(Backend):
+    """An OpenVINO CompiledModel of the ONNX file on the CPU, one infer request per thread."""
+
+    name = "openvino"
+    suffixes = (".onnx",)
+    options = ("threads", "hint")
+
+    def __init__(self, path: Path, device: str = "cpu", *, threads: int | None = None, hint: str = "latency") -> None:
+        if device != "cpu":
+            raise DeviceError(f"device {device}: the openvino backend runs on the CPU; use onnxruntime for cuda")
+        if hint not in HINTS:
+            raise OptionError(f"hint {hint!r}: expected one of {', '.join(HINTS)}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise OptionError(f"threads {threads!r}: expected a whole number >= 1")
+        try:
+            import openvino
+        except ImportError:
+            raise ModelError("the openvino backend needs OpenVINO: pip install 'fmnist-deploy[openvino]'") from None
+        core = openvino.Core()
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint.upper()}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            model = core.read_model(str(path))
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own untyped errors for damaged files
+            hint_text = wrong_kind_hint(path, "onnx")
+            raise ModelError(f"{path}: OpenVINO cannot load it ({first_line(exc)}){hint_text}") from None
+        self._check_io(path, model)
+        self.device = device
+        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.metadata = check_metadata(self._metadata(path, model), str(path))
+        self._local = threading.local()
+
+    @staticmethod
+    def _metadata(path: Path, model: Any) -> dict[str, Any]:
+        """The ONNX metadata_props, as OpenVINO's ONNX reader keeps them (one JSON value per key)."""
+        try:
+            framework = model.get_rt_info()["framework"]
+            return {key: json.loads(value.astype(str)) for key, value in framework.items()}
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"{path}: no readable metadata_props for the openvino backend ({exc})") from None
+
+    @staticmethod
+    def _check_io(path: Path, model: Any) -> None:
+        inputs = [(i.get_any_name(), str(i.get_element_type()), str(i.get_partial_shape())) for i in model.inputs]
+        outputs = [(o.get_any_name(), str(o.get_element_type())) for o in model.outputs]
+        rows, cols = IMAGE_SHAPE
+        ok = (
+            len(inputs) == 1
+            and inputs[0][0] == INPUT_NAME
+            and inputs[0][1].startswith("<Type: 'uint8")
+            and inputs[0][2] == f"[?,{rows},{cols}]"
+            and [o[0] for o in outputs] == list(OUTPUT_NAMES)
+            and all(o[1].startswith("<Type: 'float32") for o in outputs)
+        )
+        if not ok:
+            raise ModelError(
+                f"{path}: graph has inputs {inputs} and outputs {outputs}; expected image uint8 [?,28,28] "
+                "and logits, probabilities float32"
+            )
+
+    def _request(self) -> Any:
+        """One infer request per thread: a request holds its own buffers and is not thread-safe."""
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request
+
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        result = self._request().infer({0: images}, share_inputs=True)
+        return result[0], result[1]
