@@ -115,6 +115,13 @@ def _test_set(data_dir: Path | None):
         raise click.ClickException(str(exc)) from None
 
 
+def _installed(backend: str) -> bool:
+    """Whether an optional backend's package is installed (openvino is an extra)."""
+    import importlib.util
+
+    return backend != "openvino" or importlib.util.find_spec("openvino") is not None
+
+
 def _csv_ints(value: str) -> tuple[int, ...]:
     try:
         numbers = tuple(int(v) for v in value.split(","))
@@ -145,7 +152,20 @@ def _csv_ints(value: str) -> tuple[int, ...]:
     show_default=True,
     help="Largest batch also timed end to end from PNG files.",
 )
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime / OpenVINO intra-op threads.")
+@click.option(
+    "--aoti-package",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="The aoti row's package (from fmnist-export --format aoti; loading it runs its code) [default: build one].",
+)
+@click.option(
+    "--ceiling-rounds",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Interleaved rounds of sgemm peak and the fastest rows (0: none).",
+)
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
 @_out_dir_option
 @click.option("--json", "as_json", is_flag=True)
@@ -158,11 +178,13 @@ def latency_cmd(
     min_repetitions: int,
     e2e_max_batch: int,
     threads: int | None,
+    aoti_package: Path | None,
+    ceiling_rounds: int,
     data_dir: Path | None,
     out_dir: Path | None,
     as_json: bool,
 ) -> None:
-    """p50/p90/p99/p99.9 latency and images/s per backend x device x batch size."""
+    """p50/p90/p99/p99.9 latency and images/s per backend x device x batch size, beside peer runtimes."""
     from fmnist_deploy.benchmarks.latency import TARGETS, Config, available_devices, measure
     from fmnist_deploy.benchmarks.report import latency_csv, latency_markdown, latency_plot
     from fmnist_deploy.runtime import RuntimeFailure
@@ -172,7 +194,7 @@ def latency_cmd(
     if unknown:
         raise click.BadParameter(f"{', '.join(unknown)}: expected one of {', '.join(TARGETS)}", param_hint="--backend")
     if not backends:
-        backends = tuple(b for b in TARGETS if (artifacts / TARGETS[b].file).is_file())
+        backends = tuple(b for b in TARGETS if (artifacts / TARGETS[b].file).is_file() and _installed(b))
         if not backends:
             raise click.ClickException(
                 f"{artifacts} holds none of {', '.join(sorted({t.file for t in TARGETS.values()}))}; "
@@ -192,6 +214,8 @@ def latency_cmd(
         min_repetitions=min_repetitions,
         e2e_max_batch=e2e_max_batch,
         threads=threads,
+        aoti_package=aoti_package,
+        ceiling_rounds=ceiling_rounds,
     )
     images = _test_set(data_dir).test_images.numpy()
 

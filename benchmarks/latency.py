@@ -5,6 +5,15 @@ warmed up, then called repeatedly until a time budget is spent (at least
 `min_repetitions` calls); every call is timed with perf_counter_ns. Each backend's
 predict returns host numpy arrays, so a CUDA call is complete (synchronised) when it
 returns; nothing synchronises a CPU run.
+
+Rows are the toolkit's backends and peers it is measured against: the bare ONNX Runtime
+session, the network in numpy, `torch.compile` (inductor) of the eager model, and an
+AOTInductor package compiled for this machine (`fmnist-export --format aoti`).
+
+The ceiling: the model's FLOPs at the machine's float32 GEMM peak. The peak and the
+fastest rows are measured in interleaved rounds (peak, rows, peak, rows, ...), so each
+round's fraction compares numbers taken within a second of each other; the report gives
+the median fraction and its spread.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -42,9 +51,14 @@ TARGETS: dict[str, Target] = {
     "torchscript": Target(STEM + SUFFIXES["torchscript"], "torchscript"),
     "pt2": Target(STEM + SUFFIXES["pt2"], "pt2"),
     "eager": Target(WEIGHTS_NAME, "eager"),
+    "openvino": Target(ONNX_FILE, "openvino"),
     "ort-session": Target(ONNX_FILE, None),  # bare InferenceSession.run: what the toolkit adds on top is visible
     "numpy": Target(WEIGHTS_NAME, None),  # the same network in plain numpy: the reference floor
+    "torch-compile": Target(WEIGHTS_NAME, None),  # torch.compile (inductor) of the eager model: a peer
+    "aoti": Target(WEIGHTS_NAME, None),  # an AOTInductor package built from the weights for this run: a peer
 }
+PEERS = ("ort-session", "numpy", "torch-compile", "aoti")  # measured beside the toolkit, not part of it
+CPU_ONLY = ("numpy", "openvino", "aoti")
 
 Predict = Callable[[np.ndarray], Any]
 
@@ -62,6 +76,8 @@ class Config:
     warmup: int = 3
     e2e_max_batch: int = 1000  # decoding 10 000 PNGs per call says nothing new
     threads: int | None = None  # ONNX Runtime intra-op threads; None = its default
+    aoti_package: Path | None = None  # a package from `fmnist-export --format aoti`; None = build one for the run
+    ceiling_rounds: int = 5  # interleaved rounds of sgemm peak and the fastest rows
 
 
 @dataclass
@@ -72,13 +88,20 @@ class Opened:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def open_target(config: Config, backend: str, device: str) -> Opened:
-    """Load one backend on one device; `info` says what really runs (provider, threads)."""
+def open_target(config: Config, backend: str, device: str, scratch: Path | None = None) -> Opened:
+    """Load one backend on one device; `info` says what really runs (provider, threads).
+
+    `scratch`: where the aoti peer's package is built when the config names none.
+    """
     file_name, runtime_backend = TARGETS[backend]
     path = config.artifacts / file_name
+    if backend in CPU_ONLY and device != "cpu":
+        raise ValueError(f"{backend} runs on the CPU only")
+    if backend == "torch-compile":
+        return _torch_compiled(path, device)
+    if backend == "aoti":
+        return _aoti(config.aoti_package or _build_aoti(path, scratch or Path(tempfile.mkdtemp())))
     if backend == "numpy":
-        if device != "cpu":
-            raise ValueError("the numpy reference runs on the CPU only")
         return Opened(NumpyMLP(path), {"provider": "numpy", "threads": _blas_threads()})
     if backend == "ort-session":
         import onnxruntime as ort
@@ -94,15 +117,64 @@ def open_target(config: Config, backend: str, device: str) -> Opened:
         )
     from fmnist_deploy import runtime
 
-    options = {"threads": config.threads} if runtime_backend == "onnxruntime" and config.threads else {}
+    options = {"threads": config.threads} if runtime_backend in ("onnxruntime", "openvino") and config.threads else {}
     predictor = runtime.load(path, backend=runtime_backend, device=device, **options)
     if runtime_backend == "onnxruntime":
         info = {"provider": predictor.backend.providers[0], "threads": config.threads or "default"}
+    elif runtime_backend == "openvino":
+        info = {"provider": f"openvino:CPU {predictor.backend.precision}", "threads": config.threads or "default"}
     else:
         import torch
 
         info = {"provider": f"torch:{device}", "threads": torch.get_num_threads()}
     return Opened(predictor.predict, info)
+
+
+def _torch_compiled(weights: Path, device: str) -> Opened:
+    """torch.compile (inductor, default mode) of the eager model with its preprocessing; one graph per batch size."""
+    import torch
+
+    from fmnist_deploy import runtime
+
+    eager = runtime.load(weights, backend="eager", device=device).backend
+    compiled = torch.compile(eager.module, dynamic=False)
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)  # one graph per batch
+
+    @torch.inference_mode()
+    def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, probs = compiled(torch.from_numpy(images).to(eager.torch_device))
+        return logits.cpu().numpy(), probs.cpu().numpy()
+
+    return Opened(predict, {"provider": f"torch.compile:inductor:{device}", "threads": torch.get_num_threads()})
+
+
+def _build_aoti(weights: Path, folder: Path) -> Path:
+    """An AOTInductor package of the weights, compiled for this machine into `folder` (about a minute)."""
+    from fmnist_deploy.contract import sha256_file
+    from fmnist_deploy.export import aoti_format
+    from fmnist_deploy.export.metadata import build_metadata
+    from fmnist_deploy.export.wrapper import from_weights
+    from fmnist_deploy.training.checkpoint import load_weights
+
+    path = folder / f"{STEM}{aoti_format.SUFFIX}"
+    weights_obj = load_weights(weights)
+    aoti_format.export(from_weights(weights_obj), path, build_metadata(weights_obj, sha256_file(weights)))
+    return path
+
+
+def _aoti(package: Path) -> Opened:
+    """A package loaded with torch._inductor.aoti_load_package (one this run built, or one the user vouches for)."""
+    from fmnist_deploy.export import aoti_format
+
+    run = aoti_format.runners(package)[aoti_format.NAME]
+    isa = aoti_format.aoti_metadata(package).get("AOTI_CPU_ISA", "")
+    return Opened(run, {"provider": f"aoti:cpu {isa}".strip(), "threads": _torch_threads()})
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _blas_threads() -> Any:
@@ -164,14 +236,24 @@ def measure(
     # The peak is the best of a measurement before and one after the grid: a busy moment
     # on a shared machine can only lower a measured peak, never raise it.
     peak_before = sgemm_peak_gflops()
-    grid = [(b, d) for b in config.backends for d in config.devices if not (b == "numpy" and d != "cpu")]
+    grid = [(b, d) for b in config.backends for d in config.devices if not (b in CPU_ONLY and d != "cpu")]
     cells: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
         files = write_pngs(Path(scratch), pool[: min(config.e2e_max_batch, max(config.batches))])
+        opened_cpu: dict[str, Opened] = {}
         for backend, device in progress(grid):
+            build_s = None
+            if backend == "aoti" and config.aoti_package is None:  # compiled once, apart from the load time
+                start = time.perf_counter_ns()
+                config = replace(config, aoti_package=_build_aoti(config.artifacts / WEIGHTS_NAME, Path(scratch)))
+                build_s = (time.perf_counter_ns() - start) / 1e9
             start = time.perf_counter_ns()
-            opened = open_target(config, backend, device)
+            opened = open_target(config, backend, device, Path(scratch))
             creation_ms = (time.perf_counter_ns() - start) / 1e6
+            if build_s is not None:
+                opened.info["build_s"] = build_s
+            if device == "cpu":
+                opened_cpu[backend] = opened
             start = time.perf_counter_ns()
             opened.predict(pool[:1])
             first_ms = (time.perf_counter_ns() - start) / 1e6
@@ -179,15 +261,16 @@ def measure(
                 x = pool[:batch]
                 samples = time_calls(partial(opened.predict, x), config.budget_s, config.min_repetitions, config.warmup)
                 cells.append(_cell(backend, device, "model", batch, samples, creation_ms, first_ms, opened.info))
-                if batch <= config.e2e_max_batch and backend not in ("ort-session", "numpy"):
+                if batch <= config.e2e_max_batch and backend not in PEERS:
                     samples = time_calls(
                         partial(_end_to_end, opened.predict, files[:batch]), config.budget_s, config.min_repetitions, 1
                     )
                     cells.append(
                         _cell(backend, device, "end_to_end", batch, samples, creation_ms, first_ms, opened.info)
                     )
+        interleaved = interleaved_ceiling(opened_cpu, pool, cells, config)
     peak_after = sgemm_peak_gflops()
-    peak = max(peak_before, peak_after)
+    peak = max(peak_before, peak_after, *interleaved.get("sgemm_gflops_rounds", []))
     ceiling = ceiling_images_per_s(peak)
     for cell in cells:
         cell["fraction_of_ceiling"] = cell["images_per_s"] / ceiling
@@ -209,13 +292,91 @@ def measure(
             "sgemm_gflops_after": peak_after,
             "flop_per_image": FLOP_PER_IMAGE,
             "images_per_s": ceiling,
-            "method": "best of 5 numpy float32 2048x2048x2048 matmuls on all cores, before and after the "
-            "grid; the higher peak / 218 368 FLOP per image",
+            "method": "best of 5 numpy float32 2048x2048x2048 matmuls on all cores, before, during and after "
+            "the grid; the highest peak / 218 368 FLOP per image",
+            "interleaved": interleaved,
         },
         "cells": cells,
-        "summary": summarise_grid(cells),
+        "summary": {**summarise_grid(cells), **_interleaved_summary(interleaved)},
         "environment": environment(),
     }
+
+
+CEILING_BATCHES = (1000, 10000)
+
+
+def interleaved_ceiling(
+    opened: dict[str, Opened], pool: np.ndarray, cells: list[dict[str, Any]], config: Config
+) -> dict[str, Any]:
+    """Rounds of (sgemm peak, then every float32 CPU row, toolkit and rivals, at batch 1 000 and 10 000): per
+    round and row the fraction images/s / (peak / FLOP per image); medians and spreads over the rounds.
+
+    On a shared machine a single cell can be off by a third; rows timed within a second of each
+    other and of the peak, several times over, compare fairly.
+    """
+    batches = [b for b in CEILING_BATCHES if b in config.batches]
+    rows = [r for r in opened if r not in ("numpy", "ort-session", "onnxruntime-int8")]
+    if not batches or not rows or config.ceiling_rounds < 1:
+        return {}
+    peaks: list[float] = []
+    fractions: dict[str, list[float]] = {f"{r}@{b}": [] for r in rows for b in batches}
+    for _ in range(config.ceiling_rounds):
+        peak = sgemm_peak_gflops(repetitions=3)
+        peaks.append(peak)
+        ceiling = ceiling_images_per_s(peak)
+        for row in rows:
+            for batch in batches:
+                # The fastest call, as the peak is the fastest matmul: both estimate what the machine
+                # does undisturbed, so a busy moment on a shared machine skews neither side.
+                samples = time_calls(partial(opened[row].predict, pool[:batch]), 0.25, 3, 1)
+                images_per_s = batch / (min(samples) / 1e9)
+                fractions[f"{row}@{batch}"].append(images_per_s / ceiling)
+    return {
+        "rounds": config.ceiling_rounds,
+        "sgemm_gflops_rounds": peaks,
+        "fractions": {
+            key: {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v)), "rounds": v}
+            for key, v in fractions.items()
+        },
+        "method": "per round: best of 3 float32 2048^3 matmuls, then each row's fastest call at the batch size "
+        "in 0.25 s; fraction = images/s / (that round's peak / FLOP per image)",
+    }
+
+
+def _interleaved_summary(interleaved: dict[str, Any]) -> dict[str, Any]:
+    """The toolkit's best median fraction of the ceiling, and per batch size who is fastest in the rounds."""
+    fractions = interleaved.get("fractions", {})
+    if not fractions:
+        return {}
+    toolkit = {k: v for k, v in fractions.items() if k.split("@")[0] not in PEERS}
+    summary: dict[str, Any] = {}
+    if toolkit:
+        key, best = max(toolkit.items(), key=lambda item: item[1]["median"])
+        backend, batch = key.split("@")
+        summary["ceiling_fraction_interleaved"] = {
+            "backend": backend,
+            "batch": int(batch),
+            "median": best["median"],
+            "min": best["min"],
+            "max": best["max"],
+        }
+    fastest = {}
+    for batch in sorted({int(k.split("@")[1]) for k in fractions}):
+        here = {k.split("@")[0]: v["median"] for k, v in fractions.items() if k.endswith(f"@{batch}")}
+        ours = {b: f for b, f in here.items() if b not in PEERS}
+        rivals = {b: f for b, f in here.items() if b in RIVALS}
+        if ours and rivals:
+            best_ours, best_rival = max(ours, key=ours.get), max(rivals, key=rivals.get)
+            fastest[str(batch)] = {
+                "toolkit": best_ours,
+                "toolkit_median_fraction": ours[best_ours],
+                "rival": best_rival,
+                "rival_median_fraction": rivals[best_rival],
+                "toolkit_is_fastest": ours[best_ours] >= rivals[best_rival],
+            }
+    if fastest:
+        summary["fastest_cpu_interleaved"] = fastest
+    return summary
 
 
 def _cell(
@@ -247,6 +408,32 @@ def _find(
     )
 
 
+RIVALS = ("torch-compile", "aoti")  # the peers a user could deploy instead of the toolkit's backends
+
+
+def _fastest_per_batch(cells: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per batch size on the CPU: the toolkit's fastest float32 backend and the fastest rival, and who wins."""
+    out = {}
+    model = [c for c in cells if c["mode"] == "model" and c["device"] == "cpu"]
+    for batch in sorted({c["batch"] for c in model}):
+        row = [c for c in model if c["batch"] == batch]
+        toolkit = [c for c in row if c["backend"] not in PEERS and c["backend"] != "onnxruntime-int8"]
+        rivals = [c for c in row if c["backend"] in RIVALS]
+        if not toolkit:
+            continue
+        best = max(toolkit, key=lambda c: c["images_per_s"])
+        entry: dict[str, Any] = {"toolkit": best["backend"], "toolkit_images_per_s": best["images_per_s"]}
+        if rivals:
+            rival = max(rivals, key=lambda c: c["images_per_s"])
+            entry |= {
+                "rival": rival["backend"],
+                "rival_images_per_s": rival["images_per_s"],
+                "toolkit_is_fastest": best["images_per_s"] >= rival["images_per_s"],
+            }
+        out[str(batch)] = entry
+    return out
+
+
 def summarise_grid(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """The ratios the targets are stated in, derived from cells of one run."""
     summary: dict[str, Any] = {}
@@ -257,7 +444,7 @@ def summarise_grid(cells: list[dict[str, Any]]) -> dict[str, Any]:
         if c["mode"] == "model"
         and c["device"] == "cpu"
         and c["batch"] >= 1000
-        and c["backend"] not in ("numpy", "ort-session", "onnxruntime-int8")
+        and c["backend"] not in (*PEERS, "onnxruntime-int8")
     ]
     if big:
         best = max(big, key=lambda c: c["images_per_s"])
@@ -269,6 +456,9 @@ def summarise_grid(cells: list[dict[str, Any]]) -> dict[str, Any]:
         summary["predict_b1_over_numpy_b1"] = ort1["p50_us"] / np1["p50_us"]
     if bare1 and np1:
         summary["bare_session_b1_over_numpy_b1"] = bare1["p50_us"] / np1["p50_us"]
+    fastest = _fastest_per_batch(cells)
+    if fastest:
+        summary["fastest_cpu_per_batch"] = fastest
     fp32, int8 = _find(cells, "onnxruntime", "cpu", 1000), _find(cells, "onnxruntime-int8", "cpu", 1000)
     if fp32 and int8:
         summary["int8_over_fp32_throughput_b1000"] = int8["images_per_s"] / fp32["images_per_s"]

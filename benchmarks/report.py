@@ -76,6 +76,40 @@ def latency_markdown(report: dict[str, Any]) -> str:
             f"- `runtime.load(...).predict` (ONNX) at batch 1 / bare numpy forward: **{summary['predict_b1_over_numpy_b1']:.2f}×** "
             f"(bare `session.run`: {summary.get('bare_session_b1_over_numpy_b1', float('nan')):.2f}×)"
         )
+    if "ceiling_fraction_interleaved" in summary:
+        c = summary["ceiling_fraction_interleaved"]
+        rounds = ceiling.get("interleaved", {}).get("rounds", "?")
+        lines.append(
+            f"- the same, measured stably ({rounds} interleaved rounds of sgemm peak and model): {c['backend']} at "
+            f"batch {c['batch']}: **{100 * c['median']:.0f} %** of the ceiling (median; rounds "
+            f"{100 * c['min']:.0f}–{100 * c['max']:.0f} %)"
+        )
+    if "fastest_cpu_interleaved" in summary:
+        lines += ["", "Interleaved rounds, median % of the ceiling per round:", ""]
+        lines += [
+            "| batch | fastest toolkit backend | % | fastest rival | % | toolkit fastest |",
+            "|---:|---|---:|---|---:|---|",
+        ]
+        for batch, f in summary["fastest_cpu_interleaved"].items():
+            lines.append(
+                f"| {batch} | {f['toolkit']} | {100 * f['toolkit_median_fraction']:.0f} | {f['rival']} | "
+                f"{100 * f['rival_median_fraction']:.0f} | {'yes' if f['toolkit_is_fastest'] else 'NO'} |"
+            )
+        fractions = ceiling.get("interleaved", {}).get("fractions", {})
+        lines += ["", "| row @ batch | median % | min % | max % |", "|---|---:|---:|---:|"]
+        for key, v in sorted(fractions.items(), key=lambda item: -item[1]["median"]):
+            lines.append(f"| {key} | {100 * v['median']:.0f} | {100 * v['min']:.0f} | {100 * v['max']:.0f} |")
+        lines.append("")
+    if "fastest_cpu_per_batch" in summary:
+        lines += ["", "Grid cells (one measurement each):", ""]
+        lines += ["| batch | fastest toolkit backend | images/s | fastest rival | images/s | toolkit fastest |"]
+        lines.append("|---:|---|---:|---|---:|---|")
+        for batch, f in summary["fastest_cpu_per_batch"].items():
+            lines.append(
+                f"| {batch} | {f['toolkit']} | {f['toolkit_images_per_s']:,.0f} | {f.get('rival', '—')} | "
+                f"{f.get('rival_images_per_s', float('nan')):,.0f} | {'yes' if f.get('toolkit_is_fastest', True) else 'NO'} |"
+            )
+        lines.append("")
     if "int8_over_fp32_throughput_b1000" in summary:
         lines.append(
             f"- int8 / fp32 ONNX throughput at batch 1000: **{summary['int8_over_fp32_throughput_b1000']:.2f}×**"

@@ -24,7 +24,7 @@ from fmnist_deploy.training.checkpoint import Weights, load_weights
 from fmnist_deploy.training.data import DataMissing, FashionMNIST
 from fmnist_deploy.training.data import load as load_data
 
-ALL_FORMATS = tuple(FORMATS)
+ALL_FORMATS = tuple(name for name, fmt in FORMATS.items() if fmt.PORTABLE)  # --format all
 NO_DATA = "the Fashion-MNIST test set is not on this machine; run `make data` or pass --data-dir"
 
 
@@ -42,7 +42,11 @@ class Source:
     def references(self) -> References:
         """What every exported file of these weights is gated against."""
         return References(
-            golden=self.golden, test_set=self.test_set, weights_sha256=self.weights_sha256, test_set_missing=NO_DATA
+            golden=self.golden,
+            test_set=self.test_set,
+            weights_sha256=self.weights_sha256,
+            test_set_missing=NO_DATA,
+            trust_native_code=True,  # the files were built by this process from these weights
         )
 
 
@@ -186,8 +190,11 @@ def verify_file(
     golden_path: Path | None = None,
     opset: int | None = None,
     data_dir: Path | None = None,
+    trust_native_code: bool = False,
 ) -> GateReport:
     """`fmnist-export --verify`: gate an existing file against its golden vectors and, given them, its weights.
+
+    A file whose loading runs native code (an AOTInductor package) is only loaded with `trust_native_code`.
 
     `golden_path` defaults to the golden.npz beside the file; a reference that is absent
     is a named check (golden) or a listed "not run" (test set), never silently skipped.
@@ -219,5 +226,6 @@ def verify_file(
         weights_sha256=weights_sha,
         golden_missing=golden_missing or References.golden_missing,
         test_set_missing=test_set_missing,
+        trust_native_code=trust_native_code,
     )
     return verify(path, refs, expected_opset=opset, raise_on_failure=False)

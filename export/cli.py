@@ -16,12 +16,20 @@ from fmnist_deploy.errors import first_line
 from fmnist_deploy.export.gate import report_path
 from fmnist_deploy.export.onnx_format import DEFAULT_OPSET, MAX_OPSET, NATIVE_OPSET
 
-FORMAT_CHOICES = ("onnx", "torchscript", "pt2", "all", "triton")
+FORMAT_CHOICES = ("onnx", "torchscript", "pt2", "all", "triton", "aoti")
 DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="all", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMAT_CHOICES),
+    default="all",
+    show_default=True,
+    help="all = onnx, torchscript and pt2 (files for any machine); triton = a Triton model repository; "
+    "aoti = an AOTInductor package compiled for this machine's CPU (~1 minute).",
+)
 @click.option(
     "--weights",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -67,6 +75,11 @@ DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
     default=None,
     help="With --verify: also write the gate report as JSON to this file.",
 )
+@click.option(
+    "--trust-native-code",
+    is_flag=True,
+    help="With --verify of an AOTInductor package (.aoti.pt2): load it, which runs its compiled code.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full gate report(s) as JSON.")
 @click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
 @click.pass_context
@@ -81,6 +94,7 @@ def main(
     verify_path: Path | None,
     golden_path: Path | None,
     report_to: Path | None,
+    trust_native_code: bool,
     as_json: bool,
 ) -> None:
     """Export the trained network with its normalisation baked in, then gate every file.
@@ -122,6 +136,7 @@ def main(
                 golden_path=golden_path,
                 opset=opset,
                 data_dir=data_dir,
+                trust_native_code=trust_native_code,
             )
             _echo_reports([report], as_json)  # the verdict first, then anything written
             if report_to is not None:
@@ -214,7 +229,13 @@ def _echo_written(paths: list[Path]) -> None:
     samples = sorted((first.parent / SAMPLES_DIR).glob("*.png"))
     click.echo(f"  {first.parent / GOLDEN_NAME} and {len(samples)} sample images in {first.parent / SAMPLES_DIR}")
     image = samples[0] if samples else "IMAGE.png"
-    click.echo(f"next: fmnist-predict {image} --model {first}")
+    if first.name.endswith(".aoti.pt2"):  # compiled native code: not a runtime backend (see the README)
+        click.echo(
+            f"next: fmnist-bench latency --backend aoti --aoti-package {first}, or load it from C++ with "
+            "torch::inductor::AOTIModelPackageLoader"
+        )
+    else:
+        click.echo(f"next: fmnist-predict {image} --model {first}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import torch
 
-from fmnist_deploy.export import onnx_format, pt2_format, torchscript_format
+from fmnist_deploy.export import aoti_format, onnx_format, pt2_format, torchscript_format
 from fmnist_deploy.export.checks import Check, Runner
 
 
@@ -20,6 +20,8 @@ class ExportFormat(Protocol):
 
     NAME: str
     SUFFIX: str
+    PORTABLE: bool  # runs on any machine (False: compiled for this one; left out of --format all)
+    NATIVE_CODE: bool  # loading the file runs code from it (the gate then needs trust)
 
     def export(
         self, module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: int | None = None
@@ -41,12 +43,12 @@ class ExportFormat(Protocol):
         ...
 
 
-FORMATS: dict[str, ExportFormat] = {m.NAME: m for m in (onnx_format, torchscript_format, pt2_format)}
+FORMATS: dict[str, ExportFormat] = {m.NAME: m for m in (onnx_format, torchscript_format, pt2_format, aoti_format)}
 
 
 def format_of(path: Path) -> str:
-    """The format a file's name says it is (`.onnx`, `.torchscript`, `.pt2`)."""
-    for name, fmt in FORMATS.items():
+    """The format a file's name says it is (`.onnx`, `.torchscript`, `.pt2`, `.aoti.pt2`): the longest suffix wins."""
+    for name, fmt in sorted(FORMATS.items(), key=lambda item: -len(item[1].SUFFIX)):
         if path.name.endswith(fmt.SUFFIX):
             return name
     known = ", ".join(f.SUFFIX for f in FORMATS.values())

@@ -58,6 +58,7 @@ class References:
     weights_sha256: str | None = None
     golden_missing: str = f"no golden vectors given; {GOLDEN_HINT}"
     test_set_missing: str = f"no weights given; {WEIGHTS_HINT} to compare with eager PyTorch on the test set"
+    trust_native_code: bool = False  # load files whose loading runs native code (AOTInductor packages)
 
 
 def report_path(model_path: Path) -> Path:
@@ -199,6 +200,14 @@ def _verify_file(
 ) -> None:
     if not path.is_file():
         report.add("loads", False, "no such file")
+        return
+    if fmt.NATIVE_CODE and not refs.trust_native_code:
+        report.add(
+            "loads",
+            False,
+            "an AOTInductor package is compiled native code and loading it runs that code: "
+            "pass --trust-native-code for a package you built",
+        )
         return
     try:
         meta = fmt.read_metadata(path)

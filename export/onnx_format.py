@@ -20,6 +20,8 @@ from fmnist_deploy.training.atomic import atomic_path
 
 NAME = "onnx"
 SUFFIX = SUFFIXES[NAME]
+PORTABLE = True  # runs on any machine: part of --format all
+NATIVE_CODE = False  # loading it runs no code from the file
 DEFAULT_OPSET = 17
 NATIVE_OPSET = 18  # the lowest opset torch.onnx's dynamo exporter emits itself
 MAX_OPSET = onnx.defs.onnx_opset_version()  # the newest opset the installed onnx package defines

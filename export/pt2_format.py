@@ -18,6 +18,8 @@ from fmnist_deploy.training.atomic import atomic_path
 
 NAME = "pt2"
 SUFFIX = SUFFIXES[NAME]
+PORTABLE = True  # runs on any machine: part of --format all
+NATIVE_CODE = False  # loading it runs no code from the file
 TRAINING_OPS = ("dropout", "native_dropout", "bernoulli")
 # stack_trace: absolute source paths of the exporting machine; from_node: ids of Python objects.
 PROVENANCE_KEYS = ("stack_trace", "from_node")
@@ -26,6 +28,16 @@ PROVENANCE_KEYS = ("stack_trace", "from_node")
 def export(module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: int | None = None) -> dict[str, Any]:
     """torch.export `module` (a Deployable) with a dynamic batch and write it with `meta`; return the metadata."""
     meta = completed(meta, NAME, exporter=("torch",), folded=False)
+    program = exported_program(module)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={ARCHIVE_METADATA: json.dumps(meta, indent=2, sort_keys=True)})
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return meta
+
+
+def exported_program(module: torch.nn.Module) -> torch.export.ExportedProgram:
+    """`module` (a Deployable) through torch.export with a dynamic batch, in core ATen ops, without provenance."""
     model = eval_copy(module)
     example = torch.zeros(2, 28, 28, dtype=torch.uint8)  # batch >= 2: a batch of 1 would be specialised
     program = torch.export.export(model, (example,), dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("N", min=1)}})
@@ -36,11 +48,7 @@ def export(module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: 
             for node in graph_module.graph.nodes:
                 for key in PROVENANCE_KEYS:
                     node.meta.pop(key, None)
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer, extra_files={ARCHIVE_METADATA: json.dumps(meta, indent=2, sort_keys=True)})
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-    return meta
+    return program
 
 
 def load(path: Path) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:

@@ -23,6 +23,8 @@ from fmnist_deploy.training.atomic import atomic_path
 
 NAME = "torchscript"
 SUFFIX = SUFFIXES[NAME]
+PORTABLE = True  # runs on any machine: part of --format all
+NATIVE_CODE = False  # loading it runs no code from the file
 DEBUG_SUFFIX = ".debug_pkl"  # pickled source ranges: absolute paths of the exporting machine
 
 

@@ -75,11 +75,12 @@ KIND_DESCRIPTION = {
     "torchscript": "a TorchScript archive",
     "pt2": "a torch.export (.pt2) archive",
     "pt": "a torch.save weights file (.pt)",
+    "aoti": "an AOTInductor package (compiled native code)",
 }
 
 
 def file_kind(path: Path) -> str | None:
-    """What a model file's bytes look like, whatever its name: onnx, torchscript, pt2, pt, or None."""
+    """What a model file's bytes look like, whatever its name: onnx, torchscript, pt2, pt, aoti, or None."""
     import zipfile
 
     try:
@@ -95,6 +96,8 @@ def file_kind(path: Path) -> str | None:
     except (OSError, zipfile.BadZipFile):
         return None
     parts = {name.split("/", 1)[1] if "/" in name else name for name in names}
+    if any(p.startswith("data/aotinductor/") for p in parts):
+        return "aoti"
     if any(p.startswith("code/") for p in parts):
         return "torchscript"
     if "models/model.json" in parts or "archive_format" in parts:
@@ -109,6 +112,8 @@ def wrong_kind_hint(path: Path, expected: str) -> str:
     kind = file_kind(path)
     if kind is None or kind == expected:
         return ""
+    if kind == "aoti":  # loading one runs its code: no backend does (fmnist-export --verify --trust-native-code)
+        return f"; this is {KIND_DESCRIPTION[kind]}, which the runtime does not load"
     suffix = {"onnx": ".onnx", "torchscript": ".torchscript", "pt2": ".pt2", "pt": ".pt"}[kind]
     return f"; this is {KIND_DESCRIPTION[kind]}: use --backend {KIND_BACKEND[kind]} or rename it to {suffix}"
 

@@ -28,6 +28,9 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     suffixes = (".onnx",)
     options = ("threads", "hint")
+    # OpenVINO splits a large batch across its threads itself: measured here at batch 10 000, slices of
+    # 1 024 rows took 9.7 ms, of 4 096 rows 8.8 ms, one call 8.7 ms (ONNX Runtime: ~10.4 ms either way).
+    chunk_rows = 4096
 
     def __init__(self, path: Path, device: str = "cpu", *, threads: int | None = None, hint: str = "latency") -> None:
         if device != "cpu":

@@ -7,7 +7,7 @@ from typing import Any
 
 from fmnist_deploy.contract import ARCHIVE_METADATA
 from fmnist_deploy.integrity import inspect_pt2
-from fmnist_deploy.runtime.base import TorchBackend, archive_metadata
+from fmnist_deploy.runtime.base import TorchBackend, archive_metadata, file_kind
 
 
 class Pt2Backend(TorchBackend):
@@ -27,6 +27,8 @@ class Pt2Backend(TorchBackend):
 
         if not zipfile.is_zipfile(path):
             raise ValueError("not a zip archive")  # reported with what the file looks like instead
+        if file_kind(path) == "aoti":  # never opened: loading one runs its compiled code
+            raise ValueError("not an ExportedProgram archive")
         inspect_pt2(path)  # before torch sees it: torch.export.load unpickles sample_inputs without restrictions
         extra = {ARCHIVE_METADATA: ""}
         with quiet_logger("torch.export"):

@@ -62,7 +62,11 @@ def test_latency_small_grid(data) -> None:
         | {("onnxruntime", "cpu", "end_to_end", n) for n in (1, 8)},
     )
     assert {c["provider"] for c in report["cells"] if c["backend"] == "onnxruntime"} == {"CPUExecutionProvider"}
-    assert set(report["summary"]) == {"predict_b1_over_numpy_b1", "bare_session_b1_over_numpy_b1"}
+    assert set(report["summary"]) == {
+        "predict_b1_over_numpy_b1",
+        "bare_session_b1_over_numpy_b1",
+        "fastest_cpu_per_batch",
+    }
     assert report["environment"]["logical_cores"] >= 1 and report["environment"]["packages"]["onnxruntime"]
 
 
