@@ -383,6 +383,35 @@ def files_cmd(
     _finish(report, markdown(report), as_json, out_dir, "files")
 
 
+@main.command("int8")
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True, help="Interleaved rounds.")
+@click.option(
+    "--calibration",
+    type=click.IntRange(10, 60_000),
+    default=1000,
+    show_default=True,
+    help="Training images the static file is calibrated on.",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@_out_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def int8_cmd(rounds: int, calibration: int, data_dir: Path | None, out_dir: Path | None, as_json: bool) -> None:
+    """Dynamic int8 (shipped) vs static QDQ int8 calibrated on training images: accuracy and speed."""
+    from fmnist_deploy.benchmarks.int8 import markdown, measure
+    from fmnist_deploy.models import default_model
+
+    data = _test_set(data_dir)
+    report = measure(
+        default_model("onnxruntime"),
+        data.train_images.numpy(),
+        data.test_images.numpy(),
+        data.test_labels.numpy(),
+        rounds=rounds,
+        calibration_count=calibration,
+    )
+    _finish(report, markdown(report), as_json, out_dir, "int8")
+
+
 @main.command("serve")
 @click.option("--seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Per cell.")
 @click.option(

@@ -383,3 +383,25 @@ def test_serve_benchmark_small(tmp_path: Path, data) -> None:
     ]
     assert batched[0]["mean_batch_images"] > 1, "concurrent requests were batched"
     assert set(report["summary"]) >= {"server_over_peer_images_per_s_c64_b1", "batching_over_off_c64_b32"}
+
+
+def test_int8_benchmark_compares_dynamic_and_static(tmp_path: Path, data) -> None:
+    from fmnist_deploy.benchmarks.int8 import markdown, measure
+    from fmnist_deploy.export.quantize import calibration_images
+
+    calibration = calibration_images(data.train_images.numpy(), 1000)
+    assert len(calibration) == 1000 and np.array_equal(calibration[1], data.train_images[60].numpy())
+    report = measure(
+        ARTIFACTS / "fmnist_mlp.onnx",
+        data.train_images.numpy(),
+        data.test_images[:2000].numpy(),
+        data.test_labels[:2000].numpy(),
+        rounds=1,
+        budget_s=0.02,
+        calibration_count=200,
+    )
+    rows = report["rows"]
+    assert set(rows) == {"fp32", "int8-dynamic", "int8-static-qdq"}
+    for name in ("int8-dynamic", "int8-static-qdq"):
+        assert rows[name]["accuracy_drop_points"] <= 0.5 and rows[name]["bytes"] < rows["fp32"]["bytes"] / 3
+    assert "| int8-static-qdq |" in markdown(report)
