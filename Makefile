@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test test-embed embed-deps bench-deps soak lint export train bench clean
+.PHONY: setup data test test-embed embed-deps bench-deps soak lint export train bench bench-cuda clean
 
 setup: $(VENV)/.installed
 
@@ -77,6 +77,12 @@ bench: setup data bench-deps
 	$(BIN)/fmnist-bench coldstart --artifacts artifacts --out-dir artifacts/bench
 	$(BIN)/fmnist-bench batch --out-dir artifacts/bench
 	$(BIN)/fmnist-bench serve --out-dir artifacts/bench
+
+# On a machine with an NVIDIA GPU: the CUDA tests (a skip fails the run), the CPU + CUDA latency grid,
+# parity on both devices and training speed, every report into artifacts/bench/cuda. `benchmarks/cuda.sh
+# --dry-run` says what it would run and whether this machine can.
+bench-cuda:
+	benchmarks/cuda.sh --out artifacts/bench/cuda
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

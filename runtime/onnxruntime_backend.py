@@ -55,6 +55,8 @@ class OnnxRuntimeBackend(Backend):
                     "device cuda: this onnxruntime has no CUDAExecutionProvider "
                     f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
                 )
+            if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* wheels torch installed, if any
+                ort.preload_dlls()
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]

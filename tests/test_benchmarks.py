@@ -19,7 +19,7 @@ from fmnist_deploy.benchmarks.cli import main as bench_cli
 from fmnist_deploy.benchmarks.latency import TARGETS, Config, measure
 from fmnist_deploy.benchmarks.numpy_ref import NumpyMLP
 from fmnist_deploy.benchmarks.stats import FLOP_PER_IMAGE, summarise
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, REPO
 
 
 def test_flop_count_of_the_network() -> None:
@@ -405,3 +405,73 @@ def test_int8_benchmark_compares_dynamic_and_static(tmp_path: Path, data) -> Non
     for name in ("int8-dynamic", "int8-static-qdq"):
         assert rows[name]["accuracy_drop_points"] <= 0.5 and rows[name]["bytes"] < rows["fp32"]["bytes"] / 3
     assert "| int8-static-qdq |" in markdown(report)
+
+
+CUDA_SCRIPT = REPO / "benchmarks" / "cuda.sh"
+
+
+def test_cuda_script_dry_run_lists_every_step_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    done = subprocess.run(
+        ["bash", str(CUDA_SCRIPT), "--dry-run", "--quick", "--out", str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    steps = [line for line in done.stderr.splitlines() if line.startswith("[")]
+    text = "\n".join(steps)
+    for expected in (
+        "make setup data",
+        "onnxruntime-gpu==",
+        "-m pytest -q -p no:cacheprovider -m cuda",
+        "fmnist_deploy.benchmarks.junit",
+        "latency --device cpu --device cuda --batches 1,100,1000,10000",
+        "parity --device cpu --device cuda",
+        "train --device cuda",
+    ):
+        assert expected in text, expected
+    assert not out.exists()
+    if shutil.which("nvidia-smi") is None:
+        assert "GPU: none here" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="checks the no-GPU refusal")
+def test_cuda_script_without_a_gpu_stops_before_anything(tmp_path: Path) -> None:
+    done = subprocess.run(["bash", str(CUDA_SCRIPT), "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "cuda.sh: no NVIDIA GPU here (nvidia-smi is missing or lists none); nothing was run"
+    assert not (tmp_path / "r").exists()
+    bad = subprocess.run(["bash", str(CUDA_SCRIPT), "--frobnicate"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument --frobnicate" in bad.stderr
+
+
+def test_cuda_script_with_an_interpreter_installs_into_it(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["bash", str(CUDA_SCRIPT), "--dry-run", "--python", "/opt/py/bin/python3", "--data-dir", "/data"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "/opt/py/bin/python3 -m pip install --quiet --no-deps --no-build-isolation -e ." in done.stderr
+    assert "/opt/py/bin/python3 -m fmnist_deploy.training.data --data-dir /data" in done.stderr
+    assert "make setup" not in done.stderr
+
+
+def test_junit_verdict_fails_skips_and_failures(tmp_path: Path) -> None:
+    from fmnist_deploy.benchmarks.junit import main, verdict
+
+    def report(skipped: int, failures: int, tests: int = 3) -> Path:
+        skip = '<skipped message="needs a CUDA GPU"/>'
+        cases = "".join(
+            f'<testcase classname="t" name="c{i}">{skip if i < skipped else ""}</testcase>' for i in range(tests)
+        )
+        path = tmp_path / f"r{skipped}{failures}{tests}.xml"
+        path.write_text(
+            f'<testsuites><testsuite tests="{tests}" failures="{failures}" errors="0" skipped="{skipped}">'
+            f"{cases}</testsuite></testsuites>"
+        )
+        return path
+
+    assert verdict(report(0, 0)) == (True, "3 tests: 0 failed, 0 errors, 0 skipped")
+    ok, line = verdict(report(1, 0))
+    assert not ok and "t::c0 (needs a CUDA GPU)" in line
+    assert not verdict(report(0, 1))[0] and not verdict(report(0, 0, tests=0))[0]
+    assert main([str(report(1, 0))]) == 1 and main([str(tmp_path / "missing.xml")]) == 1 and main([]) == 2

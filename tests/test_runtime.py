@@ -142,9 +142,13 @@ def test_cuda_without_a_gpu_is_an_error_not_a_cpu_run(backend: str) -> None:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("backend", ["torchscript", "pt2", "eager"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "torchscript", "pt2", "eager"])
 def test_cuda_backends_match_the_golden_logits(backend: str, golden) -> None:
-    prediction = load(ARTIFACTS / CASES[backend], device="cuda").predict(golden["images"])
+    predictor = load(ARTIFACTS / CASES[backend], backend=backend, device="cuda")  # never a silent CPU run
+    assert predictor.device == "cuda"
+    if backend == "onnxruntime":
+        assert predictor.backend.providers[0] == "CUDAExecutionProvider"
+    prediction = predictor.predict(golden["images"])
     assert np.abs(prediction.logits - golden["logits"]).max() <= 1e-4
     assert prediction.indices.tolist() == golden["logits"].argmax(1).tolist()
 

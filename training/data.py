@@ -193,11 +193,14 @@ __all__ = ["DataError", "DataMissing", "FashionMNIST", "SHA256", "load", "locate
 
 
 def _main() -> None:
-    """`python -m fmnist_deploy.training.data`: locate and verify the data set, one line out."""
+    """`python -m fmnist_deploy.training.data [--data-dir DIR]`: locate and verify the data set, one line out."""
     import sys
 
+    args = sys.argv[1:]
+    if args not in ([],) and not (len(args) == 2 and args[0] == "--data-dir"):
+        sys.exit("usage: python -m fmnist_deploy.training.data [--data-dir DIR]")
     try:
-        data = load()
+        data = load(Path(args[1]) if args else None)
     except DataError as exc:
         sys.exit(f"error: {exc}")
     print(
