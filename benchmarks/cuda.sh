@@ -61,7 +61,8 @@ if [ -z "$PY" ]; then
     PY=.venv/bin/python
     # ONNX Runtime's CUDA provider comes in its own package (the same module name): swap it in.
     ORT_VERSION="$("$PY" -c 'import onnxruntime; print(onnxruntime.__version__)' 2>/dev/null || echo missing)"
-    run "$PY" -m pip install --quiet --force-reinstall --no-deps "onnxruntime-gpu==${ORT_VERSION}"
+    run "$PY" -m pip uninstall --quiet --yes onnxruntime
+    run "$PY" -m pip install --quiet --no-deps "onnxruntime-gpu==${ORT_VERSION}"
 else
     run "$PY" -m pip install --quiet --no-deps --no-build-isolation -e .
     run "$PY" -m fmnist_deploy.training.data "${data_args[@]}"
