@@ -201,10 +201,14 @@ def parse_idx_images(data: bytes, name: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(shape)
 
 
-def read_batch(path: Path) -> np.ndarray:
-    """A .npy (uint8 [N,28,28] or [28,28]) or IDX (.idx/.ubyte, optionally .gz) file -> uint8 (N, 28, 28)."""
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise InputError(f"{path}: {path.stat().st_size} bytes is over the {MAX_FILE_BYTES} byte limit")
+def read_batch(path: Path, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """A .npy (uint8 [N,28,28] or [28,28]) or IDX (.idx/.ubyte, optionally .gz) file -> uint8 (N, 28, 28).
+
+    `start`/`stop` select images [start, stop): of an uncompressed IDX file only those bytes are read.
+    """
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise InputError(f"{path}: {size} bytes is over the {MAX_FILE_BYTES} byte limit")
     if path.suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False, mmap_mode="r")
@@ -215,23 +219,54 @@ def read_batch(path: Path) -> np.ndarray:
             raise InputError(f"{path}: an .npz archive, not a .npy array; save one array with np.save")
         if array.dtype != np.uint8 or array.shape[-2:] != IMAGE_SHAPE or array.ndim not in (2, 3):
             raise InputError(f"{path}: expected uint8 [N,28,28] or [28,28], got {describe(array)}")
-        return array[None] if array.ndim == 2 else array
-    opener = gzip.open if path.suffix == ".gz" else open
+        return (array[None] if array.ndim == 2 else array)[start:stop]
+    compressed = path.suffix == ".gz"
+    opener = gzip.open if compressed else open
+    image_bytes = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
     try:
         # Streamed: the header says how many bytes follow, which is checked against the limit before
         # they are read, so a small .gz that inflates to gigabytes never gets to allocate them.
         with opener(path, "rb") as f:
             header = f.read(16)
             declared = _idx_payload_bytes(header, str(path))
+            if not compressed:  # the size says whether the payload is whole; read only the images asked for
+                if size - 16 != declared:
+                    _payload_mismatch(path, declared, size - 16)
+                n = declared // image_bytes
+                first, last, _ = slice(start, stop).indices(n)
+                f.seek(16 + first * image_bytes)
+                payload = f.read(max(0, last - first) * image_bytes)
+                return np.frombuffer(payload, dtype=np.uint8).reshape(-1, *IMAGE_SHAPE)
             payload = f.read(declared + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{path}: unreadable or damaged ({exc})") from None
     if len(payload) != declared:
-        raise InputError(
-            f"{path}: IDX header declares {declared} payload bytes, the file holds "
-            f"{'more' if len(payload) > declared else len(payload)}"
-        )
-    return parse_idx_images(header + payload, str(path))
+        _payload_mismatch(path, declared, len(payload))
+    return parse_idx_images(header + payload, str(path))[start:stop]
+
+
+def batch_count(path: Path) -> int:
+    """How many images a batch file holds, checked as read_batch checks it, without reading the images of an
+    uncompressed IDX file (header and size) or a .npy file (memory-mapped); a .gz is inflated once, streamed."""
+    if path.suffix in (".gz", ".npy"):
+        return int(read_batch(path).shape[0])
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise InputError(f"{path}: {size} bytes is over the {MAX_FILE_BYTES} byte limit")
+    try:
+        with open(path, "rb") as f:
+            declared = _idx_payload_bytes(f.read(16), str(path))
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable or damaged ({exc})") from None
+    if size - 16 != declared:
+        _payload_mismatch(path, declared, size - 16)
+    return declared // (IMAGE_SHAPE[0] * IMAGE_SHAPE[1])
+
+
+def _payload_mismatch(path: Path, declared: int, held: int) -> None:
+    raise InputError(
+        f"{path}: IDX header declares {declared} payload bytes, the file holds {'more' if held > declared else held}"
+    )
 
 
 def _idx_payload_bytes(header: bytes, name: str) -> int:

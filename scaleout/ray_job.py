@@ -50,10 +50,10 @@ class JobConfig:
 
 def _batch_length(path: Path) -> int | None:
     """Images in a .npy / IDX file, read from its header only; None when the header cannot be read."""
-    from fmnist_deploy.runtime.images import InputError, read_batch
+    from fmnist_deploy.runtime.images import InputError, batch_count
 
     try:
-        return int(read_batch(path).shape[0])  # .npy is memory-mapped, IDX streamed: cheap next to the job
+        return batch_count(path)
     except InputError:
         return None
 
@@ -99,13 +99,12 @@ def decode(units: dict[str, np.ndarray], invert: bool = False) -> dict[str, np.n
     for path, start, stop in zip(units["path"], units["start"], units["stop"], strict=True):
         if start >= 0:
             try:
-                batch = read_batch(Path(path))
+                batch = read_batch(Path(path), int(start), int(stop))  # of an IDX file, only this slice is read
             except InputError as exc:
                 add(path, path, -1, None, str(exc))
                 continue
-            for i in range(int(start), int(stop)):
-                image = np.asarray(batch[i])
-                add(f"{path}[{i}]", path, i, 255 - image if invert else image, None)
+            for i, image in enumerate(batch, start=int(start)):
+                add(f"{path}[{i}]", path, i, 255 - image if invert else np.asarray(image), None)
             continue
         for item in iter_items([path], invert=invert, workers=1):  # Ray runs the tasks in parallel
             index = int(item.name.rsplit("[", 1)[1][:-1]) if item.name.endswith("]") and item.name != path else -1

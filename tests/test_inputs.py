@@ -188,3 +188,23 @@ def test_files_benchmark_small(tmp_path: Path, data) -> None:
     assert (tmp_path / "files.md").is_file()
     bad = CliRunner().invoke(bench_cli, ["files", "--sizes", "300,100", "--out-dir", str(tmp_path)])
     assert bad.exit_code == 2 and "two increasing sizes" in bad.output
+
+
+def test_a_slice_of_a_batch_file_reads_only_those_images_and_counts_without_reading(tmp_path: Path, data) -> None:
+    import gzip
+
+    pixels = data.test_images[:3000].numpy()
+    header = b"\x00\x00\x08\x03" + b"".join(int(n).to_bytes(4, "big") for n in (3000, 28, 28))
+    (tmp_path / "x-idx3-ubyte").write_bytes(header + pixels.tobytes())
+    (tmp_path / "x-idx3-ubyte.gz").write_bytes(gzip.compress(header + pixels.tobytes()))
+    np.save(tmp_path / "x.npy", pixels)
+    for name in ("x-idx3-ubyte", "x-idx3-ubyte.gz", "x.npy"):
+        path = tmp_path / name
+        assert images.batch_count(path) == 3000, name
+        assert np.array_equal(images.read_batch(path, 1024, 2048), pixels[1024:2048]), name
+        assert images.read_batch(path, 2990, 9999).shape == (10, 28, 28), name
+    truncated = tmp_path / "t-idx3-ubyte"
+    truncated.write_bytes(header + pixels.tobytes()[:-1])
+    for reader in (images.batch_count, lambda p: images.read_batch(p, 0, 10)):
+        with pytest.raises(images.InputError, match="declares 2352000 payload bytes, the file holds 2351999"):
+            reader(truncated)
