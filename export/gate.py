@@ -25,13 +25,13 @@ from fmnist_deploy.contract import (
     N_CLASSES,
     PROB_SUM_TOLERANCE,
     REQUIRED_KEYS,
-    sha256_file,
     sidecar_path,
 )
 from fmnist_deploy.errors import first_line
 from fmnist_deploy.export.checks import GateError, GateReport, Runner
 from fmnist_deploy.export.formats import FORMATS, ExportFormat, format_of
 from fmnist_deploy.export.golden import Golden
+from fmnist_deploy.integrity import IntegrityError, sidecar_check
 from fmnist_deploy.machine import environment
 from fmnist_deploy.training.atomic import write_text_atomic
 
@@ -109,21 +109,21 @@ def _metadata_checks(
         else f"contract {meta.get('contract_version')}, format {meta.get('format')}, "
         f"{len(meta.get('class_names', []))} class names",
     )
-    sidecar = sidecar_path(path)
     try:
-        side = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        report.add("sidecar", False, f"{sidecar.name}: unreadable ({first_line(exc)})")
+        side, missing_note = sidecar_check(path)
+    except IntegrityError as exc:  # unreadable, or the file's sha256 differs from the sidecar's
+        report.add("sidecar", False, first_line(exc))
     else:
-        file_sha = sha256_file(path)
-        side = side if isinstance(side, dict) else {}
-        same = {k: v for k, v in side.items() if k not in ("file", "file_sha256")} == meta
-        report.add(
-            "sidecar",
-            same and side.get("file_sha256") == file_sha,
-            f"{sidecar.name}: metadata {'equal' if same else 'DIFFERS from the file'}, "
-            f"file sha256 {'matches' if side.get('file_sha256') == file_sha else 'does not match'}",
-        )
+        if missing_note is not None:
+            report.add("sidecar", False, missing_note)
+        else:
+            same = {k: v for k, v in side.items() if k not in ("file", "file_sha256")} == meta
+            report.add(
+                "sidecar",
+                same,
+                f"{sidecar_path(path).name}: metadata {'equal' if same else 'DIFFERS from the file'}, "
+                "file sha256 matches",
+            )
     if weights_sha256 is None:
         report.not_run.append(f"weights: {WEIGHTS_HINT}")
         return True

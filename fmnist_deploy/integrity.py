@@ -35,15 +35,17 @@ class IntegrityWarning(UserWarning):
     """A file could not be checked (no sidecar beside it); it is used, with this warning."""
 
 
-def sidecar_check(path: Path) -> str | None:
-    """Compare a model file with its sidecar's `file_sha256`.
+def sidecar_check(path: Path) -> tuple[dict[str, Any], str | None]:
+    """Compare a model file with its sidecar's `file_sha256`; return the sidecar as read, and a note.
 
-    Returns None when they match, a one-line warning when there is no sidecar; raises
-    IntegrityError when the sidecar is unreadable or the file does not match it.
+    The note is None when they match, a one-line warning when there is no sidecar (then the
+    sidecar is {}); raises IntegrityError when the sidecar is unreadable or the file does not
+    match it. The one place a file is checked against its sidecar: the runtime raises, the
+    export gate reports.
     """
     sidecar = sidecar_path(path)
     if not sidecar.exists():
-        return f"{path}: no sidecar {sidecar.name} beside it, so its sha256 cannot be checked"
+        return {}, f"{path}: no sidecar {sidecar.name} beside it, so its sha256 cannot be checked"
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -56,7 +58,7 @@ def sidecar_check(path: Path) -> str | None:
             f"{path}: sha256 {actual[:12]}… does not match {sidecar.name} ({meta['file_sha256'][:12]}…): "
             "the file is damaged or was replaced; restore it with its sidecar or re-export it"
         )
-    return None
+    return meta, None
 
 
 def _feed(digest: Any, value: Any, where: str) -> None:

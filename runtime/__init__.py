@@ -17,7 +17,7 @@ from typing import Any
 
 from fmnist_deploy.contract import sidecar_path
 from fmnist_deploy.integrity import IntegrityError, IntegrityWarning, sidecar_check
-from fmnist_deploy.runtime.base import Backend, Prediction, Predictor, read_sidecar
+from fmnist_deploy.runtime.base import Backend, Prediction, Predictor
 from fmnist_deploy.runtime.eager_backend import EagerBackend
 from fmnist_deploy.runtime.errors import DeviceError, InputError, ModelError, OptionError, RuntimeFailure
 from fmnist_deploy.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -67,24 +67,22 @@ def load(path: str | Path, backend: str = "auto", device: str = "cpu", **options
     if unknown:
         takes = ", ".join(cls.options) if cls.options else "none"
         raise OptionError(f"the {name} backend does not take {', '.join(unknown)}; its options: {takes}")
+    side: dict[str, Any] = {}
     if name != "eager":  # the weights file carries a digest of its own content instead
         try:
-            note = sidecar_check(path)
+            side, note = sidecar_check(path)
         except IntegrityError as exc:
             raise ModelError(str(exc)) from None
         if note is not None:
             warnings.warn(note, IntegrityWarning, stacklevel=2)
     backend_instance = cls(path, device, **options)
-    if name != "eager":
-        _check_sidecar_metadata(path, backend_instance.metadata)
+    if side:
+        _check_sidecar_metadata(path, side, backend_instance.metadata)
     return Predictor(backend_instance)
 
 
-def _check_sidecar_metadata(path: Path, meta: dict[str, Any]) -> None:
+def _check_sidecar_metadata(path: Path, side: dict[str, Any], meta: dict[str, Any]) -> None:
     """A sidecar beside the file must describe it as the file describes itself (class names, contract...)."""
-    side = read_sidecar(path)
-    if not side:
-        return
     described = {k: v for k, v in side.items() if k not in ("file", "file_sha256")}
     if described != meta:
         differing = sorted(k for k in set(described) | set(meta) if described.get(k) != meta.get(k))
