@@ -3,7 +3,9 @@
     python tests/reliability/fuzz_images.py -runs=5000 -max_len=8192
 
 Any exception other than the documented InputError is a crash: libFuzzer stops and saves the
-input. Run by tests/reliability/test_fuzz.py with a bounded number of runs.
+input. A PNG answered by the fast path (libspng) must be answered identically by Pillow: a
+difference, or Pillow refusing what the fast path answered, is a crash too. Run by
+tests/reliability/test_fuzz.py with a bounded number of runs, from seed PNGs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from fmnist_deploy.runtime import InputError
+    from fmnist_deploy.runtime import InputError, images
     from fmnist_deploy.runtime.images import read_batch, read_image
 
 SCRATCH = Path(tempfile.mkdtemp(prefix="fmnist-fuzz-"))
@@ -35,6 +37,9 @@ def one_input(data: bytes) -> None:
         else:
             image = read_image(path, invert=bool(data[0] & 0x80))
             assert image.dtype.name == "uint8" and image.shape == (28, 28)
+            if images._fast_png(data[1:], path) is not None:  # the fast path answered: Pillow must agree
+                expected = images._read_with_pillow(path, path, bool(data[0] & 0x80))
+                assert (expected == image).all(), "the fast PNG path and Pillow disagree"
     except InputError:
         pass
 

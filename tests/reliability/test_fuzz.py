@@ -13,10 +13,39 @@ FUZZER = Path(__file__).with_name("fuzz_images.py")
 RUNS, SOAK_RUNS = 3000, 200_000
 
 
+def _seeds(folder: Path) -> Path:
+    """Valid PNGs (first byte 0: the fuzzer's .png slot) for the mutations to start from."""
+    import io
+
+    import numpy as np
+    from PIL import Image, PngImagePlugin
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("k", "v")
+    for i, (shape, save) in enumerate(
+        [((28, 28), {}), ((20, 30, 3), {}), ((28, 28), {"pnginfo": text}), ((9, 5), {"transparency": 0})]
+    ):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buffer, format="PNG", **save)
+        (folder / f"seed{i}").write_bytes(b"\x00" + buffer.getvalue())
+    return folder
+
+
 def _fuzz(runs: int, tmp_path: Path, capsys) -> None:
     pytest.importorskip("atheris", reason="atheris has no wheel for this platform (x86-64 Linux, Python < 3.13)")
+    corpus = _seeds(tmp_path / "corpus")
     result = subprocess.run(
-        [sys.executable, str(FUZZER), f"-runs={runs}", "-max_len=8192", "-seed=1", f"-artifact_prefix={tmp_path}/"],
+        [
+            sys.executable,
+            str(FUZZER),
+            f"-runs={runs}",
+            "-max_len=8192",
+            "-seed=1",
+            f"-artifact_prefix={tmp_path}/",
+            str(corpus),
+        ],
         capture_output=True,
         text=True,
         timeout=900,
