@@ -456,6 +456,8 @@ def summarise_grid(cells: list[dict[str, Any]]) -> dict[str, Any]:
         summary["predict_b1_over_numpy_b1"] = ort1["p50_us"] / np1["p50_us"]
     if bare1 and np1:
         summary["bare_session_b1_over_numpy_b1"] = bare1["p50_us"] / np1["p50_us"]
+    if ort1 and bare1:
+        summary["predict_b1_over_bare_session_b1"] = ort1["p50_us"] / bare1["p50_us"]
     fastest = _fastest_per_batch(cells)
     if fastest:
         summary["fastest_cpu_per_batch"] = fastest

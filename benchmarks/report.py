@@ -76,6 +76,11 @@ def latency_markdown(report: dict[str, Any]) -> str:
             f"- `runtime.load(...).predict` (ONNX) at batch 1 / bare numpy forward: **{summary['predict_b1_over_numpy_b1']:.2f}×** "
             f"(bare `session.run`: {summary.get('bare_session_b1_over_numpy_b1', float('nan')):.2f}×)"
         )
+    if "predict_b1_over_bare_session_b1" in summary:
+        lines.append(
+            f"- `predict` / bare `session.run` of the same file at batch 1 (p50): "
+            f"**{summary['predict_b1_over_bare_session_b1']:.2f}×**"
+        )
     if "ceiling_fraction_interleaved" in summary:
         c = summary["ceiling_fraction_interleaved"]
         rounds = ceiling.get("interleaved", {}).get("rounds", "?")

@@ -65,6 +65,7 @@ def test_latency_small_grid(data) -> None:
     assert set(report["summary"]) == {
         "predict_b1_over_numpy_b1",
         "bare_session_b1_over_numpy_b1",
+        "predict_b1_over_bare_session_b1",
         "fastest_cpu_per_batch",
     }
     assert report["environment"]["logical_cores"] >= 1 and report["environment"]["packages"]["onnxruntime"]
