@@ -15,6 +15,7 @@ import io
 import os
 import stat
 import struct
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -212,7 +213,8 @@ def read_batch(path: Path, start: int = 0, stop: int | None = None) -> np.ndarra
     if path.suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False, mmap_mode="r")
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        # numpy parses the header's dict literal with the tokenizer: a damaged one raises its errors too
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError, tokenize.TokenError) as exc:
             raise InputError(f"{path}: not a readable .npy file ({exc})") from None
         if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
             array.close()

@@ -208,3 +208,14 @@ def test_a_slice_of_a_batch_file_reads_only_those_images_and_counts_without_read
     for reader in (images.batch_count, lambda p: images.read_batch(p, 0, 10)):
         with pytest.raises(images.InputError, match="declares 2352000 payload bytes, the file holds 2351999"):
             reader(truncated)
+
+
+def test_a_npy_header_numpy_cannot_tokenize_is_an_input_error(tmp_path: Path) -> None:
+    # Found by the fuzzer: numpy parses the header with Python's tokenizer, which raises TokenError.
+    header = b"{'descr': ('|u1',\n"
+    path = tmp_path / "broken.npy"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\x00" * 64)
+    with pytest.raises(images.InputError, match="not a readable .npy file"):
+        images.read_batch(path)
+    items = list(iter_items([path]))
+    assert len(items) == 1 and "not a readable .npy file" in items[0].error
