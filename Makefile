@@ -75,6 +75,8 @@ bench: setup data bench-deps
 	$(BIN)/fmnist-bench parity --artifacts artifacts --out-dir artifacts/bench
 	$(BIN)/fmnist-bench formats --artifacts artifacts --out-dir artifacts/bench
 	$(BIN)/fmnist-bench coldstart --artifacts artifacts --out-dir artifacts/bench
+	$(BIN)/fmnist-bench files --rounds 15 --out-dir artifacts/bench
+	$(BIN)/fmnist-bench int8 --rounds 7 --out-dir artifacts/bench
 	$(BIN)/fmnist-bench batch --out-dir artifacts/bench
 	$(BIN)/fmnist-bench serve --out-dir artifacts/bench
 
