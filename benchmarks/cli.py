@@ -25,6 +25,19 @@ def _out_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )
 
 
+def _data_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Folder with the Fashion-MNIST IDX files [default: found as `make data` leaves them].",
+    )(fn)
+
+
+def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")(fn)
+
+
 def _devices_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--device",
@@ -75,7 +88,7 @@ def main() -> None:
 
 @main.command("train")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@_data_dir_option
 @click.option("--reference-epochs", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--fast-epochs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--limit", type=click.IntRange(min=100, max=60000), default=None, help="Time on the first N images only.")
@@ -166,9 +179,9 @@ def _csv_ints(value: str) -> tuple[int, ...]:
     show_default=True,
     help="Interleaved rounds of sgemm peak and the fastest rows (0: none).",
 )
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@_data_dir_option
 @_out_dir_option
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def latency_cmd(
     artifacts: Path | None,
     backends: tuple[str, ...],
@@ -240,9 +253,9 @@ def latency_cmd(
 @main.command("parity")
 @_artifacts_option
 @_devices_option
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@_data_dir_option
 @_out_dir_option
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def parity_cmd(
     artifacts: Path | None, devices: tuple[str, ...], data_dir: Path | None, out_dir: Path | None, as_json: bool
 ) -> None:
@@ -287,9 +300,9 @@ def parity_cmd(
     show_default=True,
     help="Also measure an fp16 ONNX file built on the fly (not shipped).",
 )
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@_data_dir_option
 @_out_dir_option
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def formats_cmd(
     artifacts: Path | None, budget: float, fp16: bool, data_dir: Path | None, out_dir: Path | None, as_json: bool
 ) -> None:
@@ -317,9 +330,9 @@ def formats_cmd(
     show_default=True,
     help="How many test images, as PNG files and as the IDX file.",
 )
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@_data_dir_option
 @_out_dir_option
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def batch_cmd(count: int, data_dir: Path | None, out_dir: Path | None, as_json: bool) -> None:
     """Images/s of single-process fmnist-predict vs fmnist-batch on Ray (1 and 2 actors), PNG files and IDX."""
     try:
@@ -361,9 +374,9 @@ def _idx_prefix(images, path: Path) -> Path:
     default=None,
     help="The ONNX file both sides run [default: the packaged fmnist_mlp.onnx].",
 )
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@_data_dir_option
 @_out_dir_option
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def files_cmd(
     rounds: int, sizes: str, model: Path | None, data_dir: Path | None, out_dir: Path | None, as_json: bool
 ) -> None:
@@ -392,9 +405,9 @@ def files_cmd(
     show_default=True,
     help="Training images the static file is calibrated on.",
 )
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@_data_dir_option
 @_out_dir_option
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def int8_cmd(rounds: int, calibration: int, data_dir: Path | None, out_dir: Path | None, as_json: bool) -> None:
     """Dynamic int8 (shipped) vs static QDQ int8 calibrated on training images: accuracy and speed."""
     from fmnist_deploy.benchmarks.int8 import markdown, measure
@@ -422,9 +435,9 @@ def int8_cmd(rounds: int, calibration: int, data_dir: Path | None, out_dir: Path
     help="Comma-separated numbers of closed-loop clients.",
 )
 @click.option("--sizes", default="1,32", show_default=True, help="Comma-separated images per request.")
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@_data_dir_option
 @_out_dir_option
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def serve_cmd(
     seconds: float, concurrencies: str, sizes: str, data_dir: Path | None, out_dir: Path | None, as_json: bool
 ) -> None:
@@ -461,7 +474,7 @@ def serve_cmd(
 )
 @click.option("--repetitions", type=click.IntRange(min=1), default=5, show_default=True)
 @_out_dir_option
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def coldstart_cmd(
     artifacts: Path | None, image: Path | None, repetitions: int, out_dir: Path | None, as_json: bool
 ) -> None:
