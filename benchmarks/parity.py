@@ -20,6 +20,7 @@ ROWS = tuple(
         ("torchscript", "fp32"),
         ("pt2", "fp32"),
         ("eager", "fp32"),
+        ("openvino", "fp32"),
     )
 )
 

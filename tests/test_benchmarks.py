@@ -147,15 +147,16 @@ def test_parity_cli(tmp_path: Path, data) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "parity.json").read_text())
     assert report["passed"] and report["images"] == 10000
-    rows = {(r["file"], r.get("optimization")): r for r in report["rows"]}
+    rows = {(r["file"], r["backend"], r.get("optimization")): r for r in report["rows"]}
     assert set(rows) == {
-        ("fmnist_mlp.onnx", "all"),
-        ("fmnist_mlp.onnx", "disabled"),
-        ("fmnist_mlp.int8.onnx", "all"),
-        ("fmnist_mlp.int8.onnx", "disabled"),
-        ("fmnist_mlp.torchscript", None),
-        ("fmnist_mlp.pt2", None),
-        ("fmnist_mlp.pt", None),
+        ("fmnist_mlp.onnx", "onnxruntime", "all"),
+        ("fmnist_mlp.onnx", "onnxruntime", "disabled"),
+        ("fmnist_mlp.int8.onnx", "onnxruntime", "all"),
+        ("fmnist_mlp.int8.onnx", "onnxruntime", "disabled"),
+        ("fmnist_mlp.torchscript", "torchscript", None),
+        ("fmnist_mlp.pt2", "pt2", None),
+        ("fmnist_mlp.pt", "eager", None),
+        ("fmnist_mlp.onnx", "openvino", None),
     }
     for r in report["rows"]:
         assert 0.80 < r["accuracy"] < 0.90 and r["max_abs_logit_diff"] >= 0 and r["max_abs_prob_diff"] >= 0
