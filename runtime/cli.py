@@ -165,14 +165,17 @@ def main(
             if problems:
                 click.echo("\n".join(problems), err=True)
             records = rows(chunk, predictor, top_k)
-            failed += sum("error" in record for record in records)
-            answered += sum("error" not in record for record in records)
             if output is not None:
                 collected += records
-                continue
-            lines = [json.dumps(r) for r in records] if as_json else [_human(r) for r in records if "error" not in r]
-            if lines:
-                click.echo("\n".join(lines))
+            else:
+                lines = (
+                    [json.dumps(r) for r in records] if as_json else [_human(r) for r in records if "error" not in r]
+                )
+                if lines:
+                    click.echo("\n".join(lines))
+            # counted once written: an interruption mid-write reports only the answers already out
+            failed += sum("error" in record for record in records)
+            answered += sum("error" not in record for record in records)
     except KeyboardInterrupt:
         unwritten = f"; {output} was not written" if output is not None else ""
         click.echo(f"interrupted after {answered} answer(s){unwritten}", err=True)

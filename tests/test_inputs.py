@@ -219,3 +219,32 @@ def test_a_npy_header_numpy_cannot_tokenize_is_an_input_error(tmp_path: Path) ->
         images.read_batch(path)
     items = list(iter_items([path]))
     assert len(items) == 1 and "not a readable .npy file" in items[0].error
+
+
+def test_ctrl_c_to_the_whole_process_group_is_one_line_and_leaves_no_decoder(tmp_path: Path, data) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "png"
+    folder.mkdir()
+    for i in range(1100):
+        Image.fromarray(data.test_images[i].numpy(), mode="L").save(folder / f"{i:04d}.png")
+    command = [sys.executable, "-m", "fmnist_deploy.runtime.cli", *[str(folder)] * 300]  # 330 000 images
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    time.sleep(4)  # start-up, then decoding by the worker processes
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the parent and its decoders
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted after "), err
+    reported = int(lines[0].split()[2])
+    # answers are counted once their chunk is written: a chunk cut off mid-write is not claimed
+    assert reported <= len(out.splitlines()) < reported + 1024
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)  # no process of the group is left
