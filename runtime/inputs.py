@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import stat
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -248,8 +249,8 @@ def iter_items(paths: Iterable[str | Path], *, invert: bool = False, workers: in
     worker processes once the run holds a full task of them (FILES_PER_TASK files); fewer
     files never pay for a pool. At most 2 x workers tasks are in flight.
     """
-    if workers is None:
-        workers = decode_workers() if "fork" in multiprocessing.get_all_start_methods() else 1
+    if workers is None:  # fork is safe for these workers on Linux; macOS's system libraries are not fork-safe
+        workers = decode_workers() if sys.platform.startswith("linux") else 1
     pool: _DecodePool | None = None
     ahead: deque[_Pending] = deque()
     try:
