@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 import numpy as np
+from PIL import Image
 
 from fmnist_deploy.models import default_model
 from fmnist_deploy.runtime import BACKENDS, DEVICES, Predictor, RuntimeFailure, backend_for, load
@@ -142,6 +143,9 @@ def main(
     records with an "error" field); problems also on stderr. Exit 1 if any input failed,
     2 for a usage error.
     """
+    # The limits are this toolkit's own (MAX_SIDE, checked before decoding, with a one-line error); Pillow's
+    # bomb warning between 89 and 179 Mpx would add two lines of Python warning to that error.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     if model is not None and not model.is_file():
         raise click.BadParameter(f"{model}: no such file", param_hint="--model")
     if output is not None and output.suffix not in OUTPUT_SUFFIXES:

@@ -248,3 +248,20 @@ def test_ctrl_c_to_the_whole_process_group_is_one_line_and_leaves_no_decoder(tmp
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):
         os.killpg(process.pid, 0)  # no process of the group is left
+
+
+def test_an_image_over_pillows_warning_size_gets_only_our_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "big.png"
+    Image.new("1", (12000, 12000)).save(path)  # 144 Mpx: Pillow warns (over 89 Mpx) before our limit refuses it
+    done = subprocess.run(
+        [sys.executable, "-m", "fmnist_deploy.runtime.cli", str(path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"error: {path}: 12000x12000 image is over the 8000-pixel limit on its longest side "
+        "(padded to a square it would be 144 Mpx)",
+        "1 input(s) failed",
+    ]
