@@ -105,7 +105,7 @@ def read_image(path: Path, *, invert: bool = False) -> np.ndarray:
     """
     data = _small_file_bytes(path)
     if data is not None:
-        pixels = _fast_png(data, path)
+        pixels = _fast_png(data)
         if pixels is not None:
             if pixels.shape == IMAGE_SHAPE:  # already what the model takes: nothing left to do
                 return 255 - pixels if invert else pixels
@@ -133,7 +133,7 @@ def _small_file_bytes(path: Path) -> bytes | None:
         os.close(fd)
 
 
-def _fast_png(data: bytes, path: Path) -> np.ndarray | None:
+def _fast_png(data: bytes) -> np.ndarray | None:
     """The pixels of a PNG libspng decodes exactly as Pillow does (8-bit L or RGB), or None for Pillow to handle."""
     if not data.startswith(PNG_SIGNATURE) or len(data) < 33 or data[12:16] != b"IHDR":
         return None
