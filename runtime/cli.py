@@ -8,6 +8,7 @@ import json
 import sys
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,16 @@ def _write_output(path: Path, records: list[dict[str, Any]]) -> None:
     write_text_atomic(path, text)
 
 
+@contextmanager
+def _without_pillows_bomb_warning() -> Iterator[None]:
+    """The size limits are this toolkit's own (MAX_SIDE, checked before decoding, refused in one line);
+    Pillow's DecompressionBombWarning between 89 and 179 Mpx would print two lines of Python warning
+    before that refusal. Scoped to the command's loop (the decode processes fork inside it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def _load(model: Path | None, backend: str, device: str) -> tuple[Predictor, list[str]]:
     """The predictor, and the warnings its loading raised as one-line notes (TorchScript's deprecation)."""
     if model is None:
@@ -143,9 +154,6 @@ def main(
     records with an "error" field); problems also on stderr. Exit 1 if any input failed,
     2 for a usage error.
     """
-    # The limits are this toolkit's own (MAX_SIDE, checked before decoding, with a one-line error); Pillow's
-    # bomb warning between 89 and 179 Mpx would add two lines of Python warning to that error.
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     if model is not None and not model.is_file():
         raise click.BadParameter(f"{model}: no such file", param_hint="--model")
     if output is not None and output.suffix not in OUTPUT_SUFFIXES:
@@ -159,27 +167,30 @@ def main(
     failed = answered = 0
     collected: list[dict[str, Any]] = []
     try:
-        for chunk in chunks(iter_items(_paths(paths), invert=invert), CHUNK):
-            # One write per stream and chunk: a write per line cost more than decoding the image.
-            problems = [
-                f"error: {item.error}" if item.error is not None else f"note: {item.name}: {item.note}"
-                for item in chunk
-                if item.error is not None or item.note is not None
-            ]
-            if problems:
-                click.echo("\n".join(problems), err=True)
-            records = rows(chunk, predictor, top_k)
-            if output is not None:
-                collected += records
-            else:
-                lines = (
-                    [json.dumps(r) for r in records] if as_json else [_human(r) for r in records if "error" not in r]
-                )
-                if lines:
-                    click.echo("\n".join(lines))
-            # counted once written: an interruption mid-write reports only the answers already out
-            failed += sum("error" in record for record in records)
-            answered += sum("error" not in record for record in records)
+        with _without_pillows_bomb_warning():
+            for chunk in chunks(iter_items(_paths(paths), invert=invert), CHUNK):
+                # One write per stream and chunk: a write per line cost more than decoding the image.
+                problems = [
+                    f"error: {item.error}" if item.error is not None else f"note: {item.name}: {item.note}"
+                    for item in chunk
+                    if item.error is not None or item.note is not None
+                ]
+                if problems:
+                    click.echo("\n".join(problems), err=True)
+                records = rows(chunk, predictor, top_k)
+                if output is not None:
+                    collected += records
+                else:
+                    lines = (
+                        [json.dumps(r) for r in records]
+                        if as_json
+                        else [_human(r) for r in records if "error" not in r]
+                    )
+                    if lines:
+                        click.echo("\n".join(lines))
+                # counted once written: an interruption mid-write reports only the answers already out
+                failed += sum("error" in record for record in records)
+                answered += sum("error" not in record for record in records)
     except KeyboardInterrupt:
         unwritten = f"; {output} was not written" if output is not None else ""
         click.echo(f"interrupted after {answered} answer(s){unwritten}", err=True)
