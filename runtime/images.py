@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from imagecodecs import spng_decode
+from imagecodecs import SpngError, spng_decode
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmnist_deploy.runtime.base import IMAGE_SHAPE, describe
@@ -156,7 +156,7 @@ def _fast_png(data: bytes) -> np.ndarray | None:
         return None
     try:
         pixels = spng_decode(data)
-    except Exception:  # imagecodecs raises its own error types; Pillow then decides and words it
+    except (SpngError, MemoryError, ValueError):  # libspng refuses it: Pillow then decides, and words it
         return None
     if pixels.dtype != np.uint8 or pixels.shape[:2] != (height, width):
         return None
