@@ -130,25 +130,29 @@ def latency_plot(report: dict[str, Any], path: Path) -> None:
 
     from fmnist_deploy.training.atomic import atomic_path
 
-    fig = Figure(figsize=(12, 4.8))
+    fig = Figure(figsize=(14, 5.2))
     ax_lat, ax_thr = fig.subplots(1, 2)
     series: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for c in report["cells"]:
         series.setdefault((c["backend"], c["device"], c["mode"]), []).append(c)
+    # One colour per backend (its model-call and from-file lines share it), from a 20-colour cycle.
+    palette = [f"C{i}" for i in range(10)] + ["#393b79", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#31a354"]
+    colours = {b: palette[i % len(palette)] for i, b in enumerate(dict.fromkeys(c["backend"] for c in report["cells"]))}
     for (backend, device, mode), cells in sorted(series.items()):
         cells.sort(key=lambda c: c["batch"])
         batches = [c["batch"] for c in cells]
         # model call: solid (CPU) or dashed (CUDA); end to end from PNG files: dotted
         style = ":" if mode != "model" else "--" if device == "cuda" else "-"
         label = f"{backend} / {device}" + ("" if mode == "model" else " (from PNG files)")
-        ax_lat.plot(batches, [c["p50_us"] for c in cells], style, marker="o", ms=3, label=label)
-        ax_thr.plot(batches, [c["images_per_s"] for c in cells], style, marker="o", ms=3, label=label)
+        colour = colours[backend]
+        ax_lat.plot(batches, [c["p50_us"] for c in cells], style, color=colour, marker="o", ms=3, label=label)
+        ax_thr.plot(batches, [c["images_per_s"] for c in cells], style, color=colour, marker="o", ms=3, label=label)
     ax_thr.axhline(report["ceiling"]["images_per_s"], color="black", lw=0.8, ls=":", label="arithmetic ceiling (CPU)")
     ax_lat.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency per call (µs)", title="Latency")
     ax_thr.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images / s", title="Throughput")
     for ax in (ax_lat, ax_thr):
         ax.grid(alpha=0.3, which="both")
-    ax_thr.legend(fontsize=7, frameon=False, loc="lower right")
+    ax_thr.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
