@@ -40,7 +40,8 @@ from typing import Any
 
 import torch
 
-from fmnist_deploy.contract import STEM
+from fmnist_deploy.contract import STEM, SUFFIXES
+from fmnist_deploy.errors import quiet_logger
 from fmnist_deploy.export.checks import Check, Runner
 from fmnist_deploy.export.metadata import completed
 from fmnist_deploy.export.pt2_format import exported_program
@@ -48,7 +49,7 @@ from fmnist_deploy.export.wrapper import numpy_runner
 from fmnist_deploy.training.atomic import write_bytes_atomic
 
 NAME = "aoti"
-SUFFIX = ".aoti.pt2"
+SUFFIX = SUFFIXES[NAME]
 PORTABLE = False  # compiled for this machine's CPU: not in --format all
 NATIVE_CODE = True  # loading the file runs code from it
 METADATA_KEY = "fmnist_deploy"
@@ -112,16 +113,9 @@ def _strip_debug(library: bytes, scratch: Path) -> bytes:
     return path.read_bytes()
 
 
-@contextlib.contextmanager
-def _quiet_cpp_extension():
+def _quiet_cpp_extension() -> contextlib.AbstractContextManager[None]:
     """torch's C++ toolchain logs "No CUDA runtime is found" as a warning on every CPU-only compile and load."""
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    return quiet_logger("torch.utils.cpp_extension", drop=lambda record: record.levelno < logging.ERROR)
 
 
 def aoti_metadata(path: Path) -> dict[str, str]:

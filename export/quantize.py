@@ -15,16 +15,15 @@ few test images and the machine's noise (README, "int8").
 
 from __future__ import annotations
 
-import logging
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from fmnist_deploy.errors import quiet_logger
 from fmnist_deploy.export import onnx_format
 
 SETTINGS: dict[str, Any] = {
@@ -41,17 +40,8 @@ SETTINGS: dict[str, Any] = {
 PREPROCESSING_ADVICE = "Please consider to run pre-processing before quantization"
 
 
-@contextmanager
-def _without_preprocessing_advice() -> Iterator[None]:
-    def keep(record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(PREPROCESSING_ADVICE)
-
-    root = logging.getLogger()
-    root.addFilter(keep)
-    try:
-        yield
-    finally:
-        root.removeFilter(keep)
+def _without_preprocessing_advice() -> AbstractContextManager[None]:
+    return quiet_logger(None, drop=lambda record: str(record.msg).startswith(PREPROCESSING_ADVICE))
 
 
 def quantize_dynamic_int8(fp32_path: Path, int8_path: Path) -> None:

@@ -23,7 +23,7 @@ class Pt2Backend(TorchBackend):
 
         import torch
 
-        from fmnist_deploy.runtime.torch_common import quiet_logger
+        from fmnist_deploy.errors import quiet_logger
 
         if not zipfile.is_zipfile(path):
             raise ValueError("not a zip archive")  # reported with what the file looks like instead
@@ -31,6 +31,8 @@ class Pt2Backend(TorchBackend):
             raise ValueError("not an ExportedProgram archive")
         inspect_pt2(path)  # before torch sees it: torch.export.load unpickles sample_inputs without restrictions
         extra = {ARCHIVE_METADATA: ""}
+        # torch.export.load logs a full traceback for a file it cannot read, then raises; the backend
+        # reports that error in one line instead.
         with quiet_logger("torch.export"):
             program = torch.export.load(str(path), extra_files=extra)
         if device.type != "cpu":

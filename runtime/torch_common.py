@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -27,19 +25,3 @@ def run_torch(model: TorchModel, images: np.ndarray, device: torch.device) -> tu
     x = torch.from_numpy(images).to(device, non_blocking=False)  # (N, 28, 28) uint8
     logits, probs = model(x)
     return logits.cpu().numpy(), probs.cpu().numpy()
-
-
-@contextmanager
-def quiet_logger(name: str) -> Iterator[None]:
-    """Drop the records of logger `name` while the block runs: torch.export.load logs a full traceback
-    for a file it cannot read, then raises; the backend reports that error in one line instead."""
-    logger = logging.getLogger(name)
-
-    def drop(record: logging.LogRecord) -> bool:
-        return False
-
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
