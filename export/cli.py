@@ -221,6 +221,8 @@ def _echo_reports(reports: list, as_json: bool) -> None:
 
 def _echo_written(paths: list[Path]) -> None:
     """What was written, where, how large, and the command to try it with."""
+    from fmnist_deploy.export.formats import FORMATS, format_of
+
     click.echo("\nwrote:")
     for path in paths:
         for written in (path, sidecar_path(path), report_path(path)):
@@ -229,7 +231,7 @@ def _echo_written(paths: list[Path]) -> None:
     samples = sorted((first.parent / SAMPLES_DIR).glob("*.png"))
     click.echo(f"  {first.parent / GOLDEN_NAME} and {len(samples)} sample images in {first.parent / SAMPLES_DIR}")
     image = samples[0] if samples else "IMAGE.png"
-    if first.name.endswith(".aoti.pt2"):  # compiled native code: not a runtime backend (see the README)
+    if FORMATS[format_of(first)].NATIVE_CODE:  # an AOTInductor package: the runtime does not load one
         click.echo(
             f"next: fmnist-bench latency --backend aoti --aoti-package {first}, or load it from C++ with "
             "torch::inductor::AOTIModelPackageLoader"

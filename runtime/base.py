@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fmnist_deploy.contract import ARCHIVE_METADATA, IMAGE_SHAPE, N_CLASSES, contract_problems, sidecar_path
+from fmnist_deploy.contract import ARCHIVE_METADATA, IMAGE_SHAPE, N_CLASSES, SUFFIXES, contract_problems, sidecar_path
 from fmnist_deploy.integrity import IntegrityError
 from fmnist_deploy.runtime.errors import InputError, ModelError, first_line
 
@@ -114,8 +114,7 @@ def wrong_kind_hint(path: Path, expected: str) -> str:
         return ""
     if kind == "aoti":  # loading one runs its code: no backend does (fmnist-export --verify --trust-native-code)
         return f"; this is {KIND_DESCRIPTION[kind]}, which the runtime does not load"
-    suffix = {"onnx": ".onnx", "torchscript": ".torchscript", "pt2": ".pt2", "pt": ".pt"}[kind]
-    return f"; this is {KIND_DESCRIPTION[kind]}: use --backend {KIND_BACKEND[kind]} or rename it to {suffix}"
+    return f"; this is {KIND_DESCRIPTION[kind]}: use --backend {KIND_BACKEND[kind]} or rename it to {SUFFIXES[kind]}"
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
