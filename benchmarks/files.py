@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fmnist_deploy.benchmarks.latency import rotated
 from fmnist_deploy.machine import environment
 
 SIZES = (2000, 6000)
@@ -87,8 +88,7 @@ def measure(model: Path, folders: dict[int, Path], rounds: int = 5) -> dict[str,
     marginal: dict[str, list[float]] = {name: [] for name in ways}
     startup: dict[str, list[float]] = {name: [] for name in ways}
     for r in range(rounds):
-        order = list(ways)[r % len(ways) :] + list(ways)[: r % len(ways)]  # who goes first rotates
-        for name in order:
+        for name in rotated(ways, r):
             seconds = {}
             for n in (small, large):
                 start = time.perf_counter()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fmnist_deploy.benchmarks.latency import rotated, time_calls
 from fmnist_deploy.export.quantize import (
     SETTINGS,
     STATIC_SETTINGS,
@@ -53,34 +54,27 @@ def measure(
             name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for name, path in files.items()
         }
         sizes = {name: path.stat().st_size for name, path in files.items()}
-    rows: dict[str, dict[str, Any]] = {}
-    fp32_classes = sessions["fp32"].run(None, {"image": test_images})[0].argmax(1)
-    for name, session in sessions.items():
-        classes = session.run(None, {"image": test_images})[0].argmax(1)
-        rows[name] = {
-            "accuracy": float((classes == test_labels).mean()),
+    classes = {name: session.run(None, {"image": test_images})[0].argmax(1) for name, session in sessions.items()}
+    rows: dict[str, dict[str, Any]] = {
+        name: {
+            "accuracy": float((classes[name] == test_labels).mean()),
             "bytes": sizes[name],
-            "differing_from_fp32": None if name == "fp32" else int((classes != fp32_classes).sum()),
+            "differing_from_fp32": None if name == "fp32" else int((classes[name] != classes["fp32"]).sum()),
         }
-    timings: dict[str, dict[int, list[float]]] = {name: {b: [] for b in BATCHES} for name in sessions}
+        for name in sessions
+    }
+    fastest_s: dict[str, dict[int, list[float]]] = {name: {b: [] for b in BATCHES} for name in sessions}
     for r in range(rounds):
-        names = list(sessions)[r % len(sessions) :] + list(sessions)[: r % len(sessions)]
-        for name in names:
+        for name in rotated(sessions, r):
             for batch in BATCHES:
                 feed = {"image": np.ascontiguousarray(test_images[:batch])}
-                for _ in range(3):
-                    sessions[name].run(None, feed)
-                fastest, deadline = float("inf"), time.perf_counter() + budget_s
-                while time.perf_counter() < deadline:
-                    start = time.perf_counter()
-                    sessions[name].run(None, feed)
-                    fastest = min(fastest, time.perf_counter() - start)
-                timings[name][batch].append(fastest)
+                samples = time_calls(partial(sessions[name].run, None, feed), budget_s, 3, 3)
+                fastest_s[name][batch].append(min(samples) / 1e9)
     fp32_acc = rows["fp32"]["accuracy"]
     for name, row in rows.items():
         row["accuracy_drop_points"] = 100 * (fp32_acc - row["accuracy"])
         for batch in BATCHES:
-            best = statistics.median(timings[name][batch])
+            best = statistics.median(fastest_s[name][batch])
             row[f"b{batch}_us"] = best * 1e6
             row[f"b{batch}_images_per_s"] = batch / best
     for row in rows.values():

@@ -58,6 +58,7 @@ TARGETS: dict[str, Target] = {
     "aoti": Target(WEIGHTS_NAME, None),  # an AOTInductor package built from the weights for this run: a peer
 }
 PEERS = ("ort-session", "numpy", "torch-compile", "aoti")  # measured beside the toolkit, not part of it
+RIVALS = ("torch-compile", "aoti")  # the peers a user could deploy instead of the toolkit's backends
 CPU_ONLY = ("numpy", "openvino", "aoti")
 
 Predict = Callable[[np.ndarray], Any]
@@ -88,11 +89,8 @@ class Opened:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def open_target(config: Config, backend: str, device: str, scratch: Path | None = None) -> Opened:
-    """Load one backend on one device; `info` says what really runs (provider, threads).
-
-    `scratch`: where the aoti peer's package is built when the config names none.
-    """
+def open_target(config: Config, backend: str, device: str) -> Opened:
+    """Load one backend on one device; `info` says what really runs (provider, threads)."""
     file_name, runtime_backend = TARGETS[backend]
     path = config.artifacts / file_name
     if backend in CPU_ONLY and device != "cpu":
@@ -100,7 +98,9 @@ def open_target(config: Config, backend: str, device: str, scratch: Path | None 
     if backend == "torch-compile":
         return _torch_compiled(path, device)
     if backend == "aoti":
-        return _aoti(config.aoti_package or _build_aoti(path, scratch or Path(tempfile.mkdtemp())))
+        if config.aoti_package is None:  # measure() builds one for the run
+            raise ValueError("the aoti row needs a package (fmnist-export --format aoti)")
+        return _aoti(config.aoti_package)
     if backend == "numpy":
         return Opened(NumpyMLP(path), {"provider": "numpy", "threads": _blas_threads()})
     if backend == "ort-session":
@@ -124,9 +124,7 @@ def open_target(config: Config, backend: str, device: str, scratch: Path | None 
     elif runtime_backend == "openvino":
         info = {"provider": f"openvino:CPU {predictor.backend.precision}", "threads": config.threads or "default"}
     else:
-        import torch
-
-        info = {"provider": f"torch:{device}", "threads": torch.get_num_threads()}
+        info = {"provider": f"torch:{device}", "threads": _torch_threads()}
     return Opened(predictor.predict, info)
 
 
@@ -145,7 +143,7 @@ def _torch_compiled(weights: Path, device: str) -> Opened:
         logits, probs = compiled(torch.from_numpy(images).to(eager.torch_device))
         return logits.cpu().numpy(), probs.cpu().numpy()
 
-    return Opened(predict, {"provider": f"torch.compile:inductor:{device}", "threads": torch.get_num_threads()})
+    return Opened(predict, {"provider": f"torch.compile:inductor:{device}", "threads": _torch_threads()})
 
 
 def _build_aoti(weights: Path, folder: Path) -> Path:
@@ -184,6 +182,13 @@ def _blas_threads() -> Any:
         return [{"api": p["internal_api"], "threads": p["num_threads"]} for p in threadpool_info()]
     except ImportError:
         return "unknown"
+
+
+def rotated(names: Iterable[str], round_index: int) -> list[str]:
+    """`names` starting at position round_index (mod len): in interleaved rounds, who goes first rotates."""
+    order = list(names)
+    shift = round_index % len(order) if order else 0
+    return order[shift:] + order[:shift]
 
 
 def time_calls(fn: Callable[[], Any], budget_s: float, min_repetitions: int, warmup: int) -> list[int]:
@@ -248,7 +253,7 @@ def measure(
                 config = replace(config, aoti_package=_build_aoti(config.artifacts / WEIGHTS_NAME, Path(scratch)))
                 build_s = (time.perf_counter_ns() - start) / 1e9
             start = time.perf_counter_ns()
-            opened = open_target(config, backend, device, Path(scratch))
+            opened = open_target(config, backend, device)
             creation_ms = (time.perf_counter_ns() - start) / 1e6
             if build_s is not None:
                 opened.info["build_s"] = build_s
@@ -268,7 +273,7 @@ def measure(
                     cells.append(
                         _cell(backend, device, "end_to_end", batch, samples, creation_ms, first_ms, opened.info)
                     )
-        interleaved = interleaved_ceiling(opened_cpu, pool, cells, config)
+        interleaved = interleaved_ceiling(opened_cpu, pool, config)
     peak_after = sgemm_peak_gflops()
     peak = max(peak_before, peak_after, *interleaved.get("sgemm_gflops_rounds", []))
     ceiling = ceiling_images_per_s(peak)
@@ -305,9 +310,7 @@ def measure(
 CEILING_BATCHES = (1000, 10000)
 
 
-def interleaved_ceiling(
-    opened: dict[str, Opened], pool: np.ndarray, cells: list[dict[str, Any]], config: Config
-) -> dict[str, Any]:
+def interleaved_ceiling(opened: dict[str, Opened], pool: np.ndarray, config: Config) -> dict[str, Any]:
     """Rounds of (sgemm peak, then every float32 CPU row, toolkit and rivals, at batch 1 000 and 10 000): per
     round and row the fraction images/s / (peak / FLOP per image); medians and spreads over the rounds.
 
@@ -362,18 +365,10 @@ def _interleaved_summary(interleaved: dict[str, Any]) -> dict[str, Any]:
         }
     fastest = {}
     for batch in sorted({int(k.split("@")[1]) for k in fractions}):
-        here = {k.split("@")[0]: v["median"] for k, v in fractions.items() if k.endswith(f"@{batch}")}
-        ours = {b: f for b, f in here.items() if b not in PEERS}
-        rivals = {b: f for b, f in here.items() if b in RIVALS}
-        if ours and rivals:
-            best_ours, best_rival = max(ours, key=ours.get), max(rivals, key=rivals.get)
-            fastest[str(batch)] = {
-                "toolkit": best_ours,
-                "toolkit_median_fraction": ours[best_ours],
-                "rival": best_rival,
-                "rival_median_fraction": rivals[best_rival],
-                "toolkit_is_fastest": ours[best_ours] >= rivals[best_rival],
-            }
+        scores = {k.split("@")[0]: v["median"] for k, v in fractions.items() if k.endswith(f"@{batch}")}
+        entry = _toolkit_vs_rival(scores, "median_fraction")
+        if entry is not None and "rival" in entry:
+            fastest[str(batch)] = entry
     if fastest:
         summary["fastest_cpu_interleaved"] = fastest
     return summary
@@ -408,29 +403,30 @@ def _find(
     )
 
 
-RIVALS = ("torch-compile", "aoti")  # the peers a user could deploy instead of the toolkit's backends
+def _toolkit_vs_rival(scores: dict[str, float], unit: str) -> dict[str, Any] | None:
+    """Of {row: score} (higher is faster): the toolkit's fastest float32 backend, the fastest rival, who wins."""
+    ours = {b: v for b, v in scores.items() if b not in PEERS and b != "onnxruntime-int8"}
+    rivals = {b: v for b, v in scores.items() if b in RIVALS}
+    if not ours:
+        return None
+    best = max(ours, key=ours.__getitem__)
+    entry: dict[str, Any] = {"toolkit": best, f"toolkit_{unit}": ours[best]}
+    if rivals:
+        rival = max(rivals, key=rivals.__getitem__)
+        entry |= {"rival": rival, f"rival_{unit}": rivals[rival], "toolkit_is_fastest": ours[best] >= rivals[rival]}
+    return entry
 
 
 def _fastest_per_batch(cells: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per batch size on the CPU: the toolkit's fastest float32 backend and the fastest rival, and who wins."""
-    out = {}
     model = [c for c in cells if c["mode"] == "model" and c["device"] == "cpu"]
+    out = {}
     for batch in sorted({c["batch"] for c in model}):
-        row = [c for c in model if c["batch"] == batch]
-        toolkit = [c for c in row if c["backend"] not in PEERS and c["backend"] != "onnxruntime-int8"]
-        rivals = [c for c in row if c["backend"] in RIVALS]
-        if not toolkit:
-            continue
-        best = max(toolkit, key=lambda c: c["images_per_s"])
-        entry: dict[str, Any] = {"toolkit": best["backend"], "toolkit_images_per_s": best["images_per_s"]}
-        if rivals:
-            rival = max(rivals, key=lambda c: c["images_per_s"])
-            entry |= {
-                "rival": rival["backend"],
-                "rival_images_per_s": rival["images_per_s"],
-                "toolkit_is_fastest": best["images_per_s"] >= rival["images_per_s"],
-            }
-        out[str(batch)] = entry
+        entry = _toolkit_vs_rival(
+            {c["backend"]: c["images_per_s"] for c in model if c["batch"] == batch}, "images_per_s"
+        )
+        if entry is not None:
+            out[str(batch)] = entry
     return out
 
 
