@@ -207,9 +207,7 @@ def read_batch(path: Path, start: int = 0, stop: int | None = None) -> np.ndarra
 
     `start`/`stop` select images [start, stop): of an uncompressed IDX file only those bytes are read.
     """
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise InputError(f"{path}: {size} bytes is over the {MAX_FILE_BYTES} byte limit")
+    _check_file_size(path)
     if path.suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False, mmap_mode="r")
@@ -222,23 +220,14 @@ def read_batch(path: Path, start: int = 0, stop: int | None = None) -> np.ndarra
         if array.dtype != np.uint8 or array.shape[-2:] != IMAGE_SHAPE or array.ndim not in (2, 3):
             raise InputError(f"{path}: expected uint8 [N,28,28] or [28,28], got {describe(array)}")
         return (array[None] if array.ndim == 2 else array)[start:stop]
-    compressed = path.suffix == ".gz"
-    opener = gzip.open if compressed else open
-    image_bytes = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+    if path.suffix != ".gz":
+        return _uncompressed_idx(path, start, stop)[1]
     try:
         # Streamed: the header says how many bytes follow, which is checked against the limit before
         # they are read, so a small .gz that inflates to gigabytes never gets to allocate them.
-        with opener(path, "rb") as f:
+        with gzip.open(path, "rb") as f:
             header = f.read(16)
             declared = _idx_payload_bytes(header, str(path))
-            if not compressed:  # the size says whether the payload is whole; read only the images asked for
-                if size - 16 != declared:
-                    _payload_mismatch(path, declared, size - 16)
-                n = declared // image_bytes
-                first, last, _ = slice(start, stop).indices(n)
-                f.seek(16 + first * image_bytes)
-                payload = f.read(max(0, last - first) * image_bytes)
-                return np.frombuffer(payload, dtype=np.uint8).reshape(-1, *IMAGE_SHAPE)
             payload = f.read(declared + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{path}: unreadable or damaged ({exc})") from None
@@ -252,17 +241,32 @@ def batch_count(path: Path) -> int:
     uncompressed IDX file (header and size) or a .npy file (memory-mapped); a .gz is inflated once, streamed."""
     if path.suffix in (".gz", ".npy"):
         return int(read_batch(path).shape[0])
+    _check_file_size(path)
+    return _uncompressed_idx(path, 0, 0)[0]
+
+
+def _check_file_size(path: Path) -> None:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise InputError(f"{path}: {size} bytes is over the {MAX_FILE_BYTES} byte limit")
+
+
+def _uncompressed_idx(path: Path, start: int, stop: int | None) -> tuple[int, np.ndarray]:
+    """An uncompressed IDX file's image count (header checked against the file's size) and images [start, stop),
+    reading only those."""
+    image_bytes = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
     try:
         with open(path, "rb") as f:
             declared = _idx_payload_bytes(f.read(16), str(path))
+            held = os.fstat(f.fileno()).st_size - 16
+            if held != declared:
+                _payload_mismatch(path, declared, held)
+            first, last, _ = slice(start, stop).indices(declared // image_bytes)
+            f.seek(16 + first * image_bytes)
+            payload = f.read(max(0, last - first) * image_bytes)
     except OSError as exc:
         raise InputError(f"{path}: unreadable or damaged ({exc})") from None
-    if size - 16 != declared:
-        _payload_mismatch(path, declared, size - 16)
-    return declared // (IMAGE_SHAPE[0] * IMAGE_SHAPE[1])
+    return declared // image_bytes, np.frombuffer(payload, dtype=np.uint8).reshape(-1, *IMAGE_SHAPE)
 
 
 def _payload_mismatch(path: Path, declared: int, held: int) -> None:
