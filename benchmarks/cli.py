@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from fmnist_deploy.contract import SAMPLES_DIR, WEIGHTS_NAME
+from fmnist_deploy.errors import catch_ctrl_c
 from fmnist_deploy.models import cache_root, models_dir
 from fmnist_deploy.training.atomic import write_text_atomic
 
@@ -491,4 +492,5 @@ def coldstart_cmd(
 
 
 if __name__ == "__main__":
+    catch_ctrl_c()
     main()

@@ -12,7 +12,7 @@ import click
 from click.core import ParameterSource
 
 from fmnist_deploy.contract import GOLDEN_NAME, SAMPLES_DIR, WEIGHTS_NAME, sidecar_path
-from fmnist_deploy.errors import first_line
+from fmnist_deploy.errors import catch_ctrl_c, first_line
 from fmnist_deploy.export.gate import report_path
 from fmnist_deploy.export.onnx_format import DEFAULT_OPSET, MAX_OPSET, NATIVE_OPSET
 
@@ -241,4 +241,5 @@ def _echo_written(paths: list[Path]) -> None:
 
 
 if __name__ == "__main__":
+    catch_ctrl_c()
     main()

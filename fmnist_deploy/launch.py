@@ -10,9 +10,12 @@ import importlib
 import sys
 from collections.abc import Callable
 
+from fmnist_deploy.errors import catch_ctrl_c
+
 
 def _run(module: str) -> Callable[[], None]:
     def entry() -> None:
+        catch_ctrl_c()
         try:
             command = importlib.import_module(module).main
         except KeyboardInterrupt:

@@ -16,6 +16,7 @@ import click
 import numpy as np
 from PIL import Image
 
+from fmnist_deploy.errors import catch_ctrl_c
 from fmnist_deploy.models import default_model
 from fmnist_deploy.runtime import BACKENDS, DEVICES, Predictor, RuntimeFailure, backend_for, load
 from fmnist_deploy.runtime.inputs import Item, chunks, iter_items
@@ -210,4 +211,5 @@ def main(
 
 
 if __name__ == "__main__":
+    catch_ctrl_c()
     main()

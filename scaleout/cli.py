@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from fmnist_deploy.errors import catch_ctrl_c
 from fmnist_deploy.models import default_model
 
 
@@ -108,4 +109,5 @@ def main(
 
 
 if __name__ == "__main__":
+    catch_ctrl_c()
     main()

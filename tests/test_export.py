@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -627,3 +628,27 @@ def test_ctrl_c_during_export_is_one_line(exported, tmp_path: Path, data) -> Non
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("interrupted: every file is written atomically")
     assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "fmnist_mlp.onnx").exists()
+
+
+def test_ctrl_c_inside_a_string_exec_keeps_the_chosen_exit_status(tmp_path: Path) -> None:
+    """Where the export above is interrupted, torch is often still importing: dataclasses build each
+    `__init__` with a string `exec`. CPython 3.11 remembers a plain KeyboardInterrupt that left such an
+    exec and, for `python -m`, kills the process with SIGINT at exit, whatever status the command chose;
+    the commands' own handler (`catch_ctrl_c`) raises a subclass that keeps it."""
+    (tmp_path / "interrupted.py").write_text(
+        "import os, signal, sys\n"
+        "from fmnist_deploy.errors import catch_ctrl_c\n"
+        "if sys.argv[1] == 'handled':\n"
+        "    catch_ctrl_c()\n"
+        "try:\n"
+        "    exec('os.kill(os.getpid(), signal.SIGINT)\\nfor _ in range(10**6): pass')\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
+
+    def status(mode: str) -> int:
+        command = [sys.executable, "-m", "interrupted", mode]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=60, check=False).returncode
+
+    assert status("plain") == -signal.SIGINT  # the interpreter's behaviour this guards against
+    assert status("handled") == 130

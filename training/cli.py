@@ -11,6 +11,7 @@ import click
 from click.core import ParameterSource
 
 from fmnist_deploy.contract import WEIGHTS_NAME
+from fmnist_deploy.errors import catch_ctrl_c
 from fmnist_deploy.training.atomic import check_writable, remove_stale_temporaries
 from fmnist_deploy.training.checkpoint import CheckpointError, load_checkpoint
 from fmnist_deploy.training.config import Recipe
@@ -169,4 +170,5 @@ def main(
 
 
 if __name__ == "__main__":
+    catch_ctrl_c()
     main()
