@@ -55,7 +55,7 @@ class OpenVinoBackend(Backend):
             raise ModelError(f"{path}: OpenVINO cannot load it ({first_line(exc)}){hint_text}") from None
         self._check_io(path, model)
         self.device = device
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.metadata = check_metadata(self._metadata(path, model), str(path))
         self._local = threading.local()
 
@@ -70,21 +70,26 @@ class OpenVinoBackend(Backend):
 
     @staticmethod
     def _check_io(path: Path, model: Any) -> None:
-        inputs = [(i.get_any_name(), str(i.get_element_type()), str(i.get_partial_shape())) for i in model.inputs]
-        outputs = [(o.get_any_name(), str(o.get_element_type())) for o in model.outputs]
+        import openvino
+
         rows, cols = IMAGE_SHAPE
+        inputs, outputs = model.inputs, model.outputs
         ok = (
             len(inputs) == 1
-            and inputs[0][0] == INPUT_NAME
-            and inputs[0][1].startswith("<Type: 'uint8")
-            and inputs[0][2] == f"[?,{rows},{cols}]"
-            and [o[0] for o in outputs] == list(OUTPUT_NAMES)
-            and all(o[1].startswith("<Type: 'float32") for o in outputs)
+            and inputs[0].get_any_name() == INPUT_NAME
+            and inputs[0].get_element_type() == openvino.Type.u8
+            and inputs[0].get_partial_shape() == openvino.PartialShape([-1, rows, cols])
+            and [o.get_any_name() for o in outputs] == list(OUTPUT_NAMES)
+            and all(o.get_element_type() == openvino.Type.f32 for o in outputs)
         )
         if not ok:
+            seen_in = [
+                (i.get_any_name(), i.get_element_type().get_type_name(), str(i.get_partial_shape())) for i in inputs
+            ]
+            seen_out = [(o.get_any_name(), o.get_element_type().get_type_name()) for o in outputs]
             raise ModelError(
-                f"{path}: graph has inputs {inputs} and outputs {outputs}; expected image uint8 [?,28,28] "
-                "and logits, probabilities float32"
+                f"{path}: graph has inputs {seen_in} and outputs {seen_out}; expected image u8 [?,28,28] "
+                "and logits, probabilities f32"
             )
 
     def _request(self) -> Any:

@@ -94,7 +94,7 @@ def test_latency_grid_with_the_peers(package: Path, tmp_path: Path, data) -> Non
     fastest = report["summary"]["fastest_cpu_per_batch"]
     assert set(fastest) == {"1", "8"} and all(f["rival"] in ("torch-compile", "aoti") for f in fastest.values())
     outputs = {c["backend"]: c["provider"] for c in report["cells"]}
-    assert outputs["openvino"] == "openvino:CPU <Type: 'float32'>"
+    assert outputs["openvino"] == "openvino:CPU f32"
 
 
 def test_interleaved_ceiling_rounds(tmp_path: Path, data) -> None:

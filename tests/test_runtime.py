@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from fmnist_deploy import runtime
+from fmnist_deploy.integrity import IntegrityWarning
 from fmnist_deploy.runtime import BACKENDS, DeviceError, InputError, ModelError, OptionError, load
 from fmnist_deploy.runtime.cli import main as predict_cli
 from fmnist_deploy.runtime.images import read_image, to_model_input
@@ -189,6 +190,29 @@ def test_a_model_off_the_contract_is_refused(tmp_path: Path) -> None:
     fixed.with_name("fixed.onnx.json").write_text(json.dumps(side))
     with pytest.raises(ModelError, match="dynamic N"):
         load(fixed)
+
+
+@pytest.mark.parametrize("change", ["fixed batch", "renamed input", "float input"])
+def test_the_openvino_backend_refuses_a_graph_off_the_contract(tmp_path: Path, change: str) -> None:
+    import onnx
+
+    model = onnx.load(ARTIFACTS / "fmnist_mlp.onnx")
+    image = model.graph.input[0]
+    if change == "fixed batch":
+        image.type.tensor_type.shape.dim[0].dim_value = 5
+    elif change == "renamed input":
+        for node in model.graph.node:
+            node.input[:] = ["pixels" if name == image.name else name for name in node.input]
+        image.name = "pixels"
+    else:
+        model.graph.node[0].input[0] = "as_uint8"  # a float input, cast to what the graph expects
+        model.graph.node.insert(0, onnx.helper.make_node("Cast", [image.name], ["as_uint8"], to=onnx.TensorProto.UINT8))
+        image.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    path = tmp_path / "off.onnx"
+    onnx.save(model, path)
+    with pytest.warns(IntegrityWarning), pytest.raises(ModelError, match="graph has inputs") as refused:
+        load(path, backend="openvino")
+    assert "\n" not in str(refused.value)
 
 
 # --- images in ----------------------------------------------------------------------------
