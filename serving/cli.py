@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import click
@@ -27,6 +28,20 @@ def _server_class():
             self._captured_signals.clear()
 
     return Server
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the server announces itself: a port in use or a host that does
+    not resolve is one line, and `--port 0` announces the port the system chose."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)  # as uvicorn
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)  # the worker processes serve the same socket
+    return sock
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,26 +136,26 @@ def main(
         app = create_app(config)  # load (and check) the model before listening
     except RuntimeFailure as exc:
         raise click.ClickException(str(exc)) from None
+    sock = _listen(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    where = f"[{bound_host}]" if sock.family == socket.AF_INET6 else bound_host
     click.echo(
-        f"serving {config.model} at http://{host}:{port}/v2/models/fmnist_mlp (Ctrl-C or SIGTERM stops)", err=True
+        f"serving {config.model} at http://{where}:{bound_port}/v2/models/fmnist_mlp (Ctrl-C or SIGTERM stops)",
+        err=True,
     )
+    options = {"log_level": "warning", "timeout_graceful_shutdown": 30}
     if workers == 1:
-        server = _server_class()(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
-        )
-        server.run()
+        server = _server_class()(uvicorn.Config(app, **options))
+        server.run(sockets=[sock])
+        if not server.started:
+            raise click.ClickException("the server did not start; see the error above")
         click.echo("stopped: every accepted request was answered", err=True)
     else:
+        from uvicorn.supervisors import Multiprocess
+
         os.environ.update(config_to_environment(config))
-        uvicorn.run(
-            "fmnist_deploy.serving.app:from_environment",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="warning",
-            timeout_graceful_shutdown=30,
-        )
+        target = "fmnist_deploy.serving.app:from_environment"
+        Multiprocess(uvicorn.Config(target, factory=True, workers=workers, **options), sockets=[sock]).run()
 
 
 if __name__ == "__main__":

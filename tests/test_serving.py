@@ -5,6 +5,7 @@ bad requests, overload, SIGTERM under load. Servers bind 127.0.0.1 on a free por
 from __future__ import annotations
 
 import json
+import select
 import signal
 import socket
 import subprocess
@@ -28,24 +29,28 @@ http = pytest.importorskip("tritonclient.http", reason="the serving tests need t
 MODEL = "fmnist_mlp"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _announced_address(proc: subprocess.Popen, deadline: float) -> str:
+    """HOST:PORT from the server's first line, `serving MODEL at http://HOST:PORT/v2/models/... (...)`."""
+    ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+    line = proc.stderr.readline() if ready else ""
+    if not line.startswith("serving "):
+        proc.kill()
+        pytest.fail(f"server did not start: {line}{proc.communicate()[1][-2000:]}")
+    return line.split("http://")[1].split("/")[0]
 
 
 @contextmanager
 def serving(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A real fmnist-serve process on a free loopback port, stopped with SIGTERM afterwards."""
-    port = _free_port()
+    """A real fmnist-serve process on a loopback port the system chose (`--port 0`, read back from the
+    line it announces itself with), stopped with SIGTERM afterwards."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fmnist_deploy.serving.cli", *args, "--port", str(port)],
+        [sys.executable, "-m", "fmnist_deploy.serving.cli", *args, "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    url = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 90
+    url = _announced_address(proc, deadline)
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://{url}/v2/health/ready", timeout=1).status_code == 200:
@@ -316,3 +321,28 @@ def test_triton_repository_serves_and_its_manifest_parses(tmp_path: Path, data, 
     with serving("--model-repository", str(repository)) as (url, _):
         out = http.InferenceServerClient(url).infer(MODEL, [_input(images[:4])])
         assert np.array_equal(out.as_numpy("logits"), reference.predict(images[:4]).logits)
+
+
+def test_two_worker_processes_share_one_port_and_stop_cleanly(images, reference) -> None:
+    with serving("--workers", "2") as (url, proc):
+        for i in range(16):  # new connections: the kernel spreads them over both processes
+            response = httpx.post(f"http://{url}/v2/models/{MODEL}/infer", json=_one_image_logits(images[i]))
+            assert response.status_code == 200, response.text
+            got = np.float32(response.json()["outputs"][0]["data"])
+            assert np.array_equal(got, reference.predict(images[i]).logits[0])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, proc.communicate()[1][-2000:]
+
+
+def test_a_port_in_use_is_one_line() -> None:
+    from click.testing import CliRunner
+
+    from fmnist_deploy.serving.cli import main as serve_cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(serve_cli, ["--port", str(port)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"]
