@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
+from fmnist_deploy import launch
 from fmnist_deploy.contract import SAMPLES_DIR, WEIGHTS_NAME
-from fmnist_deploy.errors import catch_ctrl_c
 from fmnist_deploy.models import cache_root, models_dir
 from fmnist_deploy.training.atomic import write_text_atomic
 
@@ -492,5 +492,4 @@ def coldstart_cmd(
 
 
 if __name__ == "__main__":
-    catch_ctrl_c()
-    main()
+    launch.run(main)

@@ -11,8 +11,9 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from fmnist_deploy import launch
 from fmnist_deploy.contract import GOLDEN_NAME, SAMPLES_DIR, WEIGHTS_NAME, sidecar_path
-from fmnist_deploy.errors import catch_ctrl_c, first_line
+from fmnist_deploy.errors import first_line
 from fmnist_deploy.export.gate import report_path
 from fmnist_deploy.export.onnx_format import DEFAULT_OPSET, MAX_OPSET, NATIVE_OPSET
 
@@ -241,5 +242,4 @@ def _echo_written(paths: list[Path]) -> None:
 
 
 if __name__ == "__main__":
-    catch_ctrl_c()
-    main()
+    launch.run(main)

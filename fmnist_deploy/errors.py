@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -29,26 +27,3 @@ def quiet_logger(name: str | None, drop: Callable[[logging.LogRecord], bool] = l
         yield
     finally:
         logger.removeFilter(keep)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, as the toolkit's commands receive it (see `catch_ctrl_c`)."""
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise Interrupted
-
-
-def catch_ctrl_c() -> None:
-    """Make Ctrl-C raise `Interrupted` instead of a plain KeyboardInterrupt in this process.
-
-    CPython 3.11 remembers a KeyboardInterrupt that left any string `exec` (dataclasses build
-    every `__init__` that way, so an import in progress is such a place) and, for `python -m`,
-    kills the process with SIGINT at exit, even though the command caught the interrupt and
-    chose exit status 130. It remembers only an exception of exactly that type; a subclass keeps
-    the chosen status and still reaches every `except KeyboardInterrupt`. Every command installs
-    it, however it was started, so that all of them behave alike."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is (
-        signal.default_int_handler
-    ):
-        signal.signal(signal.SIGINT, _interrupt)

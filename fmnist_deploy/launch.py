@@ -1,19 +1,123 @@
-"""Console-script entry points: import the command, then run it, with Ctrl-C handled from the first moment.
+"""How a command's process starts and ends: the console-script entry points and `python -m`.
 
-Importing torch takes seconds; a Ctrl-C during those imports would otherwise print a
-KeyboardInterrupt traceback before the command's own handling is in place.
+`run(command)` puts two things in place before the command runs:
+- Ctrl-C raises `Interrupted` (see `catch_ctrl_c`) from the first moment: importing torch
+  takes seconds, and a Ctrl-C during those imports would otherwise print a traceback before
+  the command's own handling is in place.
+- Standard output that cannot be written (a full disk, a device error) ends the command with
+  one line, `Error: cannot write to standard output: ...`, and exit 1, instead of a traceback
+  or an error blamed on the command's own files. A closed pipe (`| head`) stays click's
+  quiet exit 1.
 """
 
 from __future__ import annotations
 
 import importlib
+import io
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
-from fmnist_deploy.errors import catch_ctrl_c
+import click
 
 
-def _run(module: str) -> Callable[[], None]:
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, as the toolkit's commands receive it (see `catch_ctrl_c`)."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted
+
+
+def catch_ctrl_c() -> None:
+    """Make Ctrl-C raise `Interrupted` instead of a plain KeyboardInterrupt in this process.
+
+    CPython 3.11 remembers a KeyboardInterrupt that left any string `exec` (dataclasses build
+    every `__init__` that way, so an import in progress is such a place) and, for `python -m`,
+    kills the process with SIGINT at exit, even though the command caught the interrupt and
+    chose exit status 130. It remembers only an exception of exactly that type; a subclass keeps
+    the chosen status and still reaches every `except KeyboardInterrupt`."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is (
+        signal.default_int_handler
+    ):
+        signal.signal(signal.SIGINT, _interrupt)
+
+
+class OutputError(click.ClickException):
+    """Standard output could not be written. Not an OSError, so that no command's handler for its own
+    files' errors takes it for one of them; click reports it in one line and exits 1."""
+
+
+class _GuardedOutput(io.BufferedIOBase):
+    """Standard output's byte stream, with every write error but a closed pipe turned into OutputError."""
+
+    def __init__(self, inner: io.BufferedIOBase) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def _guard(self, call: Callable[[], int | None]) -> int | None:
+        try:
+            return call()
+        except BrokenPipeError:
+            raise  # click's own handling: `fmnist-predict ... | head` ends quietly
+        except OSError as exc:
+            raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
+
+    def write(self, data) -> int:  # type: ignore[override]
+        return self._guard(lambda: self._inner.write(data)) or 0
+
+    def flush(self) -> None:
+        self._guard(self._inner.flush)
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._inner.fileno()
+
+    def isatty(self) -> bool:
+        return self._inner.isatty()
+
+
+def guard_standard_output() -> None:
+    """Route sys.stdout through `_GuardedOutput`, keeping its encoding and buffering."""
+    stdout = sys.stdout
+    if not isinstance(stdout, io.TextIOWrapper) or isinstance(stdout.buffer, _GuardedOutput):
+        return  # already guarded, or replaced by someone else (a test runner's capture)
+    sys.stdout = io.TextIOWrapper(
+        _GuardedOutput(stdout.buffer),
+        encoding=stdout.encoding,
+        errors=stdout.errors,
+        line_buffering=stdout.line_buffering,
+        write_through=stdout.write_through,
+    )
+
+
+def run(command: Callable[[], None]) -> None:
+    """Run a click command as a process's whole work (see the module's docstring)."""
+    catch_ctrl_c()
+    guard_standard_output()
+    try:
+        command()
+    finally:
+        _flush_standard_output()
+
+
+def _flush_standard_output() -> None:
+    """What is still buffered goes out now, while a failure can still be one line."""
+    try:
+        sys.stdout.flush()
+    except OutputError as exc:
+        print(f"Error: {exc.message}", file=sys.stderr)
+        sys.exit(1)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(1)
+
+
+def _entry(module: str) -> Callable[[], None]:
     def entry() -> None:
         catch_ctrl_c()
         try:
@@ -21,14 +125,14 @@ def _run(module: str) -> Callable[[], None]:
         except KeyboardInterrupt:
             print("interrupted while starting; nothing was done", file=sys.stderr)
             sys.exit(130)
-        command()
+        run(command)
 
     return entry
 
 
-train = _run("fmnist_deploy.training.cli")
-export = _run("fmnist_deploy.export.cli")
-predict = _run("fmnist_deploy.runtime.cli")
-bench = _run("fmnist_deploy.benchmarks.cli")
-batch = _run("fmnist_deploy.scaleout.cli")
-serve = _run("fmnist_deploy.serving.cli")
+train = _entry("fmnist_deploy.training.cli")
+export = _entry("fmnist_deploy.export.cli")
+predict = _entry("fmnist_deploy.runtime.cli")
+bench = _entry("fmnist_deploy.benchmarks.cli")
+batch = _entry("fmnist_deploy.scaleout.cli")
+serve = _entry("fmnist_deploy.serving.cli")

@@ -16,7 +16,7 @@ import click
 import numpy as np
 from PIL import Image
 
-from fmnist_deploy.errors import catch_ctrl_c
+from fmnist_deploy import launch
 from fmnist_deploy.models import default_model
 from fmnist_deploy.runtime import BACKENDS, DEVICES, Predictor, RuntimeFailure, backend_for, load
 from fmnist_deploy.runtime.inputs import Item, chunks, iter_items
@@ -211,5 +211,4 @@ def main(
 
 
 if __name__ == "__main__":
-    catch_ctrl_c()
-    main()
+    launch.run(main)

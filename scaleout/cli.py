@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from fmnist_deploy.errors import catch_ctrl_c
+from fmnist_deploy import launch
 from fmnist_deploy.models import default_model
 
 
@@ -109,5 +109,4 @@ def main(
 
 
 if __name__ == "__main__":
-    catch_ctrl_c()
-    main()
+    launch.run(main)

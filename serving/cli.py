@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from fmnist_deploy.errors import catch_ctrl_c
+from fmnist_deploy import launch
 from fmnist_deploy.models import default_model
 from fmnist_deploy.runtime import BACKENDS, DEVICES
 
@@ -159,5 +159,4 @@ def main(
 
 
 if __name__ == "__main__":
-    catch_ctrl_c()
-    main()
+    launch.run(main)

@@ -637,7 +637,7 @@ def test_ctrl_c_inside_a_string_exec_keeps_the_chosen_exit_status(tmp_path: Path
     the commands' own handler (`catch_ctrl_c`) raises a subclass that keeps it."""
     (tmp_path / "interrupted.py").write_text(
         "import os, signal, sys\n"
-        "from fmnist_deploy.errors import catch_ctrl_c\n"
+        "from fmnist_deploy.launch import catch_ctrl_c\n"
         "if sys.argv[1] == 'handled':\n"
         "    catch_ctrl_c()\n"
         "try:\n"

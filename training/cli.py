@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from fmnist_deploy import launch
 from fmnist_deploy.contract import WEIGHTS_NAME
-from fmnist_deploy.errors import catch_ctrl_c
 from fmnist_deploy.training.atomic import check_writable, remove_stale_temporaries
 from fmnist_deploy.training.checkpoint import CheckpointError, load_checkpoint
 from fmnist_deploy.training.config import Recipe
@@ -170,5 +170,4 @@ def main(
 
 
 if __name__ == "__main__":
-    catch_ctrl_c()
-    main()
+    launch.run(main)

@@ -11,11 +11,13 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from fmnist_deploy.benchmarks.cli import main as bench_cli
@@ -195,3 +197,44 @@ def test_an_unreadable_data_folder(tmp_path: Path, monkeypatch) -> None:
     )
     line = _one_error_line(result)
     assert line.startswith("Error: ") and "Permission denied" in line and "make data" in line
+
+
+# Standard output that cannot be written: the commands as a user starts them, both ways.
+FULL_OUTPUT_COMMANDS = {
+    "fmnist-predict": ["fmnist-predict", str(ARTIFACTS / "samples")],
+    "python -m fmnist_deploy.runtime.cli": [
+        sys.executable,
+        "-m",
+        "fmnist_deploy.runtime.cli",
+        str(ARTIFACTS / "samples"),
+    ],
+    "fmnist-export --verify": ["fmnist-export", "--verify", str(ARTIFACTS / "fmnist_mlp.onnx")],
+    "fmnist-bench --help": ["fmnist-bench", "--help"],
+}
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("name", FULL_OUTPUT_COMMANDS)
+def test_a_full_standard_output_is_one_line(name: str) -> None:
+    """/dev/full fails every write with ENOSPC: the command says so in one line, blames no file of its own
+    (fmnist-export used to report `cannot write to artifacts`), and exits 1."""
+    program, *args = FULL_OUTPUT_COMMANDS[name]
+    command = [shutil.which(program, path=str(Path(sys.executable).parent)) or program, *args]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "Error: cannot write to standard output: No space left on device"
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`fmnist-predict FOLDER | head -1`: the reader goes away mid-stream; no traceback, no second error."""
+    predict = shutil.which("fmnist-predict", path=str(Path(sys.executable).parent))
+    process = subprocess.Popen(
+        [predict, *[str(ARTIFACTS / "samples")] * 500], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout.readline().startswith(str(ARTIFACTS / "samples").encode())
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 1
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
