@@ -271,10 +271,10 @@ def run_job(
         },
         batch_size=config.batch_size,
         batch_format="numpy",
-        concurrency=config.actors,
+        compute=ray.data.ActorPoolStrategy(size=config.actors),
         num_cpus=0.5,
-        max_restarts=-1,  # a killed actor is restarted ...
-        max_task_retries=-1,  # ... and its batches retried
+        # Ray Data's own defaults for actor pools: a killed actor is restarted and its batches
+        # retried, without limit (max_restarts / max_task_retries -1; tests/test_scaleout.py kills one).
     )
     records = list(previous)
     config.output.parent.mkdir(parents=True, exist_ok=True)
