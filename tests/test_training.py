@@ -195,6 +195,18 @@ def test_gzipped_folder_is_verified_and_laid_out_for_torchvision(data, tmp_path:
         assert hashlib.sha256((data_mod.raw_dir(root) / name).read_bytes()).hexdigest() == digest
 
 
+def test_an_unwritable_cache_names_itself_not_the_data_set(data, tmp_path: Path) -> None:
+    """The data set is found but its copy cannot be written (the cache sits under a file, which stops root
+    too): the error says so and how to move the cache, instead of asking to install the data set."""
+    src = _copy_raw(data, tmp_path / "flat")  # files without torchvision's layout: a copy is needed
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(data_mod.DataError) as refused:
+        data_mod.locate(src, root=tmp_path / "a-file" / "cache")
+    message = str(refused.value)
+    assert message.startswith(f"found the data set in {src} but cannot write its uncompressed copy to ")
+    assert message.endswith("set XDG_CACHE_HOME to a writable folder, or pass --data-dir")
+
+
 def test_a_flipped_byte_is_refused(data, tmp_path: Path) -> None:
     folder = _copy_raw(data, tmp_path / "raw")
     path = folder / "t10k-images-idx3-ubyte"

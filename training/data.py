@@ -101,8 +101,14 @@ def _materialise(files: dict[str, Path], root: Path) -> None:
         if path == target / name:
             continue  # already in place; `load` verifies it
         data = _verified(path, name)
-        with atomic_path(target / name) as tmp:
-            tmp.write_bytes(data)
+        try:
+            with atomic_path(target / name) as tmp:
+                tmp.write_bytes(data)
+        except OSError as exc:  # the data set is there; the per-user cache is not writable
+            raise DataError(
+                f"found the data set in {path.parent} but cannot write its uncompressed copy to {target} "
+                f"({exc.strerror or exc}): set XDG_CACHE_HOME to a writable folder, or pass --data-dir"
+            ) from None
 
 
 def _torchvision_download(root: Path) -> None:
