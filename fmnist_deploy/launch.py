@@ -8,6 +8,11 @@
   one line, `Error: cannot write to standard output: ...`, and exit 1, instead of a traceback
   or an error blamed on the command's own files. A closed pipe (`| head`) stays click's
   quiet exit 1.
+- ONNX Runtime's usage telemetry is off (`ORT_DISABLE_TELEMETRY=1`) unless the user set that
+  variable: since 1.29 ONNX Runtime on Linux keeps a device id and an event store under
+  ~/.cache/Microsoft and uploads events, which a deployment tool should not do on its
+  users' behalf. Set before ONNX Runtime loads (no command imports it before `run`); worker
+  processes (decoding, serving, a local Ray instance) inherit it.
 """
 
 from __future__ import annotations
@@ -97,6 +102,7 @@ def guard_standard_output() -> None:
 
 def run(command: Callable[[], None]) -> None:
     """Run a click command as a process's whole work (see the module's docstring)."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     catch_ctrl_c()
     guard_standard_output()
     try:

@@ -300,7 +300,10 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        # A cluster's workers do not inherit this process's environment: pass on ONNX Runtime's telemetry choice.
+        choice = {k: os.environ[k] for k in ("ORT_DISABLE_TELEMETRY",) if k in os.environ}
+        runtime_env = {"env_vars": choice} if choice else None
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     else:
         ray.init(
             num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -100,3 +101,24 @@ def test_the_wheel_installs_one_namespace_and_nothing_else(tmp_path: Path) -> No
     assert not any(n.endswith(("checkpoint.pt", ".gate.json", "curves.png")) for n in names), "only what the tools read"
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "fmnist-predict = fmnist_deploy.launch:predict" in entry_points
+
+
+def test_the_commands_keep_onnxruntime_telemetry_off(tmp_path: Path) -> None:
+    """ONNX Runtime (1.29+, Linux) otherwise writes a device id and an event store under ~/.cache/Microsoft
+    and uploads events; the commands set ORT_DISABLE_TELEMETRY=1 unless the user chose otherwise."""
+    home = tmp_path / "home"
+    home.mkdir()
+    environment = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    environment["HOME"] = str(home)
+    predict = shutil.which("fmnist-predict", path=str(Path(sys.executable).parent))
+    for command in ([predict], [sys.executable, "-m", "fmnist_deploy.runtime.cli"]):
+        done = subprocess.run(
+            [*command, str(ARTIFACTS / "samples" / "0000_ankle_boot.png")],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert not (home / ".cache" / "Microsoft").exists(), command
