@@ -56,9 +56,10 @@ class OutputError(click.ClickException):
 
 
 class _GuardedOutput(io.BufferedIOBase):
-    """Standard output's byte stream, with every write error but a closed pipe turned into OutputError."""
+    """Standard output's byte stream, with every write error but a closed pipe turned into OutputError.
+    `inner` None stands for a standard output the process was started without (`>&-`)."""
 
-    def __init__(self, inner: io.BufferedIOBase) -> None:
+    def __init__(self, inner: io.BufferedIOBase | None) -> None:
         super().__init__()
         self._inner = inner
 
@@ -71,24 +72,33 @@ class _GuardedOutput(io.BufferedIOBase):
             raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
     def write(self, data) -> int:  # type: ignore[override]
-        return self._guard(lambda: self._inner.write(data)) or 0
+        if self._inner is None:
+            raise OutputError("cannot write to standard output: it is closed")
+        inner = self._inner
+        return self._guard(lambda: inner.write(data)) or 0
 
     def flush(self) -> None:
-        self._guard(self._inner.flush)
+        if self._inner is not None:
+            self._guard(self._inner.flush)
 
     def writable(self) -> bool:
         return True
 
     def fileno(self) -> int:
+        if self._inner is None:
+            raise io.UnsupportedOperation("standard output is closed")
         return self._inner.fileno()
 
     def isatty(self) -> bool:
-        return self._inner.isatty()
+        return self._inner is not None and self._inner.isatty()
 
 
 def guard_standard_output() -> None:
     """Route sys.stdout through `_GuardedOutput`, keeping its encoding and buffering."""
     stdout = sys.stdout
+    if stdout is None:  # started with standard output closed: say so when something is written
+        sys.stdout = io.TextIOWrapper(_GuardedOutput(None), encoding="utf-8", errors="backslashreplace")
+        return
     if not isinstance(stdout, io.TextIOWrapper) or isinstance(stdout.buffer, _GuardedOutput):
         return  # already guarded, or replaced by someone else (a test runner's capture)
     sys.stdout = io.TextIOWrapper(

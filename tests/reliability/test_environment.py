@@ -227,6 +227,21 @@ def test_a_full_standard_output_is_one_line(name: str) -> None:
     assert done.stderr.strip().splitlines()[-1] == "Error: cannot write to standard output: No space left on device"
 
 
+def test_a_closed_standard_output_is_one_line() -> None:
+    """Started with standard output closed (`>&-`): the answers have nowhere to go, and the command says so."""
+    predict = shutil.which("fmnist-predict", path=str(Path(sys.executable).parent))
+    done = subprocess.run(
+        [predict, str(ARTIFACTS / "samples" / "0000_ankle_boot.png")],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.close(1),  # noqa: PLW1509 - the child's own standard output, before exec
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["Error: cannot write to standard output: it is closed"]
+
+
 def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """`fmnist-predict FOLDER | head -1`: the reader goes away mid-stream; no traceback, no second error."""
     predict = shutil.which("fmnist-predict", path=str(Path(sys.executable).parent))
