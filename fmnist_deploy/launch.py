@@ -1,6 +1,6 @@
 """How a command's process starts and ends: the console-script entry points and `python -m`.
 
-`run(command)` puts two things in place before the command runs:
+`run(command)` puts three things in place before the command runs:
 - Ctrl-C raises `Interrupted` (see `catch_ctrl_c`) from the first moment: importing torch
   takes seconds, and a Ctrl-C during those imports would otherwise print a traceback before
   the command's own handling is in place.
@@ -11,8 +11,10 @@
 - ONNX Runtime's usage telemetry is off (`ORT_DISABLE_TELEMETRY=1`) unless the user set that
   variable: since 1.29 ONNX Runtime on Linux keeps a device id and an event store under
   ~/.cache/Microsoft and uploads events, which a deployment tool should not do on its
-  users' behalf. Set before ONNX Runtime loads (no command imports it before `run`); worker
-  processes (decoding, serving, a local Ray instance) inherit it.
+  users' behalf. It must be set before ONNX Runtime loads: the console scripts set it before
+  importing the command's module, and no command module imports ONNX Runtime at import time
+  (so `python -m` is in time too; tested). Worker processes (decoding, serving, a local Ray
+  instance) inherit it.
 """
 
 from __future__ import annotations
@@ -112,8 +114,7 @@ def guard_standard_output() -> None:
 
 def run(command: Callable[[], None]) -> None:
     """Run a click command as a process's whole work (see the module's docstring)."""
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    catch_ctrl_c()
+    _prepare_process()
     guard_standard_output()
     try:
         command()
@@ -133,9 +134,14 @@ def _flush_standard_output() -> None:
         sys.exit(1)
 
 
+def _prepare_process() -> None:
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    catch_ctrl_c()
+
+
 def _entry(module: str) -> Callable[[], None]:
     def entry() -> None:
-        catch_ctrl_c()
+        _prepare_process()
         try:
             command = importlib.import_module(module).main
         except KeyboardInterrupt:
