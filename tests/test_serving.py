@@ -250,25 +250,30 @@ def test_binary_data_whose_length_does_not_match_the_shape(server: str) -> None:
 
 
 def test_a_full_queue_answers_503_and_every_accepted_request_is_answered(images, reference) -> None:
-    with serving("--max-queue", "2", "--max-delay-ms", "50", "--max-batch", "4") as (url, _):
+    # One request per model call and room for one waiting: the queue is full whenever two requests are parsed
+    # between two turns of the batcher, which 64 clients released at once, 4 requests each, make happen often.
+    with serving("--max-queue", "1", "--max-delay-ms", "0", "--max-batch", "1") as (url, _):
         outcomes: list[int] = []
+        start = threading.Barrier(64)
 
-        def one(i: int) -> None:
-            body = _one_image_logits(images[i % 64])
-            response = httpx.post(f"http://{url}/v2/models/{MODEL}/infer", json=body, timeout=60)
-            if response.status_code == 200:
-                got = np.float32(response.json()["outputs"][0]["data"])
-                assert np.array_equal(got, reference.predict(images[i % 64]).logits[0])
-            else:
-                assert "overloaded" in response.json()["error"]
-            outcomes.append(response.status_code)
+        def client(c: int) -> None:
+            start.wait()
+            for i in range(c, c + 4):
+                body = _one_image_logits(images[i % 64])
+                response = httpx.post(f"http://{url}/v2/models/{MODEL}/infer", json=body, timeout=60)
+                if response.status_code == 200:
+                    got = np.float32(response.json()["outputs"][0]["data"])
+                    assert np.array_equal(got, reference.predict(images[i % 64]).logits[0])
+                else:
+                    assert "overloaded" in response.json()["error"]
+                outcomes.append(response.status_code)
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(64)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=120)
-        assert len(outcomes) == 40 and set(outcomes) == {200, 503}
+        assert len(outcomes) == 256 and set(outcomes) == {200, 503}, sorted(set(outcomes))
 
 
 def test_sigterm_during_load_loses_no_accepted_request(images, reference) -> None:
@@ -346,3 +351,38 @@ def test_a_port_in_use_is_one_line() -> None:
         result = CliRunner().invoke(serve_cli, ["--port", str(port)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+def test_quick_model_calls_run_on_the_event_loop_and_slow_ones_in_a_thread(images, reference, monkeypatch) -> None:
+    """A thread hand-off costs more than a small ONNX Runtime call, so quick calls run inline; a model slower
+    than INLINE_S per call moves to a thread after its first call has measured it. Answers are the same."""
+    import asyncio
+
+    from fmnist_deploy.serving import batcher as batcher_module
+    from fmnist_deploy.serving.batcher import INLINE_S, Batcher
+
+    on_loop: list[bool] = []
+
+    def scenario(delay: float) -> list[np.ndarray]:
+        def model(x: np.ndarray):
+            on_loop.append(threading.current_thread() is threading.main_thread())
+            time.sleep(delay)
+            return reference.backend.run(x)
+
+        async def requests() -> list[np.ndarray]:
+            batcher = Batcher(model, max_delay_s=0)
+            batcher.start()
+            answers = [(await batcher.infer(images[i : i + 1]))[0] for i in range(4)]
+            await batcher.stop()
+            return answers
+
+        return asyncio.run(requests())
+
+    # "quick" against a threshold no call on a loaded machine reaches; "slow" sleeps past the real one
+    for delay, threshold, expected in ((0.0, 10.0, [True] * 4), (2 * INLINE_S, INLINE_S, [True, False, False, False])):
+        on_loop.clear()
+        monkeypatch.setattr(batcher_module, "INLINE_S", threshold)
+        answers = scenario(delay)
+        assert on_loop == expected, (delay, threshold)
+        for i, logits in enumerate(answers):
+            assert np.array_equal(logits, reference.predict(images[i]).logits)
