@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 import fmnist_deploy
-from tests.conftest import ARTIFACTS, REPO
+from tests.conftest import ARTIFACTS, REPO, console_script
 
 
 def test_public_api_resolves_every_name() -> None:
@@ -110,7 +110,7 @@ def test_the_commands_keep_onnxruntime_telemetry_off(tmp_path: Path) -> None:
     home.mkdir()
     environment = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
     environment["HOME"] = str(home)
-    predict = shutil.which("fmnist-predict", path=str(Path(sys.executable).parent))
+    predict = console_script("fmnist-predict")
     for command in ([predict], [sys.executable, "-m", "fmnist_deploy.runtime.cli"]):
         done = subprocess.run(
             [*command, str(ARTIFACTS / "samples" / "0000_ankle_boot.png")],

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from fmnist_deploy.benchmarks.cli import main as bench_cli
 from fmnist_deploy.export.cli import main as export_cli
 from fmnist_deploy.training.cli import main as train_cli
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, console_script
 from tests.reliability.conftest import fingerprints
 
 
@@ -219,7 +219,7 @@ def test_a_full_standard_output_is_one_line(name: str) -> None:
     """/dev/full fails every write with ENOSPC: the command says so in one line, blames no file of its own
     (fmnist-export used to report `cannot write to artifacts`), and exits 1."""
     program, *args = FULL_OUTPUT_COMMANDS[name]
-    command = [shutil.which(program, path=str(Path(sys.executable).parent)) or program, *args]
+    command = [program if program == sys.executable else console_script(program), *args]
     with open("/dev/full", "w") as full:
         done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300, check=False)
     assert done.returncode == 1, done.stderr
@@ -229,7 +229,7 @@ def test_a_full_standard_output_is_one_line(name: str) -> None:
 
 def test_a_closed_standard_output_is_one_line() -> None:
     """Started with standard output closed (`>&-`): the answers have nowhere to go, and the command says so."""
-    predict = shutil.which("fmnist-predict", path=str(Path(sys.executable).parent))
+    predict = console_script("fmnist-predict")
     done = subprocess.run(
         [predict, str(ARTIFACTS / "samples" / "0000_ankle_boot.png")],
         stderr=subprocess.PIPE,
@@ -244,7 +244,7 @@ def test_a_closed_standard_output_is_one_line() -> None:
 
 def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """`fmnist-predict FOLDER | head -1`: the reader goes away mid-stream; no traceback, no second error."""
-    predict = shutil.which("fmnist-predict", path=str(Path(sys.executable).parent))
+    predict = console_script("fmnist-predict")
     process = subprocess.Popen(
         [predict, *[str(ARTIFACTS / "samples")] * 500], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
