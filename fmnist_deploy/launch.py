@@ -29,6 +29,8 @@ from collections.abc import Callable
 
 import click
 
+ORT_TELEMETRY_VARIABLE = "ORT_DISABLE_TELEMETRY"  # ONNX Runtime's own opt-out (see the module's docstring)
+
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, as the toolkit's commands receive it (see `catch_ctrl_c`)."""
@@ -56,6 +58,9 @@ class OutputError(click.ClickException):
     """Standard output could not be written. Not an OSError, so that no command's handler for its own
     files' errors takes it for one of them; click reports it in one line and exits 1."""
 
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"cannot write to standard output: {reason}")
+
 
 class _GuardedOutput(io.BufferedIOBase):
     """Standard output's byte stream, with every write error but a closed pipe turned into OutputError.
@@ -71,11 +76,11 @@ class _GuardedOutput(io.BufferedIOBase):
         except BrokenPipeError:
             raise  # click's own handling: `fmnist-predict ... | head` ends quietly
         except OSError as exc:
-            raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
+            raise OutputError(exc.strerror or str(exc)) from None
 
     def write(self, data) -> int:  # type: ignore[override]
         if self._inner is None:
-            raise OutputError("cannot write to standard output: it is closed")
+            raise OutputError("it is closed")
         inner = self._inner
         return self._guard(lambda: inner.write(data)) or 0
 
@@ -126,16 +131,16 @@ def _flush_standard_output() -> None:
     """What is still buffered goes out now, while a failure can still be one line."""
     try:
         sys.stdout.flush()
-    except OutputError as exc:
-        print(f"Error: {exc.message}", file=sys.stderr)
-        sys.exit(1)
+    except OutputError as exc:  # outside click's main now: its own one-line report and status
+        exc.show()
+        sys.exit(exc.exit_code)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         sys.exit(1)
 
 
 def _prepare_process() -> None:
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault(ORT_TELEMETRY_VARIABLE, "1")
     catch_ctrl_c()
 
 

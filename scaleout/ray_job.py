@@ -303,9 +303,11 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
+        from fmnist_deploy.launch import ORT_TELEMETRY_VARIABLE
+
         # A cluster's workers do not inherit this process's environment: pass on ONNX Runtime's telemetry choice.
-        choice = {k: os.environ[k] for k in ("ORT_DISABLE_TELEMETRY",) if k in os.environ}
-        runtime_env = {"env_vars": choice} if choice else None
+        choice = os.environ.get(ORT_TELEMETRY_VARIABLE)
+        runtime_env = {"env_vars": {ORT_TELEMETRY_VARIABLE: choice}} if choice is not None else None
         ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     else:
         ray.init(
