@@ -339,7 +339,7 @@ def test_two_worker_processes_share_one_port_and_stop_cleanly(images, reference)
         assert proc.wait(timeout=60) == 0, proc.communicate()[1][-2000:]
 
 
-def test_a_port_in_use_is_one_line() -> None:
+def test_a_port_in_use_or_an_unknown_host_is_one_line() -> None:
     from click.testing import CliRunner
 
     from fmnist_deploy.serving.cli import main as serve_cli
@@ -351,6 +351,10 @@ def test_a_port_in_use_is_one_line() -> None:
         result = CliRunner().invoke(serve_cli, ["--port", str(port)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    unknown = CliRunner().invoke(serve_cli, ["--host", "no-such-host.invalid", "--port", "0"])
+    assert unknown.exit_code == 1
+    lines = unknown.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: cannot listen on no-such-host.invalid:0: "), lines
 
 
 def test_quick_model_calls_run_on_the_event_loop_and_slow_ones_in_a_thread(images, reference, monkeypatch) -> None:
