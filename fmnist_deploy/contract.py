@@ -52,6 +52,9 @@ SIDECAR_SUFFIX = ".json"
 # 2.86e-6 between an Intel Xeon and an AMD EPYC), so every comparison against a reference
 # is a tolerance, never equality.
 LOGIT_TOLERANCE = 1e-5  # max |logit - reference| of an fp32 file, on any machine
+# TF32 (10-bit mantissa matmuls) on a GPU is an explicit opt-in, held to its own tolerance: measured
+# on an H200, ONNX Runtime's CUDA provider with TF32 on is 2.76e-3 from the CPU's logits (1.9e-6 off).
+TF32_LOGIT_TOLERANCE = 1e-2
 PROB_SUM_TOLERANCE = 1e-6  # max |sum(probabilities) - 1| of an fp32 file
 INT8_PROB_SUM_TOLERANCE = 1e-5  # the same for the int8 file
 INT8_MAX_ACCURACY_DROP_POINTS = 0.5  # test-set accuracy an int8 file may lose, in percentage points

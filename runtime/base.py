@@ -12,7 +12,7 @@ import numpy as np
 
 from fmnist_deploy.contract import ARCHIVE_METADATA, IMAGE_SHAPE, N_CLASSES, SUFFIXES, contract_problems, sidecar_path
 from fmnist_deploy.integrity import IntegrityError
-from fmnist_deploy.runtime.errors import InputError, ModelError, first_line
+from fmnist_deploy.runtime.errors import InputError, ModelError, OptionError, first_line
 
 
 def describe(array: Any) -> str:
@@ -144,6 +144,13 @@ class Backend:
     def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    @classmethod
+    def unavailable(cls, device: str) -> str | None:
+        """Why this backend cannot run on `device` here for want of a package ('not installed: pip install
+        ...'), or None. Checked without loading a model, so a benchmark can list the cell instead of stopping.
+        A missing GPU is not reported here: that is a DeviceError of its own."""
+        return None
+
     # Large batches run in slices of this many images: a slice's activations stay in the CPU
     # caches (1024 x 784 float32 = 3 MB), where one 10 000-image call would stream 31 MB.
     chunk_rows: ClassVar[int] = 1024
@@ -185,15 +192,20 @@ class TorchBackend(Backend):
 
     reader: ClassVar[str]  # the torch function that reads the file, named in errors
     kind: ClassVar[str]  # the file_kind() this backend reads
+    # On CUDA (runtime.torch_cuda): graphs per batch size, how many are kept, the largest captured, chunk size.
+    options: ClassVar[tuple[str, ...]] = ("cuda_graphs", "graph_cache", "max_graph_batch", "chunk_rows")
     module: Any
     torch_device: Any  # torch.device
+    runner: Any = None  # a torch_cuda.CudaRunner on CUDA
 
-    def __init__(self, path: Path, device: str = "cpu") -> None:
+    def __init__(self, path: Path, device: str = "cpu", **cuda_options: Any) -> None:
         import pickle
         import zipfile
 
         from fmnist_deploy.runtime.torch_common import torch_device
 
+        if device != "cuda" and cuda_options:
+            raise OptionError(f"{', '.join(cuda_options)}: CUDA options, for device cuda (device is {device})")
         self.torch_device = torch_device(device)
         try:
             self.module, meta = self._load(path, self.torch_device)
@@ -213,11 +225,23 @@ class TorchBackend(Backend):
             raise ModelError(f"{path}: {self.reader} cannot read it ({first_line(exc, 160)}){hint}") from None
         self.device = device
         self.metadata = check_metadata(meta, str(path))
+        if device == "cuda":
+            from fmnist_deploy.runtime.torch_cuda import CudaOptions, CudaRunner
+
+            self.runner = CudaRunner(self.module, self.torch_device, CudaOptions(**cuda_options))
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """On CUDA the runner takes the batch whole (it streams large ones itself); on the CPU, cache-sized slices."""
+        if self.runner is not None:
+            return self._checked(images)
+        return super().run(images)
 
     def _load(self, path: Path, device: Any) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
 
     def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.runner is not None:
+            return self.runner.run(images)
         from fmnist_deploy.runtime.torch_common import run_torch
 
         return run_torch(self.module, images, self.torch_device)

@@ -20,6 +20,7 @@ from fmnist_deploy.runtime.base import Backend, check_metadata, wrong_kind_hint
 from fmnist_deploy.runtime.errors import DeviceError, ModelError, OptionError, first_line
 
 HINTS = ("latency", "throughput")
+INSTALL_HINT = "pip install 'fmnist-deploy[openvino]'"
 
 
 class OpenVinoBackend(Backend):
@@ -32,6 +33,15 @@ class OpenVinoBackend(Backend):
     # 1 024 rows took 9.7 ms, of 4 096 rows 8.8 ms, one call 8.7 ms (ONNX Runtime: ~10.4 ms either way).
     chunk_rows = 4096
 
+    @classmethod
+    def unavailable(cls, device: str) -> str | None:
+        """'not installed: ...' when OpenVINO cannot be imported (it is an optional extra)."""
+        import importlib.util
+
+        if importlib.util.find_spec("openvino") is None:
+            return f"not installed: {INSTALL_HINT}"
+        return None
+
     def __init__(self, path: Path, device: str = "cpu", *, threads: int | None = None, hint: str = "latency") -> None:
         if device != "cpu":
             raise DeviceError(f"device {device}: the openvino backend runs on the CPU; use onnxruntime for cuda")
@@ -42,7 +52,7 @@ class OpenVinoBackend(Backend):
         try:
             import openvino
         except ImportError:
-            raise ModelError("the openvino backend needs OpenVINO: pip install 'fmnist-deploy[openvino]'") from None
+            raise ModelError(f"the openvino backend needs OpenVINO: {INSTALL_HINT}") from None
         core = openvino.Core()
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint.upper()}
         if threads is not None:

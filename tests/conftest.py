@@ -23,3 +23,65 @@ def data():
     from fmnist_deploy.training.data import load
 
     return load(download=False)
+
+
+# Packages a machine may lack (the GPU machine's image has none of them): a test module that cannot import
+# one is skipped with the package named, never a collection error, so `pytest -m cuda` runs there as it is.
+# Import name -> what to install.
+OPTIONAL_PACKAGES = {
+    "imagecodecs": "imagecodecs",
+    "starlette": "starlette",
+    "uvicorn": "'uvicorn[standard]'",
+    "fastapi": "fastapi",
+    "httpx": "httpx",
+    "tritonclient": "'tritonclient[http,grpc]'",
+    "ray": "'fmnist-deploy[scale]'",
+    "pyarrow": "pyarrow",
+    "openvino": "'fmnist-deploy[openvino]'",
+    "yaml": "pyyaml",
+    "atheris": "atheris",
+}
+REQUIRE_ORT_GPU_HELP = "fail, instead of skipping, the CUDA tests of ONNX Runtime when onnxruntime-gpu is absent"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--require-ort-gpu", action="store_true", default=False, help=REQUIRE_ORT_GPU_HELP)
+
+
+def missing_optional(exc: BaseException | None) -> str | None:
+    """'needs X: pip install Y' when `exc` is the import of an optional package that is not installed."""
+    if not isinstance(exc, ModuleNotFoundError) or exc.name is None:
+        return None
+    top = exc.name.split(".")[0]
+    return f"needs {top}: pip install {OPTIONAL_PACKAGES[top]}" if top in OPTIONAL_PACKAGES else None
+
+
+class OptionalModule(pytest.Module):
+    """A test module whose import fails for want of an optional package is skipped, saying which."""
+
+    def _getobj(self):
+        try:
+            return super()._getobj()
+        except self.CollectError as exc:
+            reason = missing_optional(exc.__cause__)
+            if reason is None:
+                raise
+            raise pytest.skip.Exception(reason, allow_module_level=True) from None
+
+
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    if module_path.name == "__init__.py":
+        return None  # pytest's own Package handling
+    return OptionalModule.from_parent(parent, path=module_path)
+
+
+def require_ort_cuda(config: pytest.Config) -> None:
+    """Skip (or fail, under --require-ort-gpu) when this onnxruntime has no CUDA execution provider."""
+    from fmnist_deploy.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    reason = OnnxRuntimeBackend.unavailable("cuda")
+    if reason is None:
+        return
+    if config.getoption("--require-ort-gpu"):
+        pytest.fail(f"--require-ort-gpu: {reason}")
+    pytest.skip(reason)

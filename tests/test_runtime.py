@@ -22,7 +22,7 @@ from fmnist_deploy.runtime import BACKENDS, DeviceError, InputError, ModelError,
 from fmnist_deploy.runtime.cli import main as predict_cli
 from fmnist_deploy.runtime.images import read_image, to_model_input
 from fmnist_deploy.runtime.inputs import chunks, iter_items
-from tests.conftest import ARTIFACTS, REPO
+from tests.conftest import ARTIFACTS, REPO, require_ort_cuda
 
 # One case per registered backend: the committed file it reads.
 CASES = {
@@ -144,14 +144,56 @@ def test_cuda_without_a_gpu_is_an_error_not_a_cpu_run(backend: str) -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("backend", ["onnxruntime", "torchscript", "pt2", "eager"])
-def test_cuda_backends_match_the_golden_logits(backend: str, golden) -> None:
+def test_cuda_backends_match_the_golden_logits(backend: str, golden, request) -> None:
+    if backend == "onnxruntime":
+        require_ort_cuda(request.config)
     predictor = load(ARTIFACTS / CASES[backend], backend=backend, device="cuda")  # never a silent CPU run
     assert predictor.device == "cuda"
     if backend == "onnxruntime":
         assert predictor.backend.providers[0] == "CUDAExecutionProvider"
-    prediction = predictor.predict(golden["images"])
-    assert np.abs(prediction.logits - golden["logits"]).max() <= 1e-4
-    assert prediction.indices.tolist() == golden["logits"].argmax(1).tolist()
+        assert predictor.backend.provider_options["use_tf32"] == "0"
+    # Twice per size: the first call of a batch size captures its CUDA graph, the second replays it.
+    for images in (golden["images"], golden["images"], golden["images"][:1], golden["images"][:1]):
+        prediction = predictor.predict(images)
+        assert np.abs(prediction.logits - golden["logits"][: len(images)]).max() <= 1e-4
+        assert prediction.indices.tolist() == golden["logits"][: len(images)].argmax(1).tolist()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["onnxruntime", "torchscript", "pt2", "eager"])
+@pytest.mark.parametrize("graphs", [True, False])
+def test_cuda_large_batches_stream_and_match_the_cpu(backend: str, graphs: bool, request) -> None:
+    # 20 000 images: past the largest captured size and the chunk size, so two streams carry odd-sized chunks.
+    if backend == "onnxruntime":
+        require_ort_cuda(request.config)
+    images = np.random.default_rng(3).integers(0, 256, (20_000, 28, 28), dtype=np.uint8)
+    cpu = load(ARTIFACTS / CASES[backend], backend=backend).predict(images)
+    options = {"cuda_graph": graphs} if backend == "onnxruntime" else {"cuda_graphs": graphs, "chunk_rows": 6_000}
+    gpu = load(ARTIFACTS / CASES[backend], backend=backend, device="cuda", **options)
+    for _ in range(2):
+        out = gpu.predict(images)
+        assert np.abs(out.logits - cpu.logits).max() <= 1e-4
+        assert (out.indices != cpu.indices).sum() <= 1  # a near-tie may flip between kernels
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
+def test_onnxruntime_tf32_is_an_opt_in_with_its_own_tolerance(golden, request) -> None:
+    from fmnist_deploy.contract import TF32_LOGIT_TOLERANCE
+
+    require_ort_cuda(request.config)
+    predictor = load(ARTIFACTS / CASES["onnxruntime"], device="cuda", tf32=True)
+    assert predictor.backend.provider_options["use_tf32"] == "1"
+    assert np.abs(predictor.predict(golden["images"]).logits - golden["logits"]).max() <= TF32_LOGIT_TOLERANCE
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torchscript", "pt2", "eager"])
+def test_cuda_options_on_the_cpu_are_refused(backend: str) -> None:
+    option = {"onnxruntime": "tf32", "torchscript": "cuda_graphs", "pt2": "graph_cache", "eager": "chunk_rows"}[backend]
+    value = {"tf32": True, "cuda_graphs": False, "graph_cache": 2, "chunk_rows": 100}[option]
+    with pytest.raises(OptionError, match=f"{option}: CUDA options, for device cuda"):
+        load(ARTIFACTS / CASES[backend], backend=backend, **{option: value})
 
 
 def test_load_errors_are_clear(tmp_path: Path) -> None:
@@ -437,7 +479,10 @@ def test_unknown_option_values_are_typed_errors_naming_what_is_accepted() -> Non
         load(ARTIFACTS / "fmnist_mlp.onnx", optimization="fast")
     with pytest.raises(OptionError, match="threads 0: expected a whole number >= 1"):
         load(ARTIFACTS / "fmnist_mlp.onnx", threads=0)
-    with pytest.raises(OptionError, match="the pt2 backend does not take threads; its options: none"):
+    with pytest.raises(
+        OptionError,
+        match="the pt2 backend does not take threads; its options: cuda_graphs, graph_cache, max_graph_batch, chunk_rows",
+    ):
         load(ARTIFACTS / "fmnist_mlp.pt2", threads=2)
     with pytest.raises(
         OptionError,

@@ -288,9 +288,47 @@ def test_committed_weights_load_into_the_course_network_with_plain_torch_load() 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_fast_loader_is_bit_identical_to_the_course_loop(data, tmp_path: Path) -> None:
     cuda = torch.device("cuda")
-    fast = run(SMALL, data, tmp_path / "fast", device=cuda, loader="fast")
+    fast = run(SMALL, data, tmp_path / "fast", device=cuda, loader="fast", cuda_graph=False)
     ref = run(SMALL, data, tmp_path / "ref", device=cuda, loader="reference")
     _assert_same_weights(fast.model.state_dict(), ref.model.state_dict())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("recipe", [SMALL, replace(SMALL, train_limit=3050, momentum=0.9)], ids=["course", "ragged"])
+def test_cuda_graphed_steps_are_bit_identical_to_the_fast_loader(data, tmp_path: Path, recipe: Recipe) -> None:
+    cuda = torch.device("cuda")
+    graphed = run(recipe, data, tmp_path / "graphed", device=cuda, loader="fast", cuda_graph=True)
+    plain = run(recipe, data, tmp_path / "plain", device=cuda, loader="fast", cuda_graph=False)
+    _assert_same_weights(graphed.model.state_dict(), plain.model.state_dict())
+    assert graphed.history[-1].train_loss == plain.history[-1].train_loss
+
+
+@pytest.mark.parametrize("limit", [3000, 3050], ids=["whole-batches", "short-last-batch"])
+def test_graphed_epochs_bookkeeping_matches_the_fast_loader_on_the_cpu(data, limit: int) -> None:
+    # Without a GPU the graph itself cannot run; the same bookkeeping (RNG draws, index buffer, sums, short
+    # last batch) runs uncaptured and must give the fast loader's weights, loss and accuracy exactly.
+    from fmnist_deploy.training.loop import GraphedEpochs, TensorBatches, fresh_state, train_one_epoch
+
+    recipe = replace(SMALL, train_limit=limit, momentum=0.9)
+    cpu = torch.device("cpu")
+    results = []
+    for graphed in (False, True):
+        state = fresh_state(recipe, cpu)
+        batches = TensorBatches(data, recipe, cpu)
+        stepper = GraphedEpochs(state.model, state.optimizer, batches, capture=False) if graphed else None
+        sums = [
+            stepper.epoch() if stepper else train_one_epoch(state.model, state.optimizer, batches.train_batches())
+            for _ in range(2)
+        ]
+        results.append((state.model.state_dict(), sums))
+    _assert_same_weights(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+
+
+def test_cuda_graph_needs_cuda_and_the_fast_loader(data, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="CUDA-graphed step needs --device cuda"):
+        run(SMALL, data, tmp_path, device=torch.device("cpu"), cuda_graph=True)
 
 
 def test_resume_from_a_checkpoint_with_an_unknown_recipe_key_is_one_line(tmp_path: Path) -> None:

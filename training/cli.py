@@ -91,6 +91,11 @@ def _interrupted(out: Path, done: list[int], resumed: bool) -> str:
     show_default=True,
     help="fast: one tensor on the device; reference: the course's DataLoader. Same weights.",
 )
+@click.option(
+    "--cuda-graph/--no-cuda-graph",
+    default=None,
+    help="Replay the training step as a CUDA graph [default: on with --device cuda and the fast loader].",
+)
 @click.option("--resume", is_flag=True, help="Continue the run checkpointed in --out up to --epochs.")
 @click.option("--overwrite", is_flag=True, help="Start a new run even if --out holds one.")
 @click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
@@ -106,6 +111,7 @@ def main(
     out: Path,
     limit: int | None,
     loader: str,
+    cuda_graph: bool | None,
     resume: bool,
     overwrite: bool,
 ) -> None:
@@ -142,7 +148,10 @@ def main(
             click.echo(f"removed {stale}, left by an interrupted write", err=True)
         data = load(data_dir)
         click.echo(f"Fashion-MNIST from {raw_dir(data.root)}", err=True)
-        click.echo(f"Training on {torch_device} with the {loader} loader: {recipe}", err=True)
+        if cuda_graph is None:
+            cuda_graph = torch_device.type == "cuda" and loader == "fast"
+        graphed = " and a CUDA-graphed step" if cuda_graph else ""
+        click.echo(f"Training on {torch_device} with the {loader} loader{graphed}: {recipe}", err=True)
 
         def on_epoch(stats: EpochStats) -> None:
             done.append(stats.epoch)
@@ -156,7 +165,9 @@ def main(
             loader=loader,
             resume=resume,
             on_epoch=on_epoch,
-            wrap_batches=_progress if sys.stderr.isatty() else None,
+            # the graphed step replays without a Python loop over batches to hang a progress bar on
+            wrap_batches=_progress if sys.stderr.isatty() and not cuda_graph else None,
+            cuda_graph=cuda_graph,
         )
         weights = finalise(out, recipe, state.model, state.history, data, device=torch_device, loader=loader)
     except (DataError, CheckpointError, TrainingError) as exc:

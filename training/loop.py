@@ -62,13 +62,18 @@ class TensorBatches:
         self.batch_size = recipe.batch_size
         self.device = device
 
-    def train_batches(self) -> Iterator[Batch]:
-        """One epoch's batches, drawn from the global RNG exactly as DataLoader + RandomSampler draw them."""
+    def epoch_order(self) -> torch.Tensor:
+        """One epoch's permutation (n_train,) int64 on the device, drawn from the global RNG exactly as
+        DataLoader + RandomSampler draw it."""
         _draw_loader_seed()  # the DataLoader iterator's base seed
         sampler = torch.Generator()
         sampler.manual_seed(_draw_loader_seed())  # RandomSampler's own generator
         # One host-to-device copy per epoch; every batch is then gathered on the device.
-        order = torch.randperm(self.n_train, generator=sampler).to(self.device)
+        return torch.randperm(self.n_train, generator=sampler).to(self.device)
+
+    def train_batches(self) -> Iterator[Batch]:
+        """One epoch's batches, drawn from the global RNG exactly as DataLoader + RandomSampler draw them."""
+        order = self.epoch_order()
         for start in range(0, self.n_train, self.batch_size):
             idx = order[start : start + self.batch_size]
             yield self.x.index_select(0, idx), self.y.index_select(0, idx)
@@ -156,6 +161,90 @@ def train_one_epoch(
     return loss_sum.item() / seen, correct.item() / seen
 
 
+class GraphedEpochs:
+    """The fast loader's epochs with the training step captured once as a CUDA graph and replayed.
+
+    The data set stays on the GPU (TensorBatches); each step copies its 100 indices into a
+    fixed buffer and replays one graph that gathers the batch, runs forward, backward and
+    the SGD update, and adds to the epoch's loss and accuracy sums: two launches a step
+    instead of ~40. Batches are drawn exactly as `train_batches` draws them, the first step
+    of the run is an ordinary one (it also warms cuBLAS and autograd up on a side stream,
+    and creates the momentum buffers a capture must find), and a short last batch (a
+    `train_limit` that is not a multiple of the batch size) runs as an ordinary step too.
+
+    Same weights as the fast loader? The graph replays the very kernels an ordinary step
+    launches, in the same order, with the same inputs; dropout draws from the CUDA generator,
+    whose Philox offset a replay advances by what an ordinary step takes, so each replay
+    draws the masks the ordinary step would. It is meant to be bit-identical on the same
+    GPU, and `tests/test_training.py::test_cuda_graphed_steps_are_bit_identical_to_the_fast_loader`
+    checks that on a GPU. With `capture=False` the same bookkeeping runs without a graph
+    (what the CPU tests exercise).
+    """
+
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: TensorBatches, *, capture: bool
+    ) -> None:
+        device = batches.x.device
+        self.model, self.optimizer, self.batches, self.capture = model, optimizer, batches, capture
+        self.criterion = nn.CrossEntropyLoss()
+        self.index = torch.zeros(batches.batch_size, dtype=torch.int64, device=device)  # (B,) the step's rows
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.steps = 0
+
+    def _step(self, index: torch.Tensor) -> None:
+        """One SGD step on rows `index` of the training set, its loss and hits added to the epoch's sums."""
+        x = self.batches.x.index_select(0, index)  # (B, 784)
+        y = self.batches.y.index_select(0, index)  # (B,)
+        logits = self.model(x)
+        loss = self.criterion(logits, y)
+        loss.backward()
+        self.optimizer.step()
+        self.loss_sum += loss.detach() * len(index)
+        self.correct += (logits.detach().argmax(1) == y).sum()
+
+    def _ordinary_step(self, index: torch.Tensor) -> None:
+        self.optimizer.zero_grad()
+        self._step(index)
+
+    def _first_step_and_capture(self, index: torch.Tensor) -> None:
+        # The first step runs on a side stream, as warm-up before a capture must (lazy cuBLAS and autograd
+        # set-up), and it is a real step of the run; then the step is captured. Capturing runs nothing, and
+        # the gradients it allocates live in the graph's own memory, where every replay writes them.
+        side = torch.cuda.Stream(index.device)
+        side.wait_stream(torch.cuda.current_stream(index.device))
+        with torch.cuda.stream(side):
+            self._ordinary_step(index)
+        torch.cuda.current_stream(index.device).wait_stream(side)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._step(self.index)
+
+    def epoch(self) -> tuple[float, float]:
+        """One pass of SGD over the shuffled training set; returns (mean loss, accuracy) as train_one_epoch."""
+        self.model.train()
+        order = self.batches.epoch_order()  # (n_train,) int64 on the device
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        size = self.batches.batch_size
+        for start in range(0, self.batches.n_train, size):
+            index = order[start : start + size]
+            if len(index) != size:
+                self._ordinary_step(index)
+            elif self.capture and self.graph is None:
+                self._first_step_and_capture(index)
+            else:
+                self.index.copy_(index)
+                if self.graph is not None:
+                    self.graph.replay()
+                else:
+                    self._ordinary_step(self.index)
+            self.steps += 1
+        return self.loss_sum.item() / self.batches.n_train, self.correct.item() / self.batches.n_train
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], n_classes: int = 10) -> tuple[float, float, torch.Tensor]:
     """(mean loss, accuracy, confusion matrix [true, predicted]) in eval mode.
@@ -227,12 +316,21 @@ def run(
     resume: bool = False,
     on_epoch: Callable[[EpochStats], None] | None = None,
     wrap_batches: Callable[[Iterator[Batch], int], Iterable[Batch]] | None = None,
+    cuda_graph: bool | None = None,
 ) -> RunState:
     """Train `recipe` to `recipe.epochs`, checkpointing atomically after every epoch.
 
     With `resume`, continue the run checkpointed in `out_dir`: its recipe (all but
     `epochs`) and RNG states are restored, so the result equals an uninterrupted run.
+    `cuda_graph` (default: on for the fast loader on CUDA) replays the training step as
+    a CUDA graph (GraphedEpochs); it needs the fast loader on CUDA and no `wrap_batches`.
     """
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda" and loader == "fast" and wrap_batches is None
+    if cuda_graph and (device.type != "cuda" or loader != "fast" or wrap_batches is not None):
+        raise TrainingError(
+            f"the CUDA-graphed step needs --device cuda and the fast loader (device {device.type}, loader {loader})"
+        )
     out_dir = Path(out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
     if resume:
@@ -254,13 +352,21 @@ def run(
         state = fresh_state(recipe, device)
     batches = LOADERS[loader](data, recipe, device)
     n_batches = -(-batches.n_train // batches.batch_size)
+    graphed = (
+        GraphedEpochs(state.model, state.optimizer, batches, capture=True)
+        if cuda_graph and isinstance(batches, TensorBatches)
+        else None
+    )
 
     for epoch in range(len(state.history), recipe.epochs):
         start = time.perf_counter()
-        train_iter: Iterable[Batch] = batches.train_batches()
-        if wrap_batches is not None:
-            train_iter = wrap_batches(train_iter, n_batches)
-        train_loss, train_acc = train_one_epoch(state.model, state.optimizer, train_iter)
+        if graphed is not None:
+            train_loss, train_acc = graphed.epoch()
+        else:
+            train_iter: Iterable[Batch] = batches.train_batches()
+            if wrap_batches is not None:
+                train_iter = wrap_batches(train_iter, n_batches)
+            train_loss, train_acc = train_one_epoch(state.model, state.optimizer, train_iter)
         valid_loss, valid_acc, _ = evaluate(state.model, batches.valid_batches(), recipe.n_classes)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
