@@ -10,7 +10,19 @@ Rows are the toolkit's backends and peers it is measured against: the bare ONNX 
 session, the network in numpy, `torch.compile` (inductor) of the eager model, and an
 AOTInductor package compiled for this machine (`fmnist-export --format aoti`).
 
-The ceiling: the model's FLOPs at the machine's float32 GEMM peak. The peak and the
+On CUDA two more things are timed apart: `resident` cells (the input already on the GPU,
+the answers left there, the stream synchronised: what the model costs without the
+host link), and the capture of each batch size's CUDA graph (`capture_ms`, never inside a
+call's latency). A cell that cannot run for want of a package (ONNX Runtime without its
+CUDA provider, OpenVINO absent) is listed under `not_installed` with the command that
+installs it, never an abort.
+
+Each row is measured against its own device's ceiling. CPU rows: the model's FLOPs at the
+CPU's float32 GEMM peak. CUDA rows: the GPU's fp32 matmul peak and its measured pinned
+host -> device bandwidth (784 bytes an image); resident cells against the first,
+host -> host cells against the smaller of the two, which the report names.
+
+The CPU ceiling: the model's FLOPs at the machine's float32 GEMM peak. The peak and the
 fastest rows are measured in interleaved rounds (peak, rows, peak, rows, ...), so each
 round's fraction compares numbers taken within a second of each other; the report gives
 the median fraction and its spread.
@@ -29,7 +41,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fmnist_deploy.benchmarks.numpy_ref import NumpyMLP
-from fmnist_deploy.benchmarks.stats import FLOP_PER_IMAGE, ceiling_images_per_s, sgemm_peak_gflops, summarise
+from fmnist_deploy.benchmarks.stats import (
+    FLOP_PER_IMAGE,
+    ceiling_images_per_s,
+    measure_gpu_ceilings,
+    sgemm_peak_gflops,
+    summarise,
+)
 from fmnist_deploy.contract import INT8_ONNX_NAME, STEM, SUFFIXES, WEIGHTS_NAME
 from fmnist_deploy.machine import environment
 from fmnist_deploy.models import models_dir
@@ -83,10 +101,28 @@ class Config:
 
 @dataclass
 class Opened:
-    """A loaded target: its predict callable and what it reports about itself (provider, threads)."""
+    """A loaded target: its predict callable and what it reports about itself (provider, threads).
+
+    On CUDA, `resident(images)` returns a call that runs those images already on the GPU (and
+    leaves the answers there), and `extra(batch)` what a cell adds about itself (capture time).
+    """
 
     predict: Predict
     info: dict[str, Any] = field(default_factory=dict)
+    resident: Callable[[np.ndarray], Callable[[], Any]] | None = None
+    extra: Callable[[int], dict[str, Any]] | None = None
+
+
+def unavailable(backend: str, device: str) -> str | None:
+    """'not installed: pip install ...' when a row cannot run on `device` for want of a package, else None."""
+    from fmnist_deploy import runtime
+
+    runtime_backend = TARGETS[backend].backend
+    if runtime_backend is not None:
+        return runtime.BACKENDS[runtime_backend].unavailable(device)
+    if backend == "ort-session":
+        return runtime.BACKENDS["onnxruntime"].unavailable(device)
+    return None
 
 
 def open_target(config: Config, backend: str, device: str) -> Opened:
@@ -109,7 +145,8 @@ def open_target(config: Config, backend: str, device: str) -> Opened:
         options = ort.SessionOptions()
         if config.threads is not None:
             options.intra_op_num_threads = config.threads
-        providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        # TF32 off on CUDA as in the backend: the peer computes the same function, only without the toolkit
+        providers = [("CUDAExecutionProvider", {"use_tf32": "0"})] if device == "cuda" else ["CPUExecutionProvider"]
         session = ort.InferenceSession(str(path), options, providers=providers)
         return Opened(
             lambda x: session.run(None, {"image": x}),
@@ -125,7 +162,50 @@ def open_target(config: Config, backend: str, device: str) -> Opened:
         info = {"provider": f"openvino:CPU {predictor.backend.precision}", "threads": config.threads or "default"}
     else:
         info = {"provider": f"torch:{device}", "threads": _torch_threads()}
-    return Opened(predictor.predict, info)
+    opened = Opened(predictor.predict, info)
+    if device == "cuda":
+        _cuda_extras(opened, predictor.backend)
+    return opened
+
+
+def _cuda_extras(opened: Opened, backend: Any) -> None:
+    """The resident call and the per-batch capture record of a runtime backend on CUDA."""
+    if backend.name == "onnxruntime":
+        opened.info["provider_options"] = {
+            k: v for k, v in backend.provider_options.items() if k in ("use_tf32", "enable_cuda_graph")
+        }
+
+        def ort_resident(images: np.ndarray) -> Callable[[], Any]:
+            bound = backend.bind(images.shape[0])
+            bound.input.update_inplace(images)
+            return bound.run  # ORT waits for its stream before returning
+
+        def ort_extra(batch: int) -> dict[str, Any]:
+            return {
+                "cuda_graph": backend.cuda_graph,
+                "capture_ms": backend.capture_ms.get(batch),
+                **({"cuda_graph_error": backend.cuda_graph_error} if backend.cuda_graph_error else {}),
+            }
+
+        opened.resident, opened.extra = ort_resident, ort_extra
+        return
+    runner = backend.runner
+
+    def torch_resident(images: np.ndarray) -> Callable[[], Any]:
+        import torch
+
+        x = torch.from_numpy(images).to(runner.device)  # (N, 28, 28) uint8, on the GPU once
+        return partial(runner.run_resident, x)
+
+    def torch_extra(batch: int) -> dict[str, Any]:
+        captured = batch in runner.graphs
+        return {
+            "cuda_graph": captured,
+            "capture_ms": runner.capture_ms.get(batch) if captured else None,
+            **({"cuda_graph_error": runner.graph_error} if runner.graph_error else {}),
+        }
+
+    opened.resident, opened.extra = torch_resident, torch_extra
 
 
 def _torch_compiled(weights: Path, device: str) -> Opened:
@@ -143,7 +223,21 @@ def _torch_compiled(weights: Path, device: str) -> Opened:
         logits, probs = compiled(torch.from_numpy(images).to(eager.torch_device))
         return logits.cpu().numpy(), probs.cpu().numpy()
 
-    return Opened(predict, {"provider": f"torch.compile:inductor:{device}", "threads": _torch_threads()})
+    def resident(images: np.ndarray) -> Callable[[], Any]:
+        x = torch.from_numpy(images).to(eager.torch_device)
+
+        @torch.inference_mode()
+        def call() -> Any:
+            out = compiled(x)
+            torch.cuda.current_stream(eager.torch_device).synchronize()
+            return out
+
+        return call
+
+    opened = Opened(predict, {"provider": f"torch.compile:inductor:{device}", "threads": _torch_threads()})
+    if device == "cuda":
+        opened.resident = resident
+    return opened
 
 
 def _build_aoti(weights: Path, folder: Path) -> Path:
@@ -243,10 +337,15 @@ def measure(
     peak_before = sgemm_peak_gflops()
     grid = [(b, d) for b in config.backends for d in config.devices if not (b in CPU_ONLY and d != "cpu")]
     cells: list[dict[str, Any]] = []
+    not_installed: list[dict[str, str]] = []
     with tempfile.TemporaryDirectory() as scratch:
         files = write_pngs(Path(scratch), pool[: min(config.e2e_max_batch, max(config.batches))])
         opened_cpu: dict[str, Opened] = {}
         for backend, device in progress(grid):
+            reason = unavailable(backend, device)
+            if reason is not None:  # a row that says what to install, never an abort
+                not_installed.append({"backend": backend, "device": device, "reason": reason})
+                continue
             build_s = None
             if backend == "aoti" and config.aoti_package is None:  # compiled once, apart from the load time
                 start = time.perf_counter_ns()
@@ -265,7 +364,12 @@ def measure(
             for batch in config.batches:
                 x = pool[:batch]
                 samples = time_calls(partial(opened.predict, x), config.budget_s, config.min_repetitions, config.warmup)
-                cells.append(_cell(backend, device, "model", batch, samples, creation_ms, first_ms, opened.info))
+                info = {**opened.info, **(opened.extra(batch) if opened.extra else {})}
+                cells.append(_cell(backend, device, "model", batch, samples, creation_ms, first_ms, info))
+                if opened.resident is not None:
+                    call = opened.resident(x)
+                    samples = time_calls(call, config.budget_s, config.min_repetitions, config.warmup)
+                    cells.append(_cell(backend, device, "resident", batch, samples, creation_ms, first_ms, info))
                 if batch <= config.e2e_max_batch and backend not in PEERS:
                     samples = time_calls(
                         partial(_end_to_end, opened.predict, files[:batch]), config.budget_s, config.min_repetitions, 1
@@ -277,8 +381,10 @@ def measure(
     peak_after = sgemm_peak_gflops()
     peak = max(peak_before, peak_after, *interleaved.get("sgemm_gflops_rounds", []))
     ceiling = ceiling_images_per_s(peak)
+    gpu = measure_gpu_ceilings() if any(c["device"] == "cuda" for c in cells) else None
     for cell in cells:
-        cell["fraction_of_ceiling"] = cell["images_per_s"] / ceiling
+        cell["ceiling"], bound = cell_ceiling(cell, ceiling, gpu)
+        cell["fraction_of_ceiling"] = cell["images_per_s"] / bound
     return {
         "benchmark": "latency",
         "config": {
@@ -300,11 +406,25 @@ def measure(
             "method": "best of 5 numpy float32 2048x2048x2048 matmuls on all cores, before, during and after "
             "the grid; the highest peak / 218 368 FLOP per image",
             "interleaved": interleaved,
+            **({"gpu": gpu} if gpu else {}),
         },
         "cells": cells,
+        "not_installed": not_installed,
         "summary": {**summarise_grid(cells), **_interleaved_summary(interleaved)},
         "environment": environment(),
     }
+
+
+def cell_ceiling(cell: dict[str, Any], cpu_images_per_s: float, gpu: dict[str, Any] | None) -> tuple[str, float]:
+    """(name, images/s) of the ceiling a cell is measured against: its own device's, never the other's."""
+    if cell["device"] != "cuda":
+        return "cpu fp32 sgemm", cpu_images_per_s
+    if gpu is None:
+        raise ValueError("a CUDA cell needs the GPU's ceilings")
+    if cell["mode"] == "resident":
+        return "gpu fp32", gpu["resident_images_per_s"]
+    binds = "gpu host->device copy" if gpu["host_to_host_binds"] == "host->device copy" else "gpu fp32"
+    return binds, gpu["host_to_host_images_per_s"]
 
 
 CEILING_BATCHES = (1000, 10000)
@@ -475,4 +595,27 @@ def summarise_grid(cells: list[dict[str, Any]]) -> dict[str, Any]:
         )
     if crossover:
         summary["cuda_overtakes_cpu_at_batch"] = crossover
+    cuda = _cuda_summary(cells)
+    if cuda:
+        summary["cuda"] = cuda
     return summary
+
+
+def _cuda_summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per backend on CUDA: batch-1 p50 and the best images/s, host -> host and resident, with their fractions."""
+    out: dict[str, Any] = {}
+    for backend in sorted({c["backend"] for c in cells if c["device"] == "cuda"}):
+        entry: dict[str, Any] = {}
+        for mode, label in (("model", "host_to_host"), ("resident", "resident")):
+            mine = [c for c in cells if (c["backend"], c["device"], c["mode"]) == (backend, "cuda", mode)]
+            if not mine:
+                continue
+            one = next((c for c in mine if c["batch"] == 1), None)
+            best = max(mine, key=lambda c: c["images_per_s"])
+            if one is not None:
+                entry[f"{label}_b1_p50_us"] = one["p50_us"]
+            entry[f"{label}_best"] = {
+                k: best.get(k) for k in ("batch", "images_per_s", "fraction_of_ceiling", "ceiling")
+            }
+        out[backend] = entry
+    return out

@@ -59,6 +59,10 @@ def measure(artifacts: Path, images: np.ndarray, labels: np.ndarray, devices: tu
                 if not path.is_file():  # a missing file is a failing row, never a row left out
                     rows.append({**head, "error": f"{path}: no such file", "pass": False})
                     continue
+                reason = runtime.BACKENDS[backend].unavailable(device)
+                if reason is not None:  # an optional package absent: said, neither measured nor failed
+                    rows.append({**head, "skipped": reason})
+                    continue
                 try:
                     predictor = runtime.load(path, backend=backend, device=device, **options)
                 except runtime.DeviceError as exc:
@@ -85,6 +89,10 @@ def measure(artifacts: Path, images: np.ndarray, labels: np.ndarray, devices: tu
     }
 
 
+def _skip_words(reason: str) -> str:
+    return reason if reason.startswith("not installed") else f"skipped: {reason}"
+
+
 def _verdict(report: dict[str, Any]) -> str:
     if report["measured"] == 0:
         return "NOTHING MEASURED"
@@ -104,7 +112,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         opt = r.get("optimization", "—")
         if "skipped" in r:
             lines.append(
-                f"| {r['file']} | {r['backend']} | {r['device']} | {r['precision']} | {opt} | — | — | — | — | skipped: {r['skipped']} |"
+                f"| {r['file']} | {r['backend']} | {r['device']} | {r['precision']} | {opt} | — | — | — | — | {_skip_words(r['skipped'])} |"
             )
             continue
         if "error" in r:

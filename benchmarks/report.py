@@ -21,6 +21,8 @@ CSV_FIELDS = (
     "stdev_us",
     "images_per_s",
     "fraction_of_ceiling",
+    "ceiling",
+    "capture_ms",
     "creation_ms",
     "first_inference_ms",
     "provider",
@@ -48,6 +50,18 @@ def latency_markdown(report: dict[str, Any]) -> str:
         f"Arithmetic ceiling: sgemm peak {ceiling['sgemm_gflops']:.0f} GFLOP/s / {ceiling['flop_per_image']} FLOP per image "
         f"= {ceiling['images_per_s']:,.0f} images/s.",
         "",
+    ]
+    gpu = ceiling.get("gpu")
+    if gpu:
+        lines += [
+            f"GPU ceilings ({gpu['gpu']}): fp32 matmul {gpu['fp32_tflops']:.1f} TFLOP/s = "
+            f"{gpu['compute_images_per_s']:,.0f} images/s; pinned host->device copy {gpu['h2d_gb_per_s']:.1f} GB/s "
+            f"/ 784 bytes an image = {gpu['h2d_images_per_s']:,.0f} images/s. Host -> host CUDA rows are held to the "
+            f"smaller ({gpu['host_to_host_binds']} binds), resident rows (input and answers on the GPU) to the fp32 "
+            "arithmetic; CPU rows to the CPU's ceiling above.",
+            "",
+        ]
+    lines += [
         "| backend | device | mode | batch | p50 µs | p90 µs | p99 µs | p99.9 µs | mean µs | images/s | % of ceiling | provider |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -57,6 +71,16 @@ def latency_markdown(report: dict[str, Any]) -> str:
             f"{c['p99_us']:,.1f} | {c['p99_9_us']:,.1f} | {c['mean_us']:,.1f} | {c['images_per_s']:,.0f} | "
             f"{100 * c['fraction_of_ceiling']:.1f} | {c['provider']} |"
         )
+    for row in report.get("not_installed", []):
+        lines.append(f"| {row['backend']} | {row['device']} | — | — | — | — | — | — | — | — | — | {row['reason']} |")
+    captures = [c for c in report["cells"] if c.get("capture_ms") is not None and c["mode"] == "model"]
+    if captures:
+        lines += ["", "CUDA graph captures, timed apart from the calls above:", ""]
+        lines += ["| backend | batch | capture ms |", "|---|---:|---:|"]
+        lines += [f"| {c['backend']} | {c['batch']} | {c['capture_ms']:.1f} |" for c in captures]
+    errors = {c["backend"]: c["cuda_graph_error"] for c in report["cells"] if c.get("cuda_graph_error")}
+    for backend, why in errors.items():
+        lines.append(f"- {backend}: CUDA graphs off after a failed capture ({why})")
     lines += ["", "| load + first call | creation ms | first inference ms |", "|---|---:|---:|"]
     seen = set()
     for c in report["cells"]:
@@ -121,6 +145,18 @@ def latency_markdown(report: dict[str, Any]) -> str:
         )
     if "cuda_overtakes_cpu_at_batch" in summary:
         lines.append(f"- CUDA overtakes the CPU at batch: {summary['cuda_overtakes_cpu_at_batch']}")
+    for backend, entry in summary.get("cuda", {}).items():
+        parts = []
+        for label, words in (("host_to_host", "host -> host"), ("resident", "resident")):
+            if f"{label}_b1_p50_us" in entry:
+                parts.append(f"{words} batch 1 p50 {entry[f'{label}_b1_p50_us']:,.1f} µs")
+            if f"{label}_best" in entry:
+                b = entry[f"{label}_best"]
+                parts.append(
+                    f"{words} best {b['images_per_s']:,.0f} images/s at batch {b['batch']} "
+                    f"({100 * b['fraction_of_ceiling']:.0f} % of the {b['ceiling']} ceiling)"
+                )
+        lines.append(f"- {backend} on CUDA: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
 
@@ -142,8 +178,10 @@ def latency_plot(report: dict[str, Any], path: Path) -> None:
         cells.sort(key=lambda c: c["batch"])
         batches = [c["batch"] for c in cells]
         # model call: solid (CPU) or dashed (CUDA); end to end from PNG files: dotted
-        style = ":" if mode != "model" else "--" if device == "cuda" else "-"
-        label = f"{backend} / {device}" + ("" if mode == "model" else " (from PNG files)")
+        style = {"end_to_end": ":", "resident": "-."}.get(mode, "--" if device == "cuda" else "-")
+        label = f"{backend} / {device}" + {"end_to_end": " (from PNG files)", "resident": " (GPU-resident)"}.get(
+            mode, ""
+        )
         colour = colours[backend]
         ax_lat.plot(batches, [c["p50_us"] for c in cells], style, color=colour, marker="o", ms=3, label=label)
         ax_thr.plot(batches, [c["images_per_s"] for c in cells], style, color=colour, marker="o", ms=3, label=label)

@@ -18,6 +18,7 @@ from fmnist_deploy.benchmarks import coldstart, train_speed
 from fmnist_deploy.benchmarks.cli import main as bench_cli
 from fmnist_deploy.benchmarks.latency import TARGETS, Config, measure
 from fmnist_deploy.benchmarks.numpy_ref import NumpyMLP
+from fmnist_deploy.benchmarks.report import latency_markdown
 from fmnist_deploy.benchmarks.stats import FLOP_PER_IMAGE, summarise
 from tests.conftest import ARTIFACTS, REPO
 
@@ -131,8 +132,98 @@ def test_latency_cuda_small_grid(data) -> None:
         backends=("pt2", "eager"), devices=("cpu", "cuda"), batches=(1, 1000), budget_s=0.05, min_repetitions=3
     )
     report = measure(config, data.test_images[:1000].numpy())
-    assert {c["provider"] for c in report["cells"] if c["device"] == "cuda"} == {"torch:cuda"}
+    cuda = [c for c in report["cells"] if c["device"] == "cuda"]
+    assert {c["provider"] for c in cuda} == {"torch:cuda"}
     assert set(report["summary"]["cuda_overtakes_cpu_at_batch"]) == {"pt2", "eager"}
+    # host -> host and GPU-resident apart; each batch size captured once, its capture time kept apart
+    assert {(c["backend"], c["mode"], c["batch"]) for c in cuda} == {
+        (b, m, n) for b in ("pt2", "eager") for m in ("model", "resident") for n in (1, 1000)
+    }
+    assert all(c["cuda_graph"] and c["capture_ms"] > 0 for c in cuda), [c.get("cuda_graph_error") for c in cuda]
+    gpu = report["ceiling"]["gpu"]
+    assert gpu["fp32_tflops"] > 1 and gpu["h2d_gb_per_s"] > 1
+    assert {c["ceiling"] for c in cuda if c["mode"] == "resident"} == {"gpu fp32"}
+    assert {c["ceiling"] for c in report["cells"] if c["device"] == "cpu"} == {"cpu fp32 sgemm"}
+    assert all(0 < c["fraction_of_ceiling"] < 1 for c in cuda)
+
+
+def test_each_row_is_held_to_its_own_device_ceiling() -> None:
+    from fmnist_deploy.benchmarks.latency import cell_ceiling
+    from fmnist_deploy.benchmarks.stats import gpu_ceilings
+
+    gpu = gpu_ceilings(fp32_tflops=60.0, h2d_gb_per_s=50.0)
+    assert gpu["compute_images_per_s"] == pytest.approx(60e12 / FLOP_PER_IMAGE)
+    assert gpu["h2d_images_per_s"] == pytest.approx(50e9 / 784)
+    assert gpu["host_to_host_binds"] == "host->device copy"  # 64 M images/s of copy < 275 M of arithmetic
+    assert cell_ceiling({"device": "cuda", "mode": "model"}, 1e6, gpu) == (
+        "gpu host->device copy",
+        gpu["h2d_images_per_s"],
+    )
+    assert cell_ceiling({"device": "cuda", "mode": "resident"}, 1e6, gpu) == ("gpu fp32", gpu["compute_images_per_s"])
+    assert cell_ceiling({"device": "cpu", "mode": "model"}, 1e6, gpu) == ("cpu fp32 sgemm", 1e6)
+    assert gpu_ceilings(fp32_tflops=0.01, h2d_gb_per_s=50.0)["host_to_host_binds"] == "fp32 arithmetic"
+    with pytest.raises(ValueError, match="needs the GPU's ceilings"):
+        cell_ceiling({"device": "cuda", "mode": "model"}, 1e6, None)
+
+
+def _no_ort_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" not in ort.get_available_providers()
+
+
+@pytest.mark.skipif(not _no_ort_cuda(), reason="checks the rows of an onnxruntime without its CUDA provider")
+def test_latency_lists_what_is_not_installed_instead_of_stopping(data, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # OpenVINO unimportable, as on a machine without it
+    config = Config(
+        backends=("numpy", "openvino", "onnxruntime", "ort-session"),
+        devices=("cpu", "cuda"),
+        batches=(1,),
+        budget_s=0.01,
+        min_repetitions=3,
+        warmup=1,
+        e2e_max_batch=0,
+        ceiling_rounds=0,
+    )
+    report = measure(config, data.test_images[:4].numpy())
+    assert {(r["backend"], r["device"]) for r in report["not_installed"]} == {
+        ("openvino", "cpu"),
+        ("onnxruntime", "cuda"),
+        ("ort-session", "cuda"),
+    }
+    assert {(c["backend"], c["device"]) for c in report["cells"]} == {
+        ("numpy", "cpu"),
+        ("onnxruntime", "cpu"),
+        ("ort-session", "cpu"),
+    }
+    markdown = latency_markdown(report)
+    assert "| openvino | cpu | — |" in markdown and "not installed: pip install 'fmnist-deploy[openvino]'" in markdown
+    assert "| onnxruntime | cuda | — |" in markdown and "not installed: pip install onnxruntime-gpu" in markdown
+    assert "gpu" not in report["ceiling"]  # no CUDA cell ran: no GPU ceiling is claimed
+
+
+def test_latency_cli_fails_only_for_an_explicit_backend_that_cannot_run(tmp_path: Path, data, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    args = ["latency", "--device", "cpu", "--batches", "1", "--budget", "0.01", "--min-repetitions", "3"]
+    args += ["--e2e-max-batch", "0", "--ceiling-rounds", "0", "--out-dir", str(tmp_path), "--data-dir", str(data.root)]
+    result = CliRunner().invoke(bench_cli, [*args, "--backend", "numpy", "--backend", "openvino"])
+    assert result.exit_code == 1
+    assert "--backend asked for what cannot run here: openvino/cpu: not installed: pip install" in result.output
+    report = json.loads((tmp_path / "latency.json").read_text())  # the report is written all the same
+    assert report["not_installed"][0]["backend"] == "openvino" and report["cells"][0]["backend"] == "numpy"
+
+
+def test_parity_without_openvino_passes_with_a_not_installed_row(tmp_path: Path, data, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    result = CliRunner().invoke(
+        bench_cli, ["parity", "--device", "cpu", "--out-dir", str(tmp_path), "--data-dir", str(data.root)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["passed"]
+    (row,) = [r for r in report["rows"] if r["backend"] == "openvino"]
+    assert row["skipped"] == "not installed: pip install 'fmnist-deploy[openvino]'" and "pass" not in row
+    assert "| not installed: pip install 'fmnist-deploy[openvino]' |" in (tmp_path / "parity.md").read_text()
 
 
 def test_every_latency_target_has_its_file_committed() -> None:
