@@ -156,13 +156,9 @@ def open_target(config: Config, backend: str, device: str) -> Opened:
 
     options = {"threads": config.threads} if runtime_backend in ("onnxruntime", "openvino") and config.threads else {}
     predictor = runtime.load(path, backend=runtime_backend, device=device, **options)
-    if runtime_backend == "onnxruntime":
-        info = {"provider": predictor.backend.providers[0], "threads": config.threads or "default"}
-    elif runtime_backend == "openvino":
-        info = {"provider": f"openvino:CPU {predictor.backend.precision}", "threads": config.threads or "default"}
-    else:
-        info = {"provider": f"torch:{device}", "threads": _torch_threads()}
-    opened = Opened(predictor.predict, info)
+    described = predictor.describe()  # what actually runs, as the loaded backend reports it
+    provider = f"{described.provider} {described.precision}" if runtime_backend == "openvino" else described.provider
+    opened = Opened(predictor.predict, {"provider": provider, "threads": described.threads or "default"})
     if device == "cuda":
         _cuda_extras(opened, predictor.backend)
     return opened

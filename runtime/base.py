@@ -137,6 +137,7 @@ class Backend:
 
     name: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]]
+    platform: ClassVar[str]  # the model's platform as Triton's model metadata names it
     options: ClassVar[tuple[str, ...]] = ()  # keyword options the constructor takes beyond path and device
     metadata: dict[str, Any]
     device: str
@@ -150,6 +151,11 @@ class Backend:
         ...'), or None. Checked without loading a model, so a benchmark can list the cell instead of stopping.
         A missing GPU is not reported here: that is a DeviceError of its own."""
         return None
+
+    def execution(self) -> tuple[str, str, int | None]:
+        """(provider, precision, threads) that actually run the file: e.g. ("CPUExecutionProvider", "fp32", 2);
+        threads None when the engine picks them itself."""
+        raise NotImplementedError
 
     # Large batches run in slices of this many images: a slice's activations stay in the CPU
     # caches (1024 x 784 float32 = 3 MB), where one 10 000-image call would stream 31 MB.
@@ -246,6 +252,12 @@ class TorchBackend(Backend):
 
         return run_torch(self.module, images, self.torch_device)
 
+    def execution(self) -> tuple[str, str, int | None]:
+        """torch on its device; precision from the file, threads torch's intra-op pool."""
+        import torch
+
+        return f"torch:{self.device}", str(self.metadata.get("precision", "fp32")), torch.get_num_threads()
+
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~0.7 µs per prediction at batch 1
 class Prediction:
@@ -286,6 +298,19 @@ class FilesPrediction:
     notes: dict[str, str]  # input -> a hint about an answered image (e.g. it may want --invert)
 
 
+@dataclass(frozen=True)
+class Description:
+    """What serves a loaded model, as its callers (the server's model metadata, the benchmarks) report it."""
+
+    platform: str  # Triton's name for it: onnxruntime_onnx, pytorch_libtorch, ...
+    backend: str  # a key of runtime.BACKENDS
+    device: str  # cpu or cuda
+    provider: str  # what actually executes: ONNX Runtime's execution provider, openvino:CPU, torch:cpu
+    precision: str  # fp32, int8, f32 (OpenVINO's name), ...
+    threads: int | None  # intra-op threads; None when the engine chooses
+    contract: dict[str, Any]  # the file's own inputs, outputs, class names and contract version
+
+
 class Predictor:
     """A backend plus the class names and contract read from the model file itself."""
 
@@ -303,6 +328,22 @@ class Predictor:
     def device(self) -> str:
         """cpu or cuda: where the model runs."""
         return self.backend.device
+
+    def describe(self) -> Description:
+        """Platform, backend, device, provider, precision, threads and contract: the one view of what runs."""
+        provider, precision, threads = self.backend.execution()
+        contract = {
+            key: self.metadata[key] for key in ("contract_version", "inputs", "outputs") if key in self.metadata
+        }
+        contract["class_names"] = list(self.class_names)
+        return Description(
+            self.backend.platform, self.backend.name, self.device, provider, precision, threads, contract
+        )
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Checked uint8 (N, 28, 28) -> float32 logits and probabilities (N, 10), nothing else: the server's
+        batches, whose shape the protocol has checked already."""
+        return self.backend.run(images)
 
     def predict(self, images: np.ndarray) -> Prediction:
         """uint8 (N, 28, 28), (N, 28, 28, 1) or one (28, 28) image of raw pixels -> logits, probabilities,

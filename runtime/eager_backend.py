@@ -24,6 +24,7 @@ class EagerBackend(TorchBackend):
 
     name = "eager"
     suffixes = (".pt",)
+    platform = "pytorch"
     kind = "pt"
     reader = "torch.load"
 

@@ -73,6 +73,7 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     suffixes = (".onnx",)
+    platform = "onnxruntime_onnx"
     options = ("threads", "optimization", "spinning", "tf32", "cuda_graph", "graph_cache")
 
     @classmethod
@@ -193,6 +194,11 @@ class OnnxRuntimeBackend(Backend):
                 f"{path}: graph has inputs {inputs} and outputs {outputs}; expected image tensor(uint8) "
                 "[N,28,28] with a dynamic N, and logits, probabilities tensor(float)"
             )
+
+    def execution(self) -> tuple[str, str, int | None]:
+        """The execution provider the session really uses; threads as the session options set them."""
+        threads = self.session.get_session_options().intra_op_num_threads
+        return self.providers[0], str(self.metadata.get("precision", "fp32")), threads or None
 
     def _public_run(self, names: list[str], feed: dict[str, np.ndarray], options: Any) -> list[np.ndarray]:
         return self.session.run(names, feed, options)

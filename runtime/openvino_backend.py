@@ -28,6 +28,7 @@ class OpenVinoBackend(Backend):
 
     name = "openvino"
     suffixes = (".onnx",)
+    platform = "openvino"
     options = ("threads", "hint")
     # OpenVINO splits a large batch across its threads itself: measured here at batch 10 000, slices of
     # 1 024 rows took 9.7 ms, of 4 096 rows 8.8 ms, one call 8.7 ms (ONNX Runtime: ~10.4 ms either way).
@@ -68,6 +69,10 @@ class OpenVinoBackend(Backend):
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.metadata = check_metadata(self._metadata(path, model), str(path))
         self._local = threading.local()
+
+    def execution(self) -> tuple[str, str, int | None]:
+        """OpenVINO on the CPU, at the precision and thread count the compiled model reports."""
+        return "openvino:CPU", self.precision, int(self.compiled.get_property("INFERENCE_NUM_THREADS")) or None
 
     @staticmethod
     def _metadata(path: Path, model: Any) -> dict[str, Any]:

@@ -15,6 +15,7 @@ class Pt2Backend(TorchBackend):
 
     name = "pt2"
     suffixes = (".pt2",)
+    platform = "torch_export"
     kind = "pt2"
     reader = "torch.export.load"
 

@@ -14,6 +14,7 @@ class TorchScriptBackend(TorchBackend):
 
     name = "torchscript"
     suffixes = (".torchscript",)
+    platform = "pytorch_libtorch"  # as Triton names it
     kind = "torchscript"
     reader = "torch.jit.load"
 

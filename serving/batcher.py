@@ -38,11 +38,24 @@ class _Pending:
 
 @dataclass(frozen=True)
 class BatchStats:
-    """What one model call was: its size in images, and the requests' time in the queue."""
+    """What one model call was: its size in images, the requests' time in the queue, and its three steps
+    (stacking the requests' images, the model call, handing each request its rows)."""
 
     images: int
     requests: int
     queue_seconds: list[float]
+    compute_seconds: float
+    input_seconds: float = 0.0
+    output_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's rows of a model call, and its time in the queue and in the model."""
+
+    logits: np.ndarray  # (n, 10) float32
+    probabilities: np.ndarray  # (n, 10) float32
+    queue_seconds: float
     compute_seconds: float
 
 
@@ -83,7 +96,7 @@ class Batcher:
         if self._worker is not None:
             self._worker.cancel()
 
-    async def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    async def infer(self, images: np.ndarray) -> Answer:
         """This request's logits and probabilities, computed in a batch with whatever else is waiting."""
         future = asyncio.get_running_loop().create_future()
         try:
@@ -128,6 +141,7 @@ class Batcher:
     async def _compute(self, loop: asyncio.AbstractEventLoop, group: list[_Pending]) -> None:
         started = time.perf_counter()
         images = group[0].images if len(group) == 1 else np.concatenate([p.images for p in group])
+        stacked = time.perf_counter()
         try:
             if self._per_image_s * len(images) < INLINE_S:
                 logits, probs = self._timed(images)
@@ -138,15 +152,19 @@ class Batcher:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
-        compute = time.perf_counter() - started
+        computed = time.perf_counter()
+        compute = computed - stacked
         start = 0
         for pending in group:
             stop = start + len(pending.images)
             if not pending.future.done():
-                pending.future.set_result((logits[start:stop], probs[start:stop]))
+                answer = Answer(logits[start:stop], probs[start:stop], started - pending.enqueued, compute)
+                pending.future.set_result(answer)
             start = stop
         if self.on_batch is not None:
-            self.on_batch(BatchStats(len(images), len(group), [started - p.enqueued for p in group], compute))
+            queued = [started - p.enqueued for p in group]
+            handed = time.perf_counter() - computed
+            self.on_batch(BatchStats(len(images), len(group), queued, compute, stacked - started, handed))
 
     def _timed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The model call, its cost per image folded into the moving average that picks where the next runs."""

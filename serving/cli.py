@@ -91,6 +91,47 @@ def _listen(host: str, port: int) -> socket.socket:
     show_default=True,
     help="Server processes, each with its own model and batcher.",
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Open connections per worker at most; one more is answered 503 and closed.",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has to send a request's headers (from its first byte, or the connection's opening).",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds a client has to send a request's body; slower is answered 408.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds a kept-alive connection may sit idle between requests before it is closed.",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    show_default=True,
+    help="One line per request on standard error (uvicorn's access log).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="warning",
+    show_default=True,
+    help="The server's log level (--access-log lines are logged at info, and shown whatever this says).",
+)
 @click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
 def main(
     model: Path | None,
@@ -104,58 +145,88 @@ def main(
     max_queue: int,
     max_request_images: int,
     workers: int,
+    max_connections: int,
+    header_timeout: float,
+    body_timeout: float,
+    idle_timeout: float,
+    access_log: bool,
+    log_level: str,
 ) -> None:
-    """Serve MODEL (default: the packaged fmnist_mlp.onnx) at http://HOST:PORT/v2/models/fmnist_mlp/infer.
+    """Serve MODEL (default: the packaged fmnist_mlp.onnx) at http://HOST:PORT/v2/models/fmnist_mlp/infer,
+    or every model of a Triton model repository (each under its folder's name, the latest version by default).
 
     SIGTERM or Ctrl-C stops accepting, answers every request already accepted, then exits.
     """
-    import uvicorn
-
     from fmnist_deploy.runtime import RuntimeFailure
-    from fmnist_deploy.serving.app import ServeConfig, config_to_environment, create_app, model_from_repository
+    from fmnist_deploy.serving.app import ServeConfig, config_to_environment, create_app
+    from fmnist_deploy.serving.limits import LimitedConfig, Limits
+    from fmnist_deploy.serving.repository import RepositoryError, scan
+    from fmnist_deploy.serving.stats import MULTIPROCESS_ENV
 
     if model is not None and model_repository is not None:
         raise click.UsageError("give MODEL or --model-repository, not both")
     if model_repository is not None:
-        model = model_from_repository(model_repository)
-        if not model.is_file():
+        models = scan(model_repository)
+        problems = [f"{name}: {entry}" for name, entry in models.items() if isinstance(entry, RepositoryError)]
+        if len(problems) == len(models):
+            detail = "; ".join(problems) or "it has no model folder"
             raise click.BadParameter(
-                f"{model_repository}: no fmnist_mlp/1/model.onnx in it; write one with fmnist-export --format triton",
+                f"{model_repository}: nothing to serve ({detail}); write one with fmnist-export --format triton",
                 param_hint="--model-repository",
             )
+        for problem in problems:
+            click.echo(f"warning: not served: {problem}", err=True)
     config = ServeConfig(
-        model=str(model or default_model("onnxruntime" if backend == "auto" else backend)),
+        model=None
+        if model_repository
+        else str(model or default_model("onnxruntime" if backend == "auto" else backend)),
+        model_repository=str(model_repository) if model_repository else None,
         backend=backend,
         device=device,
         max_batch=max_batch,
         max_delay_ms=max_delay_ms,
         max_queue=max_queue,
         max_request_images=max_request_images,
+        body_timeout_s=body_timeout,
+        workers=workers,
     )
     try:
-        app = create_app(config)  # load (and check) the model before listening
+        app = create_app(config)  # load (and check) every model before listening
     except RuntimeFailure as exc:
         raise click.ClickException(str(exc)) from None
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     where = f"[{bound_host}]" if sock.family == socket.AF_INET6 else bound_host
+    names = sorted(app.state.store.models)
     click.echo(
-        f"serving {config.model} at http://{where}:{bound_port}/v2/models/fmnist_mlp (Ctrl-C or SIGTERM stops)",
+        f"serving {config.model or config.model_repository} at http://{where}:{bound_port}/v2/models/{names[0]} "
+        "(Ctrl-C or SIGTERM stops)",
         err=True,
     )
-    options = {"log_level": "warning", "timeout_graceful_shutdown": 30}
+    limits = Limits(
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        idle_timeout_s=idle_timeout,
+    )
+    options = {"log_level": log_level, "access_log": access_log, "timeout_graceful_shutdown": 30, "limits": limits}
     if workers == 1:
-        server = _server_class()(uvicorn.Config(app, **options))
+        server = _server_class()(LimitedConfig(app, **options))
         server.run(sockets=[sock])
         if not server.started:
             raise click.ClickException("the server did not start; see the error above")
         click.echo("stopped: every accepted request was answered", err=True)
     else:
+        import tempfile
+
         from uvicorn.supervisors import Multiprocess
 
-        os.environ.update(config_to_environment(config))
-        target = "fmnist_deploy.serving.app:from_environment"
-        Multiprocess(uvicorn.Config(target, factory=True, workers=workers, **options), sockets=[sock]).run()
+        with tempfile.TemporaryDirectory(prefix="fmnist-serve-metrics-") as shared:
+            # every worker writes its counters here, and any worker's /metrics and /stats sum them all
+            os.environ[MULTIPROCESS_ENV] = shared
+            os.environ.update(config_to_environment(config))
+            target = "fmnist_deploy.serving.app:from_environment"
+            Multiprocess(LimitedConfig(target, factory=True, workers=workers, **options), sockets=[sock]).run()
 
 
 if __name__ == "__main__":

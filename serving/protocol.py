@@ -10,12 +10,14 @@ Pure functions of bytes and arrays: no HTTP here.
 
 from __future__ import annotations
 
-import json
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
+import orjson
 
 from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, N_CLASSES, OUTPUT_NAMES
 
@@ -51,12 +53,25 @@ class InferRequest:
 
 def _json(blob: bytes) -> dict[str, Any]:
     try:
-        document = json.loads(blob)
-    except (ValueError, UnicodeDecodeError) as exc:
+        document = orjson.loads(blob)  # nesting deeper than 1024 is a decode error, not a RecursionError
+    except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"malformed JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ProtocolError("the request body must be a JSON object")
     return document
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    """An optional JSON object (absent or null: empty); anything else is a 400 naming `what`."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_infer(body: bytes, header_length: str | None, max_images: int) -> InferRequest:
@@ -83,40 +98,65 @@ def parse_infer(body: bytes, header_length: str | None, max_images: int) -> Infe
     if (
         not isinstance(shape, list)
         or len(shape) != 3
+        or not all(_whole(d) for d in shape)
         or tuple(shape[1:]) != IMAGE_SHAPE
-        or not all(isinstance(d, int) for d in shape)
         or shape[0] < 1
     ):
         raise ProtocolError(f"input {INPUT_NAME!r} has shape {shape}; expected [N,28,28] with N >= 1")
     if shape[0] > max_images:
         raise ProtocolError(f"{shape[0]} images in one request; the limit is {max_images}", status=413)
     expected = shape[0] * IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
-    parameters = tensor.get("parameters") or {}
+    parameters = _object(tensor.get("parameters"), f"input {INPUT_NAME!r}: parameters")
     if "binary_data_size" in parameters:
         size = parameters["binary_data_size"]
-        if size != expected or len(binary) != expected:
+        if not _whole(size) or size != expected or len(binary) != expected:
             raise ProtocolError(
                 f"input {INPUT_NAME!r}: binary_data_size {size} and {len(binary)} bytes sent; "
                 f"shape {shape} needs {expected}"
             )
         images = np.frombuffer(binary, dtype=np.uint8).reshape(shape)
     else:
-        images = _json_tensor(tensor.get("data"), shape, expected)
-    return InferRequest(images, _requested(document), document.get("id"))
+        images = _json_tensor(tensor.get("data"), shape, expected, exact=b"true" in body or b"false" in body)
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(f"id must be a string, got {type(request_id).__name__}")
+    return InferRequest(images, _requested(document), request_id)
 
 
-def _json_tensor(data: Any, shape: list[int], expected: int) -> np.ndarray:
-    flat = np.asarray(data, dtype=object).reshape(-1) if isinstance(data, list) else None
-    if flat is None or flat.size != expected:
-        count = "no data" if flat is None else f"{flat.size} values"
+def _json_tensor(data: Any, shape: list[int], expected: int, *, exact: bool) -> np.ndarray:
+    """The `data` of a UINT8 tensor (flat, or nested as the shape) -> uint8 array, checked in a few vectorised
+    passes: numpy infers one integer dtype only when every element is a JSON integer. A JSON `true` is a
+    Python bool, which numpy folds into an integer array, so bodies holding a `true`/`false` anywhere are
+    also checked element by element (`exact`)."""
+    array = None
+    if isinstance(data, list):
+        try:
+            array = np.array(data)
+        except (ValueError, TypeError, OverflowError):  # ragged nesting
+            array = None
+    if array is None or array.size != expected:
+        count = "no data" if not isinstance(data, list) else "ragged data" if array is None else f"{array.size} values"
         raise ProtocolError(f"input {INPUT_NAME!r}: {count} for shape {shape}, which needs {expected}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in flat):
+    if (
+        array.dtype.kind not in "iu"
+        or (array.size and (int(array.min()) < 0 or int(array.max()) > 255))
+        or (exact and bool in set(map(type, _leaves(data, array.ndim))))
+    ):
         raise ProtocolError(f"input {INPUT_NAME!r}: UINT8 data must be integers from 0 to 255")
-    return flat.astype(np.uint8).reshape(shape)
+    return array.astype(np.uint8).reshape(shape)
+
+
+def _leaves(data: list, depth: int) -> Iterable[Any]:
+    """The elements of a list nested `depth` deep, in order, without copying them into numpy."""
+    for _ in range(depth - 1):
+        data = chain.from_iterable(data)
+    return data
 
 
 def _requested(document: dict[str, Any]) -> list[Requested]:
-    binary_default = bool((document.get("parameters") or {}).get("binary_data_output", False))
+    binary_default = _object(document.get("parameters"), "parameters").get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise ProtocolError(f"parameters: binary_data_output {binary_default!r}; expected true or false")
     outputs = document.get("outputs")
     if outputs is None:
         return [Requested(name, binary_default) for name in OUTPUT_NAMES]
@@ -126,14 +166,15 @@ def _requested(document: dict[str, Any]) -> list[Requested]:
     for output in outputs:
         name = output.get("name")
         if name not in OUTPUT_NAMES:
-            raise ProtocolError(
-                f"unknown output {name!r}; the model's outputs are {', '.join(OUTPUT_NAMES)}", status=404
-            )
-        parameters = output.get("parameters") or {}
+            raise ProtocolError(f"unknown output {name!r}; the model's outputs are {', '.join(OUTPUT_NAMES)}")
+        parameters = _object(output.get("parameters"), f"output {name!r}: parameters")
         k = parameters.get("classification", 0)
-        if not isinstance(k, int) or not 0 <= k <= N_CLASSES:
+        if not _whole(k) or not 0 <= k <= N_CLASSES:
             raise ProtocolError(f"output {name!r}: classification {k!r}; expected 1 to {N_CLASSES}")
-        requested.append(Requested(name, bool(parameters.get("binary_data", binary_default)), k))
+        binary = parameters.get("binary_data", binary_default)
+        if not isinstance(binary, bool):
+            raise ProtocolError(f"output {name!r}: binary_data {binary!r}; expected true or false")
+        requested.append(Requested(name, binary, k))
     return requested
 
 
@@ -174,7 +215,7 @@ def encode_infer(
     document: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": outputs}
     if request.request_id is not None:
         document["id"] = request.request_id
-    header = json.dumps(document).encode()
+    header = orjson.dumps(document)
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)

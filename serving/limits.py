@@ -1,0 +1,130 @@
+"""What keeps slow, idle or greedy clients from starving the others: a connection limit, a header timeout,
+an idle (keep-alive) timeout and a header size cap in the HTTP protocol; a body timeout and a body size
+limit enforced while the body streams in (chunked bodies included), so memory stays bounded.
+
+uvicorn has a keep-alive timeout only: a connection that never sends its headers, or sends them a byte at
+a time, stays open forever, and enough of them exhaust the file descriptors (measured: ~1 100 idle
+sockets at `ulimit -n 1024` made real requests fail). `LimitedProtocol` is uvicorn's httptools protocol
+with those limits added; `LimitedConfig` carries them to every worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.requests import ClientDisconnect, Request
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-process limits on connections and on how long and how much a client may send."""
+
+    max_connections: int = 512  # open connections per process; one more is answered 503 and closed
+    header_timeout_s: float = 10.0  # from a connection's first byte (or its opening) to the end of the headers
+    body_timeout_s: float = 30.0  # from the end of the headers to the end of the body
+    idle_timeout_s: float = 5.0  # a kept-alive connection with no request is closed after this
+    max_header_bytes: int = 64 * 1024  # request line and headers of one request
+
+
+class BodyError(Exception):
+    """A body that cannot be read: too large, too slow, or its client went away; `status` is the answer."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _raw_response(status: str, message: str) -> bytes:
+    body = b'{"error":"' + message.encode() + b'"}'
+    head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    return head.encode() + body
+
+
+class LimitedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus a connection limit, a header timeout and a header size cap."""
+
+    def __init__(self, config: LimitedConfig, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.limits: Limits = config.limits
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Refuse a connection over the limit; start the header clock."""
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            transport.write(
+                _raw_response("503 Service Unavailable", f"over {self.limits.max_connections} open connections")
+            )
+            transport.close()
+            return
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        """Start the header clock at a request's first byte; cap the header bytes."""
+        waiting = self.cycle is None or self.cycle.response_complete  # these bytes begin a request's headers
+        if waiting and self._header_timer is None and not self.transport.is_closing():
+            self._arm()
+        if waiting:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        # still inside the headers after this chunk (the body that follows them in a chunk does not count)
+        if self._header_timer is not None and self._header_bytes > self.limits.max_header_bytes:
+            self._close(_raw_response("431 Request Header Fields Too Large", "request headers over the limit"))
+
+    def on_headers_complete(self) -> None:
+        """The headers are in: stop the header clock."""
+        self._disarm()
+        self._header_bytes = 0
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Stop the header clock."""
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._close, b"")
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _close(self, answer: bytes) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            if answer:
+                self.transport.write(answer)
+            self.transport.close()
+
+
+class LimitedConfig(uvicorn.Config):
+    """uvicorn's configuration with `Limits`: the protocol above, and the idle timeout as keep-alive."""
+
+    def __init__(self, app, *, limits: Limits, **kwargs) -> None:
+        super().__init__(app, http=LimitedProtocol, timeout_keep_alive=limits.idle_timeout_s, **kwargs)
+        self.limits = limits
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, read while it streams in: over `limit` bytes is a 413 as soon as it is known (a
+    declared length at once, a chunked body at the chunk that crosses it), more than `timeout_s` a 408."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyError(f"request body of {declared} bytes is over the {limit}-byte limit", 413)
+    body = bytearray()
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise BodyError(f"request body over the {limit}-byte limit", 413)
+    except TimeoutError:
+        raise BodyError(f"request body not received within {timeout_s:g} s", 408) from None
+    except ClientDisconnect:
+        raise BodyError("the client disconnected before sending the whole body", 400) from None
+    return bytes(body)
