@@ -140,9 +140,13 @@ class ModelStore:
         from fmnist_deploy.runtime import load
 
         predictor = load(path, backend=self.serve.backend, device=self.serve.device)
-        if config is None:
+        if config is None or not config.input:  # a single file, or a folder without config.pbtxt: Triton's
+            # auto-completed configuration, from what the loaded file is
             platform = predictor.describe().platform
-            config = single_file_config(name, platform, self.serve.max_request_images, self.serve.max_delay_ms)
+            completed = single_file_config(name, platform, self.serve.max_request_images, self.serve.max_delay_ms)
+            if config is not None:
+                completed.MergeFrom(config)
+            config = completed
         return ServedModel(name, version, predictor, config, self.serve, self.metrics)
 
     def all_served(self) -> list[ServedModel]:

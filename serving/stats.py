@@ -158,7 +158,7 @@ class Metrics:
         for family in sorted(self.collect(), key=lambda f: f.name):
             name = family.name.removesuffix("_total") if family.type == "counter" else family.name
             lines += [f"# HELP {name} {family.documentation}", f"# TYPE {name} {family.type}"]
-            for sample in sorted(family.samples, key=lambda s: (s.name, sorted(s.labels.items()))):
+            for sample in family.samples:
                 if sample.name.endswith("_created"):
                     continue
                 sample_name = name if family.type == "counter" else sample.name

@@ -391,3 +391,237 @@ def test_quick_model_calls_run_on_the_event_loop_and_slow_ones_in_a_thread(image
         assert on_loop == expected, (delay, threshold)
         for i, logits in enumerate(answers):
             assert np.array_equal(logits, reference.predict(images[i]).logits)
+
+
+# ---- malformed requests, limits and slow clients -------------------------------------------------
+
+ONE = {"name": "image", "datatype": "UINT8", "shape": [1, 28, 28], "data": [0] * 784}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"inputs": [{**ONE, "parameters": ["binary_data_size"]}]},
+        {"inputs": [{**ONE, "parameters": "binary_data_size"}]},
+        {"inputs": [ONE], "parameters": ["binary_data_output"]},
+        {"inputs": [ONE], "outputs": [{"name": "logits", "parameters": ["classification"]}]},
+        {"inputs": [{**ONE, "shape": [True, 28, 28]}]},
+        {"inputs": [{**ONE, "data": [[0] * 28] * 27 + [[0] * 27]}]},
+        {"inputs": [{**ONE, "data": [0] * 783 + [True]}]},
+        {"inputs": [ONE], "id": 7},
+        b"[" * 100_000,
+    ],
+)
+def test_malformed_json_shapes_answer_400_not_500(server: str, body) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(f"http://{server}/v2/models/{MODEL}/infer", content=content)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_huge_chunked_body_is_refused_while_it_streams_and_memory_stays_bounded() -> None:
+    # limit: 8 images -> 8 * 3200 + 1 MiB; the client offers 400 MiB in 1 MiB chunks, without a length
+    with serving("--max-request-images", "8") as (url, proc):
+        before = _rss_kb(proc.pid)
+        sent = 0
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal sent
+            block = b"[" + b"0," * (1 << 19)
+            for _ in range(400):
+                sent += len(block)
+                yield block
+
+        try:
+            response = httpx.post(f"http://{url}/v2/models/{MODEL}/infer", content=chunks(), timeout=60)
+            status, text = response.status_code, response.text
+        except (httpx.RemoteProtocolError, httpx.WriteError):  # the server closed while the client still sent
+            status, text = 413, ""
+        grown_mb = (_rss_kb(proc.pid) - before) / 1024
+        assert status == 413, text
+        assert sent < 100 << 20, f"the server read {sent >> 20} MiB before refusing"
+        assert grown_mb < 100, f"server RSS grew {grown_mb:.0f} MB"
+
+
+def test_idle_and_slow_clients_are_cut_off_and_real_requests_still_answered(images, reference) -> None:
+    """Slow-loris: 3x the connection limit of idle sockets plus some sending headers a byte at a time. The
+    server refuses those over the limit at once and closes the others at the header timeout; a real request
+    made meanwhile is answered (within the client's bound), and so is one after."""
+    with serving("--max-connections", "40", "--header-timeout", "1", "--idle-timeout", "1") as (url, _):
+        host, port = url.rsplit(":", 1)
+        idle = [socket.create_connection((host, int(port))) for _ in range(120)]
+        slow = [socket.create_connection((host, int(port))) for _ in range(5)]
+        try:
+            for s in slow:
+                s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")
+            body = _one_image_logits(images[0])
+            answered = None
+            for _ in range(40):  # a real client retries a connection refused with 503
+                try:
+                    answered = httpx.post(f"http://{url}/v2/models/{MODEL}/infer", json=body, timeout=20)
+                except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError):
+                    answered = None
+                if answered is not None and answered.status_code != 503:
+                    break
+                time.sleep(0.25)
+            assert answered is not None and answered.status_code == 200, answered
+            assert np.array_equal(
+                np.float32(answered.json()["outputs"][0]["data"]), reference.predict(images[0]).logits[0]
+            )
+            for s in idle + slow:  # every idle or slow socket is closed by the server: recv sees the end
+                s.settimeout(30)
+                while True:
+                    try:
+                        chunk = s.recv(4096)
+                    except ConnectionResetError:
+                        break
+                    if not chunk:
+                        break
+        finally:
+            for s in idle + slow:
+                s.close()
+        assert httpx.get(f"http://{url}/v2/health/ready", timeout=20).status_code == 200
+
+
+def test_a_slow_body_gets_408_and_unknown_routes_and_methods_answer_json(server: str) -> None:
+    host, port = server.rsplit(":", 1)
+    with serving("--body-timeout", "1") as (url, _):
+        h, p = url.rsplit(":", 1)
+        with socket.create_connection((h, int(p))) as s:
+            s.sendall(f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{".encode())
+            s.settimeout(30)
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b'"error"' in answer
+    for method, path, status in (
+        ("GET", "/v2/nothing/here", 404),
+        ("GET", f"/v2/models/{MODEL}/infer", 405),
+        ("DELETE", f"/v2/models/{MODEL}", 405),
+        ("GET", "/v2/models/nope/config", 404),
+    ):
+        response = httpx.request(method, f"http://{server}{path}")
+        assert response.status_code == status, (method, path, response.text)
+        assert response.headers["content-type"] == "application/json" and response.json()["error"]
+    message = httpx.get(f"http://{server}/v2/models/nope").json()["error"]
+    assert "'nope'" in message and "version" not in message  # no version nobody asked for
+
+
+# ---- Triton's HTTP surface, as tritonclient calls it ----------------------------------------------
+
+
+def _repository(tmp_path: Path, name: str = "garments") -> Path:
+    """A Triton repository with a folder under another name, versions 1 (fp32) and 2 (int8), and the
+    config.pbtxt that `fmnist-export --format triton` writes (its name line dropped: the folder names it)."""
+    from fmnist_deploy.export.triton_repository import CONFIG
+
+    repository = tmp_path / "repository"
+    folder = repository / name
+    for version, stem in (("1", "fmnist_mlp.onnx"), ("2", "fmnist_mlp.int8.onnx")):
+        (folder / version).mkdir(parents=True)
+        (folder / version / "model.onnx").write_bytes((ARTIFACTS / stem).read_bytes())
+        sidecar = (ARTIFACTS / f"{stem}.json").read_text().replace(f'"file": "{stem}"', '"file": "model.onnx"')
+        (folder / version / "model.onnx.json").write_text(sidecar)
+    (folder / "config.pbtxt").write_text(
+        "\n".join(line for line in CONFIG.splitlines() if not line.startswith("name:"))
+    )
+    (folder / "labels.txt").write_text("".join(f"{c}\n" for c in reference_names()))
+    return repository
+
+
+def reference_names() -> tuple[str, ...]:
+    from fmnist_deploy.contract import CLASS_NAMES
+
+    return tuple(CLASS_NAMES)
+
+
+def test_tritonclient_config_stats_repository_load_unload_and_latest_version(tmp_path: Path, images) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    repository = _repository(tmp_path)
+    int8 = load(repository / "garments" / "2" / "model.onnx")
+    with serving("--model-repository", str(repository)) as (url, _):
+        client = http.InferenceServerClient(url)
+        assert client.is_model_ready("garments") and not client.is_model_ready("garments", "1")
+        meta = client.get_model_metadata("garments")
+        assert meta["versions"] == ["2"] and meta["platform"] == "onnxruntime_onnx"
+        result = client.infer("garments", [_input(images[:3])])
+        assert result.get_response()["model_version"] == "2"  # Triton's default policy: the latest version
+        assert np.array_equal(result.as_numpy("logits"), int8.predict(images[:3]).logits)
+
+        config = client.get_model_config("garments")
+        written = text_format.Parse((repository / "garments" / "config.pbtxt").read_text(), mc.ModelConfig())
+        assert config["name"] == "garments" and config["platform"] == written.platform
+        assert config["max_batch_size"] == written.max_batch_size
+        assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [("image", "TYPE_UINT8", [28, 28])]
+        assert [o["name"] for o in config["output"]] == ["logits", "probabilities"]
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+        assert config["version_policy"] == {"latest": {"num_versions": 1}}
+
+        stats = client.get_inference_statistics("garments")["model_stats"]
+        assert [(s["name"], s["version"]) for s in stats] == [("garments", "2")]
+        (stat,) = stats
+        assert stat["inference_count"] == 3 and stat["execution_count"] == 1
+        assert stat["inference_stats"]["success"]["count"] == 1 and stat["inference_stats"]["success"]["ns"] > 0
+        assert stat["batch_stats"][0]["batch_size"] == 3 and stat["batch_stats"][0]["compute_infer"]["count"] == 1
+        assert client.get_inference_statistics()["model_stats"] == stats
+
+        index = client.get_model_repository_index()
+        assert {(r["name"], r["version"], r["state"]) for r in index} == {
+            ("garments", "1", "UNAVAILABLE"),
+            ("garments", "2", "READY"),
+        }
+        client.unload_model("garments")
+        assert not client.is_model_ready("garments")
+        with pytest.raises(http.InferenceServerException, match="not loaded"):
+            client.infer("garments", [_input(images[:1])])
+        client.load_model("garments")
+        assert client.is_model_ready("garments")
+        with pytest.raises(http.InferenceServerException, match="no such folder"):
+            client.load_model("nope")
+
+
+def test_model_metadata_platform_follows_the_loaded_backend() -> None:
+    with serving(str(ARTIFACTS / "fmnist_mlp.pt")) as (url, _):
+        client = http.InferenceServerClient(url)
+        assert client.get_model_metadata(MODEL)["platform"] == "pytorch"
+        assert client.get_model_config(MODEL)["platform"] == "pytorch"
+
+
+def _scrape(url: str) -> dict[str, float]:
+    values = {}
+    for line in httpx.get(f"http://{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("nv_inference_") and 'model="fmnist_mlp"' in line:
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def test_two_workers_one_view_monotone_counters_equal_to_requests_sent(images) -> None:
+    with serving("--workers", "2") as (url, _):
+        sent = 0
+        seen: list[float] = []
+        success = 'nv_inference_request_success{model="fmnist_mlp",version="1"}'
+        for round_ in range(6):
+            for i in range(10):  # a new connection each: the kernel spreads them over both workers
+                response = httpx.post(f"http://{url}/v2/models/{MODEL}/infer", json=_one_image_logits(images[i]))
+                assert response.status_code == 200
+                sent += 1
+            for _ in range(3):  # several scrapes, answered by either worker
+                seen.append(_scrape(url).get(success, 0.0))
+            assert seen[-1] == sent, (round_, seen)
+        assert seen == sorted(seen), seen
+        final = _scrape(url)
+        assert final['nv_inference_count{model="fmnist_mlp",version="1"}'] == sent
+        assert final['nv_inference_request_duration_us{model="fmnist_mlp",version="1"}'] > 0
+        stats = http.InferenceServerClient(url).get_inference_statistics(MODEL)["model_stats"][0]
+        assert stats["inference_count"] == sent
