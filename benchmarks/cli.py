@@ -12,9 +12,9 @@ from typing import Any
 import click
 
 from fmnist_deploy import launch
+from fmnist_deploy.atomic import write_text_atomic
 from fmnist_deploy.contract import SAMPLES_DIR, WEIGHTS_NAME
 from fmnist_deploy.models import cache_root, models_dir
-from fmnist_deploy.training.atomic import write_text_atomic
 
 # Quick runs write here; `make bench` passes --out-dir artifacts/bench to refresh the committed reports.
 OUT_DIR_HELP = "Folder for the reports [default: $XDG_CACHE_HOME/fmnist-deploy/bench, i.e. ~/.cache/...]."
@@ -81,7 +81,7 @@ def _finish(
     click.echo(f"reports written to {folder}/{stem}.*", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=launch.Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
 def main() -> None:
     """Benchmarks of the fmnist-deploy toolkit; reports go to --out-dir as JSON and Markdown."""
@@ -106,14 +106,11 @@ def train_cmd(
 ) -> None:
     """Seconds per epoch: course DataLoader loop vs fast loader vs bare SGD steps."""
     from fmnist_deploy.benchmarks.train_speed import measure, to_markdown
-    from fmnist_deploy.training.data import DataError, load
-    from fmnist_deploy.training.loop import TrainingError, resolve_device
+    from fmnist_deploy.training.data import load
+    from fmnist_deploy.training.loop import resolve_device
 
-    try:
-        torch_device = resolve_device(device)
-        data = load(data_dir)
-    except (DataError, TrainingError) as exc:
-        raise click.ClickException(str(exc)) from None
+    torch_device = resolve_device(device)
+    data = load(data_dir)
     click.echo(f"Timing {fast_epochs} fast and {reference_epochs} reference epoch(s) on {torch_device}…", err=True)
     report = measure(data, device=torch_device, reference_epochs=reference_epochs, fast_epochs=fast_epochs, limit=limit)
     stem = "train_speed" if torch_device.type == "cpu" else f"train_speed_{torch_device.type}"
@@ -121,12 +118,9 @@ def train_cmd(
 
 
 def _test_set(data_dir: Path | None):
-    from fmnist_deploy.training.data import DataError, load
+    from fmnist_deploy.training.data import load
 
-    try:
-        return load(data_dir, download=False)
-    except DataError as exc:
-        raise click.ClickException(str(exc)) from None
+    return load(data_dir, download=False)
 
 
 def _csv_ints(value: str) -> tuple[int, ...]:
@@ -194,7 +188,6 @@ def latency_cmd(
     """p50/p90/p99/p99.9 latency and images/s per backend x device x batch size, beside peer runtimes."""
     from fmnist_deploy.benchmarks.latency import TARGETS, Config, available_devices, measure
     from fmnist_deploy.benchmarks.report import latency_csv, latency_markdown, latency_plot
-    from fmnist_deploy.runtime import RuntimeFailure
 
     artifacts = artifacts or models_dir()
     unknown = [b for b in backends if b not in TARGETS]
@@ -233,10 +226,7 @@ def latency_cmd(
         ) as bar:
             yield from bar
 
-    try:
-        report = measure(config, images, progress=progress)
-    except RuntimeFailure as exc:
-        raise click.ClickException(str(exc)) from None
+    report = measure(config, images, progress=progress)
     stem = "latency" if config.devices == ("cpu",) else "latency_" + "_".join(config.devices)
     extra = {
         ".csv": lambda path: write_text_atomic(path, latency_csv(report)),
@@ -306,16 +296,12 @@ def formats_cmd(
 ) -> None:
     """One row per exported file: format, precision, size, accuracy, parity, latency and throughput."""
     from fmnist_deploy.benchmarks.formats import measure, plot, to_markdown
-    from fmnist_deploy.runtime import RuntimeFailure
 
     artifacts = artifacts or models_dir()
     if not (artifacts / WEIGHTS_NAME).is_file():
         raise click.ClickException(f"{artifacts / WEIGHTS_NAME}: no such file (the eager reference)")
     data = _test_set(data_dir)
-    try:
-        report = measure(artifacts, data.test_images.numpy(), data.test_labels.numpy(), budget_s=budget, fp16=fp16)
-    except RuntimeFailure as exc:
-        raise click.ClickException(str(exc)) from None
+    report = measure(artifacts, data.test_images.numpy(), data.test_labels.numpy(), budget_s=budget, fp16=fp16)
     _finish(report, to_markdown(report), as_json, out_dir, "formats", {".png": lambda path: plot(report, path)})
 
 

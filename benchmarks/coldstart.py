@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from fmnist_deploy.benchmarks.latency import TARGETS
+from fmnist_deploy.errors import ModelError
 from fmnist_deploy.machine import environment
 
 MODELS = {backend: TARGETS[backend].file for backend in ("onnxruntime", "torchscript", "pt2", "eager")}
 
 
-class ColdStartError(Exception):
+class ColdStartError(ModelError):
     """A model file is missing or a predict process failed."""
 
 

@@ -113,7 +113,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     """p50 latency at batch 1 and throughput at batch 1 000 per file, as bars."""
     from matplotlib.figure import Figure
 
-    from fmnist_deploy.training.atomic import atomic_path
+    from fmnist_deploy.atomic import atomic_path
 
     rows = [r for r in report["rows"] if "error" not in r]
     names = [r["label"] for r in rows]

@@ -164,7 +164,7 @@ def latency_plot(report: dict[str, Any], path: Path) -> None:
     """p50 latency and throughput against batch size, one line per backend and device, as a PNG."""
     from matplotlib.figure import Figure
 
-    from fmnist_deploy.training.atomic import atomic_path
+    from fmnist_deploy.atomic import atomic_path
 
     fig = Figure(figsize=(14, 5.2))
     ax_lat, ax_thr = fig.subplots(1, 2)

@@ -327,7 +327,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     """Images/s and p99 against concurrency, one line per server, for each request size."""
     from matplotlib.figure import Figure
 
-    from fmnist_deploy.training.atomic import atomic_path
+    from fmnist_deploy.atomic import atomic_path
 
     sizes = sorted({c["images_per_request"] for c in report["cells"]})
     fig = Figure(figsize=(12, 4.5))

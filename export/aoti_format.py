@@ -40,13 +40,13 @@ from typing import Any
 
 import torch
 
+from fmnist_deploy.atomic import write_bytes_atomic
 from fmnist_deploy.contract import STEM, SUFFIXES
 from fmnist_deploy.errors import quiet_logger
 from fmnist_deploy.export.checks import Check, Runner
 from fmnist_deploy.export.metadata import completed
 from fmnist_deploy.export.pt2_format import exported_program
 from fmnist_deploy.export.wrapper import numpy_runner
-from fmnist_deploy.training.atomic import write_bytes_atomic
 
 NAME = "aoti"
 SUFFIX = SUFFIXES[NAME]

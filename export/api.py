@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmnist_deploy.atomic import check_writable, remove_stale_temporaries, write_text_atomic
 from fmnist_deploy.contract import GOLDEN_JSON_NAME, GOLDEN_NAME, INT8_ONNX_NAME, SAMPLES_DIR, STEM, sha256_file
 from fmnist_deploy.export import golden as golden_mod
 from fmnist_deploy.export import onnx_format
@@ -19,7 +20,6 @@ from fmnist_deploy.export.metadata import build_metadata, write_sidecar
 from fmnist_deploy.export.quantize import SETTINGS as INT8_SETTINGS
 from fmnist_deploy.export.quantize import quantize
 from fmnist_deploy.export.wrapper import Deployable, from_weights
-from fmnist_deploy.training.atomic import check_writable, remove_stale_temporaries, write_text_atomic
 from fmnist_deploy.training.checkpoint import Weights, load_weights
 from fmnist_deploy.training.data import DataMissing, FashionMNIST
 from fmnist_deploy.training.data import load as load_data

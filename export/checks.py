@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from fmnist_deploy.errors import ModelError
+
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 (N,28,28) -> logits, probabilities
 
 
@@ -68,7 +70,7 @@ class GateReport:
         return "\n".join(lines)
 
 
-class GateError(Exception):
+class GateError(ModelError):
     """One or more exported files failed the gate; `.reports` lists every check of each."""
 
     def __init__(self, *reports: GateReport) -> None:
@@ -81,5 +83,5 @@ class GateError(Exception):
         )
 
 
-class ExportError(Exception):
+class ExportError(ModelError):
     """An export could not be produced as asked (bad weights, unreachable opset, …)."""

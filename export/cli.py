@@ -13,7 +13,6 @@ from click.core import ParameterSource
 
 from fmnist_deploy import launch
 from fmnist_deploy.contract import GOLDEN_NAME, SAMPLES_DIR, WEIGHTS_NAME, sidecar_path
-from fmnist_deploy.errors import first_line
 from fmnist_deploy.export.gate import report_path
 from fmnist_deploy.export.onnx_format import DEFAULT_OPSET, MAX_OPSET, NATIVE_OPSET
 
@@ -21,7 +20,7 @@ FORMAT_CHOICES = ("onnx", "torchscript", "pt2", "all", "triton", "aoti")
 DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=launch.Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--format",
     "fmt",
@@ -104,11 +103,8 @@ def main(
     Exit status 1 if any check fails, 2 for a usage error.
     """
     from fmnist_deploy.export.api import ALL_FORMATS, run_export, verify_file
-    from fmnist_deploy.export.checks import ExportError, GateError
+    from fmnist_deploy.export.checks import GateError
     from fmnist_deploy.export.gate import write_report
-    from fmnist_deploy.export.golden import GoldenError
-    from fmnist_deploy.training.checkpoint import CheckpointError
-    from fmnist_deploy.training.data import DataError
 
     # Every input is checked before any work or write.
     weights_given = ctx.get_parameter_source("weights") == ParameterSource.COMMANDLINE
@@ -161,12 +157,10 @@ def main(
                 data_dir=data_dir,
                 progress=progress,
             )
-    except GateError as exc:
+    except GateError as exc:  # the reports first, then the one error line
         if verify_path is None:
             _echo_reports(exc.reports, as_json)
-        raise click.ClickException(first_line(exc, limit=100_000)) from None
-    except (CheckpointError, ExportError, DataError, GoldenError, ValueError) as exc:
-        raise click.ClickException(first_line(exc, limit=100_000)) from None
+        raise
     except OSError as exc:
         raise click.ClickException(f"cannot write to {exc.filename or out_dir}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:

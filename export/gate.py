@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fmnist_deploy.atomic import write_text_atomic
 from fmnist_deploy.contract import (
     CONTRACT_VERSION,
     INT8_MAX_ACCURACY_DROP_POINTS,
@@ -33,7 +34,6 @@ from fmnist_deploy.export.formats import FORMATS, ExportFormat, format_of
 from fmnist_deploy.export.golden import Golden
 from fmnist_deploy.integrity import IntegrityError, sidecar_check
 from fmnist_deploy.machine import environment
-from fmnist_deploy.training.atomic import write_text_atomic
 
 BATCH_SIZES = (1, 2, 7, 100, 10_000)
 GOLDEN_HINT = "pass --golden PATH (the golden.npz fmnist-export wrote beside the file)"

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fmnist_deploy.atomic import write_bytes_atomic
 from fmnist_deploy.contract import LOGIT_TOLERANCE
-from fmnist_deploy.training.atomic import write_bytes_atomic
+from fmnist_deploy.errors import InputError
 
 GOLDEN_VERSION = 2  # 1: eager float32 logits (machine-dependent); 2: float64 reference rounded to float32
 PER_CLASS = 10
@@ -32,7 +33,7 @@ REFERENCE = "float64 numpy forward pass of the weights in eval mode, rounded onc
 LAYERS = ("fc1", "fc2", "fc3")
 
 
-class GoldenError(ValueError):
+class GoldenError(InputError, ValueError):
     """golden.npz is missing, damaged, or of another format version."""
 
 

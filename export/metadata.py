@@ -7,8 +7,8 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from fmnist_deploy.atomic import write_text_atomic
 from fmnist_deploy.contract import describe, sha256_file, sidecar_path
-from fmnist_deploy.training.atomic import write_text_atomic
 from fmnist_deploy.training.checkpoint import Weights
 
 

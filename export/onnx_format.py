@@ -11,12 +11,12 @@ import onnx
 import torch
 from onnx import TensorProto, helper, version_converter
 
+from fmnist_deploy.atomic import atomic_path
 from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, N_CLASSES, OUTPUT_NAMES, SUFFIXES
 from fmnist_deploy.errors import first_line
 from fmnist_deploy.export.checks import Check, ExportError, Runner
 from fmnist_deploy.export.metadata import completed
 from fmnist_deploy.export.wrapper import FoldedDeployable, eval_copy
-from fmnist_deploy.training.atomic import atomic_path
 
 NAME = "onnx"
 SUFFIX = SUFFIXES[NAME]

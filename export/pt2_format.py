@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
+from fmnist_deploy.atomic import atomic_path
 from fmnist_deploy.contract import ARCHIVE_METADATA, IMAGE_SHAPE, INPUT_NAME, SUFFIXES
 from fmnist_deploy.export.checks import Check, Runner
 from fmnist_deploy.export.metadata import completed
 from fmnist_deploy.export.wrapper import eval_copy, numpy_runner
 from fmnist_deploy.integrity import inspect_pt2
-from fmnist_deploy.training.atomic import atomic_path
 
 NAME = "pt2"
 SUFFIX = SUFFIXES[NAME]

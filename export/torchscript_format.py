@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fmnist_deploy.atomic import atomic_path
 from fmnist_deploy.contract import ARCHIVE_METADATA, INPUT_NAME, SUFFIXES
 from fmnist_deploy.export.checks import Check, Runner
 from fmnist_deploy.export.metadata import completed
 from fmnist_deploy.export.wrapper import eval_copy, numpy_runner
-from fmnist_deploy.training.atomic import atomic_path
 
 NAME = "torchscript"
 SUFFIX = SUFFIXES[NAME]

@@ -72,7 +72,7 @@ spec:
 
 def write_repository(onnx_file: Path, repository: Path) -> list[Path]:
     """Lay out the repository around a copy of `onnx_file`; returns the files written."""
-    from fmnist_deploy.training.atomic import write_text_atomic
+    from fmnist_deploy.atomic import write_text_atomic
 
     model_dir = repository / MODEL_NAME
     (model_dir / VERSION).mkdir(parents=True, exist_ok=True)

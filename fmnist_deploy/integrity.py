@@ -23,12 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from fmnist_deploy.contract import sha256_file, sidecar_path
+from fmnist_deploy.errors import IntegrityError
 
 CONTENT_KEY = "content_sha256"
-
-
-class IntegrityError(ValueError):
-    """A file is damaged, was replaced, or holds something that could run code."""
 
 
 class IntegrityWarning(UserWarning):

@@ -1,5 +1,10 @@
 """How a command's process starts and ends: the console-script entry points and `python -m`.
 
+Every error the toolkit raises derives from `fmnist_deploy.errors.FmnistError`; the commands are
+`Command` / `Group`, which turn one into a single `Error: ...` line and its kind's exit status (1,
+or 2 for a usage error), in this one place, whether the command runs as a process or under click's
+test runner.
+
 `run(command)` puts three things in place before the command runs:
 - Ctrl-C raises `Interrupted` (see `catch_ctrl_c`) from the first moment: importing torch
   takes seconds, and a Ctrl-C during those imports would otherwise print a traceback before
@@ -29,6 +34,8 @@ from collections.abc import Callable
 
 import click
 
+from fmnist_deploy.errors import FmnistError, OutputError, first_line
+
 ORT_TELEMETRY_VARIABLE = "ORT_DISABLE_TELEMETRY"  # ONNX Runtime's own opt-out (see the module's docstring)
 
 
@@ -54,16 +61,45 @@ def catch_ctrl_c() -> None:
         signal.signal(signal.SIGINT, _interrupt)
 
 
-class OutputError(click.ClickException):
+def as_click(exc: FmnistError) -> click.ClickException:
+    """The one mapping from the toolkit's errors to a command's output: one line, the kind's exit status."""
+    failure = click.ClickException(first_line(exc, limit=100_000))
+    failure.exit_code = exc.exit_code
+    return failure
+
+
+class Command(click.Command):
+    """A click command whose FmnistError ends it in one line with its kind's exit status (see `as_click`)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the command; its FmnistError becomes `as_click`'s one line and status."""
+        try:
+            return super().invoke(ctx)
+        except FmnistError as exc:
+            raise as_click(exc) from None
+
+
+class Group(click.Group):
+    """A click group whose subcommands' FmnistError ends them as `Command` does."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the chosen subcommand; its FmnistError becomes `as_click`'s one line and status."""
+        try:
+            return super().invoke(ctx)
+        except FmnistError as exc:
+            raise as_click(exc) from None
+
+
+class StandardOutputError(OutputError):
     """Standard output could not be written. Not an OSError, so that no command's handler for its own
-    files' errors takes it for one of them; click reports it in one line and exits 1."""
+    files' errors takes it for one of them."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"cannot write to standard output: {reason}")
 
 
 class _GuardedOutput(io.BufferedIOBase):
-    """Standard output's byte stream, with every write error but a closed pipe turned into OutputError.
+    """Standard output's byte stream, with every write error but a closed pipe turned into StandardOutputError.
     `inner` None stands for a standard output the process was started without (`>&-`)."""
 
     def __init__(self, inner: io.BufferedIOBase | None) -> None:
@@ -76,11 +112,11 @@ class _GuardedOutput(io.BufferedIOBase):
         except BrokenPipeError:
             raise  # click's own handling: `fmnist-predict ... | head` ends quietly
         except OSError as exc:
-            raise OutputError(exc.strerror or str(exc)) from None
+            raise StandardOutputError(exc.strerror or str(exc)) from None
 
     def write(self, data) -> int:  # type: ignore[override]
         if self._inner is None:
-            raise OutputError("it is closed")
+            raise StandardOutputError("it is closed")
         inner = self._inner
         return self._guard(lambda: inner.write(data)) or 0
 
@@ -122,18 +158,14 @@ def run(command: Callable[[], None]) -> None:
     _prepare_process()
     guard_standard_output()
     try:
-        command()
-    finally:
-        _flush_standard_output()
-
-
-def _flush_standard_output() -> None:
-    """What is still buffered goes out now, while a failure can still be one line."""
-    try:
-        sys.stdout.flush()
-    except OutputError as exc:  # outside click's main now: its own one-line report and status
-        exc.show()
-        sys.exit(exc.exit_code)
+        try:
+            command()
+        finally:  # what is still buffered goes out now, while a failure can still be one line
+            sys.stdout.flush()
+    except FmnistError as exc:  # raised outside a command's invoke (click's own --help, the flush at exit)
+        failure = as_click(exc)
+        failure.show()
+        sys.exit(failure.exit_code)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         sys.exit(1)

@@ -17,7 +17,7 @@ from typing import Any
 
 from fmnist_deploy.contract import sidecar_path
 from fmnist_deploy.integrity import IntegrityError, IntegrityWarning, sidecar_check
-from fmnist_deploy.runtime.base import Backend, Prediction, Predictor
+from fmnist_deploy.runtime.base import Backend, FilesPrediction, Prediction, Predictor
 from fmnist_deploy.runtime.eager_backend import EagerBackend
 from fmnist_deploy.runtime.errors import DeviceError, InputError, ModelError, OptionError, RuntimeFailure
 from fmnist_deploy.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -95,6 +95,7 @@ def _check_sidecar_metadata(path: Path, side: dict[str, Any], meta: dict[str, An
 __all__ = [
     "BACKENDS",
     "DeviceError",
+    "FilesPrediction",
     "InputError",
     "ModelError",
     "OptionError",

@@ -17,10 +17,10 @@ import numpy as np
 from PIL import Image
 
 from fmnist_deploy import launch
+from fmnist_deploy.atomic import write_text_atomic
 from fmnist_deploy.models import default_model
-from fmnist_deploy.runtime import BACKENDS, DEVICES, Predictor, RuntimeFailure, backend_for, load
+from fmnist_deploy.runtime import BACKENDS, DEVICES, Predictor, backend_for, load
 from fmnist_deploy.runtime.inputs import Item, chunks, iter_items
-from fmnist_deploy.training.atomic import write_text_atomic
 
 CHUNK = 1024  # images per model call and per write: bounded memory for folders of any size
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
@@ -108,7 +108,7 @@ def _load(model: Path | None, backend: str, device: str) -> tuple[Predictor, lis
     return predictor, notes
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=launch.Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", nargs=-1, required=True)
 @click.option(
     "--model",
@@ -159,10 +159,7 @@ def main(
         raise click.BadParameter(f"{model}: no such file", param_hint="--model")
     if output is not None and output.suffix not in OUTPUT_SUFFIXES:
         raise click.BadParameter(f"{output}: expected a {' or '.join(OUTPUT_SUFFIXES)} file", param_hint="--output")
-    try:
-        predictor, notes = _load(model, backend, device)
-    except RuntimeFailure as exc:
-        raise click.ClickException(str(exc)) from None
+    predictor, notes = _load(model, backend, device)
     for note in notes:
         click.echo(f"note: {note}", err=True)
     failed = answered = 0

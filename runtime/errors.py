@@ -1,27 +1,17 @@
-"""Errors of the runtime: each message names what was given and what is accepted."""
+"""Errors of the runtime: each message names what was given and what is accepted.
+
+The kinds are the toolkit's own (`fmnist_deploy.errors`); `RuntimeFailure` is the name the
+runtime has always given their root, `FmnistError`.
+"""
 
 from __future__ import annotations
 
-from fmnist_deploy.errors import first_line
+from fmnist_deploy.errors import DeviceError, FmnistError, InputError, ModelError, UsageError, first_line
 
 __all__ = ["DeviceError", "InputError", "ModelError", "OptionError", "RuntimeFailure", "first_line"]
 
-
-class RuntimeFailure(Exception):
-    """Base of every error the runtime raises on purpose."""
+RuntimeFailure = FmnistError  # the runtime's name for the root: `except RuntimeFailure` catches every kind
 
 
-class ModelError(RuntimeFailure):
-    """The model file is missing, damaged, or does not follow the deployment contract."""
-
-
-class InputError(RuntimeFailure):
-    """An input (array, image file, batch file) is not what the model accepts."""
-
-
-class DeviceError(RuntimeFailure):
-    """The requested device cannot be used (no silent fallback to the CPU)."""
-
-
-class OptionError(RuntimeFailure, ValueError):
+class OptionError(UsageError, ValueError):
     """A backend option that the chosen backend does not take, or a value it does not accept."""

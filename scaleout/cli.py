@@ -19,7 +19,7 @@ from fmnist_deploy import launch
 from fmnist_deploy.models import default_model
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=launch.Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--output",
@@ -68,7 +68,7 @@ def main(
     never fails the job. Exit 1 if any input failed, 2 for a usage error.
     """
     try:
-        from fmnist_deploy.scaleout.ray_job import BatchError, JobConfig, check_job, run_job, start_ray
+        from fmnist_deploy.scaleout.ray_job import JobConfig, check_job, run_job, start_ray
     except ImportError as exc:
         raise click.ClickException(
             f"fmnist-batch needs Ray: pip install 'fmnist-deploy[scale]' ({exc.name} missing)"
@@ -83,10 +83,7 @@ def main(
         invert=invert,
         resume=resume,
     )
-    try:
-        check_job(config)  # before Ray starts: a bad model or output name costs nothing
-    except BatchError as exc:
-        raise click.ClickException(str(exc)) from None
+    check_job(config)  # before Ray starts: a bad model or output name costs nothing
     started = time.perf_counter()
     try:
         start_ray(address)
@@ -95,8 +92,6 @@ def main(
     ray_seconds = time.perf_counter() - started
     try:
         counts = run_job(config, list(inputs))
-    except BatchError as exc:
-        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         click.echo("interrupted; finished rows are kept: resume with the same command and --resume", err=True)
         sys.exit(130)

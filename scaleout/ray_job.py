@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fmnist_deploy.errors import FmnistError
 from fmnist_deploy.runtime.inputs import is_batch_name, walk
 
 SLICE = 1024  # images of a batch file per unit of work
@@ -32,7 +33,7 @@ OUTPUT_SUFFIXES = (".parquet", ".jsonl")
 COLUMNS = ("input", "path", "index", "class", "probability", "top_k", "error")
 
 
-class BatchError(Exception):
+class BatchError(FmnistError):
     """The job cannot start: bad output name, missing model, unreachable cluster."""
 
 
@@ -194,7 +195,7 @@ def _unit_done(unit: dict[str, Any], done: set[str]) -> bool:
 
 
 def _write_final(output: Path, records: list[dict[str, Any]]) -> None:
-    from fmnist_deploy.training.atomic import atomic_path
+    from fmnist_deploy.atomic import atomic_path
 
     with atomic_path(output) as tmp:
         if output.suffix == ".jsonl":

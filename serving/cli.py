@@ -44,7 +44,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=launch.Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", required=False, type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option(
     "--model-repository",

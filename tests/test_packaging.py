@@ -55,6 +55,60 @@ def test_torch_side_names_load_lazily() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_the_root_package_and_every_stage_import_lazily() -> None:
+    """`import fmnist_deploy` and any stage package load neither numpy, the runtime nor torch until a name is used."""
+    stages = ("training", "export", "runtime", "benchmarks", "scaleout", "serving")
+    code = (
+        "import sys, importlib\n"
+        "import fmnist_deploy, fmnist_deploy.errors, fmnist_deploy.atomic, fmnist_deploy.contract\n"
+        "heavy = ('numpy', 'torch', 'onnxruntime', 'fmnist_deploy.runtime')\n"
+        "assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules]\n"
+        f"for stage in {stages!r}:\n"
+        "    importlib.import_module('fmnist_deploy.' + stage)\n"
+        "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules\n"
+        "assert 'numpy' not in sys.modules or 'fmnist_deploy.runtime' in sys.modules\n"
+        "fmnist_deploy.FmnistError, fmnist_deploy.IntegrityWarning\n"
+        "assert 'fmnist_deploy.runtime' in sys.modules or 'numpy' not in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    for stage in stages[:2]:  # a stage other than the runtime never pulls the runtime or numpy in
+        only = (
+            f"import sys, fmnist_deploy.{stage}\n"
+            "assert not [m for m in ('numpy', 'torch', 'fmnist_deploy.runtime') if m in sys.modules]\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-P", "-c", only], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, (stage, done.stderr)
+
+
+def test_every_public_error_descends_from_one_root() -> None:
+    from fmnist_deploy import errors
+
+    kinds = (
+        errors.UsageError,
+        errors.InputError,
+        errors.ModelError,
+        errors.DeviceError,
+        errors.IntegrityError,
+        errors.OutputError,
+    )
+    assert all(issubclass(kind, fmnist_deploy.FmnistError) for kind in kinds)
+    assert errors.UsageError.exit_code == 2
+    assert {kind.exit_code for kind in kinds[1:]} == {1}
+    public = [getattr(fmnist_deploy, name) for name in fmnist_deploy.__all__]
+    raised = [
+        obj for obj in public if isinstance(obj, type) and issubclass(obj, Exception) and not issubclass(obj, Warning)
+    ]
+    assert raised and all(issubclass(cls, fmnist_deploy.FmnistError) for cls in raised), raised
+    assert fmnist_deploy.RuntimeFailure is fmnist_deploy.FmnistError
+    assert issubclass(fmnist_deploy.OptionError, errors.UsageError)
+    assert issubclass(fmnist_deploy.IntegrityWarning, UserWarning)
+
+
 def test_the_wheel_installs_one_namespace_and_nothing_else(tmp_path: Path) -> None:
     """Build from a copy of the tracked files (tests never write into the repository)."""
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
@@ -122,3 +176,20 @@ def test_the_commands_keep_onnxruntime_telemetry_off(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, done.stderr
         assert not (home / ".cache" / "Microsoft").exists(), command
+
+
+def test_a_commands_errors_map_once_to_one_line_and_the_kinds_exit_status() -> None:
+    import click
+    from click.testing import CliRunner
+
+    from fmnist_deploy import errors, launch
+
+    @click.command(cls=launch.Command)
+    @click.argument("kind")
+    def command(kind: str) -> None:
+        raise getattr(errors, kind)(f"{kind} happened\nsecond line")
+
+    for kind, status in (("UsageError", 2), ("InputError", 1), ("ModelError", 1), ("OutputError", 1)):
+        result = CliRunner().invoke(command, [kind])
+        assert result.exit_code == status, (kind, result.output)
+        assert result.output == f"Error: {kind} happened\n", kind  # one line, never a traceback

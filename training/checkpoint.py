@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmnist_deploy.errors import first_line
+from fmnist_deploy.atomic import write_bytes_atomic
+from fmnist_deploy.errors import ModelError, first_line
 from fmnist_deploy.integrity import CONTENT_KEY, IntegrityError, check_content, content_digest
-from fmnist_deploy.training.atomic import write_bytes_atomic
 from fmnist_deploy.training.config import Recipe
 
 CHECKPOINT_FORMAT = "fmnist-deploy/checkpoint"
@@ -27,7 +27,7 @@ WEIGHTS_FORMAT = "fmnist-deploy/weights"
 FORMAT_VERSION = 2  # 2: the payload carries a digest of its own content, checked on load
 
 
-class CheckpointError(Exception):
+class CheckpointError(ModelError):
     """A file is not a checkpoint or weights file of this project (or is damaged)."""
 
 

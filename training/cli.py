@@ -11,12 +11,12 @@ import click
 from click.core import ParameterSource
 
 from fmnist_deploy import launch
+from fmnist_deploy.atomic import check_writable, remove_stale_temporaries
 from fmnist_deploy.contract import WEIGHTS_NAME
-from fmnist_deploy.training.atomic import check_writable, remove_stale_temporaries
-from fmnist_deploy.training.checkpoint import CheckpointError, load_checkpoint
+from fmnist_deploy.training.checkpoint import load_checkpoint
 from fmnist_deploy.training.config import Recipe
-from fmnist_deploy.training.data import DataError, load, raw_dir
-from fmnist_deploy.training.loop import CHECKPOINT_NAME, Batch, EpochStats, TrainingError, resolve_device, run
+from fmnist_deploy.training.data import load, raw_dir
+from fmnist_deploy.training.loop import CHECKPOINT_NAME, Batch, EpochStats, resolve_device, run
 from fmnist_deploy.training.report import finalise
 
 DEFAULTS = Recipe()
@@ -59,7 +59,7 @@ def _interrupted(out: Path, done: list[int], resumed: bool) -> str:
     return "interrupted before the first epoch ended; nothing to resume"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=launch.Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
@@ -170,8 +170,6 @@ def main(
             cuda_graph=cuda_graph,
         )
         weights = finalise(out, recipe, state.model, state.history, data, device=torch_device, loader=loader)
-    except (DataError, CheckpointError, TrainingError) as exc:
-        raise click.ClickException(str(exc)) from None
     except OSError as exc:  # the output folder: read-only, full, or not a folder
         raise click.ClickException(f"cannot write to {exc.filename or out}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:

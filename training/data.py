@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmnist_deploy.atomic import atomic_path
+from fmnist_deploy.errors import InputError
 from fmnist_deploy.models import cache_root
-from fmnist_deploy.training.atomic import atomic_path
 
 SHA256: dict[str, str] = {
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
@@ -36,7 +37,7 @@ HOW_TO_GET = (
 )
 
 
-class DataError(Exception):
+class DataError(InputError):
     """The data set is missing, truncated or altered; the message says which file and how to fix it."""
 
 

@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from fmnist_deploy.errors import FmnistError
 from fmnist_deploy.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fmnist_deploy.training.config import Recipe
 from fmnist_deploy.training.data import FashionMNIST
@@ -26,7 +27,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-class TrainingError(Exception):
+class TrainingError(FmnistError):
     """A run cannot start or continue as asked; the message says why."""
 
 

@@ -12,8 +12,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from fmnist_deploy.atomic import atomic_path, write_text_atomic
 from fmnist_deploy.contract import WEIGHTS_NAME
-from fmnist_deploy.training.atomic import atomic_path, write_text_atomic
 from fmnist_deploy.training.checkpoint import Weights, save_weights, versions
 from fmnist_deploy.training.config import CLASS_NAMES, Recipe
 from fmnist_deploy.training.data import FashionMNIST
