@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test test-embed embed-deps bench-deps soak lint export train bench bench-cuda clean
+.PHONY: setup data test test-embed embed-deps bench-deps soak lint export train bench bench-cuda cuda-bundle test-gpu-packages clean
 
 setup: $(VENV)/.installed
 
@@ -85,6 +85,18 @@ bench: setup data bench-deps
 # --dry-run` says what it would run and whether this machine can.
 bench-cuda:
 	benchmarks/cuda.sh --out artifacts/bench/cuda
+
+# The offline bundle for a GPU machine without network (≤ 64 MiB): this tree, the data set's gz files and the
+# wheels that machine's Python lacks (benchmarks/gpu-machine-packages.txt). There: `cd project &&
+# benchmarks/cuda.sh --python python3 --offline --out ../reports`. CUDA_BUNDLE=DIR to write it elsewhere.
+CUDA_BUNDLE ?= build/cuda-bundle
+cuda-bundle:
+	benchmarks/cuda.sh --bundle $(CUDA_BUNDLE)
+
+# `pytest -m cuda` with only the GPU machine's packages (no imagecodecs, starlette, ray, openvino...):
+# it must collect and end in skips that say why, never in an error.
+test-gpu-packages: setup
+	benchmarks/gpu_packages.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

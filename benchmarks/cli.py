@@ -193,7 +193,7 @@ def latency_cmd(
     unknown = [b for b in backends if b not in TARGETS]
     if unknown:
         raise click.BadParameter(f"{', '.join(unknown)}: expected one of {', '.join(TARGETS)}", param_hint="--backend")
-    asked = backends  # named with --backend: a cell of theirs that cannot run fails the command (after the report)
+    asked = backends  # named with --backend: one that runs nowhere fails the command (after the report)
     if not backends:  # every row, those whose package is absent as "not installed" rows
         backends = tuple(b for b in TARGETS if (artifacts / TARGETS[b].file).is_file())
         if not backends:
@@ -233,7 +233,12 @@ def latency_cmd(
         ".png": lambda path: latency_plot(report, path),
     }
     _finish(report, latency_markdown(report), as_json, out_dir, stem, extra)
-    missing = [f"{r['backend']}/{r['device']}: {r['reason']}" for r in report["not_installed"] if r["backend"] in asked]
+    ran = {c["backend"] for c in report["cells"]}
+    missing = [
+        f"{r['backend']}/{r['device']}: {r['reason']}"
+        for r in report["not_installed"]
+        if r["backend"] in asked and r["backend"] not in ran
+    ]
     if missing:
         raise click.ClickException(f"--backend asked for what cannot run here: {'; '.join(missing)}")
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterable
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 
@@ -32,25 +34,30 @@ def _version(package: str) -> str | None:
 ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
 
 
-def onnxruntime_build(distributions: dict[str, list[str]] | None = None) -> dict[str, Any] | None:
+def onnxruntime_build(distributions: Iterable[Any] | None = None) -> dict[str, Any] | None:
     """The ONNX Runtime that `import onnxruntime` really gives: distribution, version, providers; None if absent.
 
-    The version comes from the imported module, and the distribution from the files that
-    installed it (`importlib.metadata.packages_distributions`), never from the distribution
-    named `onnxruntime`: with onnxruntime-gpu installed beside or over it, that one can name
-    another build than the one that ran.
+    The version comes from the imported module, and the distribution is the one whose files
+    hold that module (onnxruntime and onnxruntime-gpu install the same `onnxruntime` package,
+    and both can be visible, e.g. onnxruntime-gpu in a virtual environment over an interpreter
+    with onnxruntime): never the version of whichever distribution is named `onnxruntime`.
     """
     try:
         import onnxruntime as ort
     except ImportError:
         return None
-    if distributions is None:
-        distributions = metadata.packages_distributions()
-    owners = [d for d in distributions.get("onnxruntime", []) if d.lower() in ONNXRUNTIME_DISTRIBUTIONS]
+    here = Path(ort.__file__).resolve()
+    owners = []
+    for dist in metadata.distributions() if distributions is None else distributions:
+        name = dist.metadata["Name"] or ""
+        if name.lower().replace("_", "-") in ONNXRUNTIME_DISTRIBUTIONS:
+            if Path(dist.locate_file("onnxruntime/__init__.py")).resolve() == here:
+                owners.append(name)
     providers = ort.get_available_providers()
     return {
         "distribution": owners[0] if len(owners) == 1 else (owners or "unknown"),
         "version": ort.__version__,
+        "module": str(here.parent),
         "providers": providers,
         "cuda": "CUDAExecutionProvider" in providers,
     }

@@ -209,6 +209,7 @@ def test_latency_cli_fails_only_for_an_explicit_backend_that_cannot_run(tmp_path
     result = CliRunner().invoke(bench_cli, [*args, "--backend", "numpy", "--backend", "openvino"])
     assert result.exit_code == 1
     assert "--backend asked for what cannot run here: openvino/cpu: not installed: pip install" in result.output
+    assert "numpy" not in result.output.splitlines()[-1]  # the backend that ran is not blamed
     report = json.loads((tmp_path / "latency.json").read_text())  # the report is written all the same
     assert report["not_installed"][0]["backend"] == "openvino" and report["cells"][0]["backend"] == "numpy"
 
@@ -514,13 +515,21 @@ def test_cuda_script_dry_run_lists_every_step_and_writes_nothing(tmp_path: Path)
     for expected in (
         "make setup data",
         "onnxruntime-gpu==",
+        "fmnist_deploy.training.data",
+        "fmnist_deploy.benchmarks.reexport --artifacts artifacts",
         "-m pytest -q -p no:cacheprovider -m cuda",
         "fmnist_deploy.benchmarks.junit",
-        "latency --device cpu --device cuda --batches 1,100,1000,10000",
-        "parity --device cpu --device cuda",
+        "latency --artifacts artifacts --device cpu --device cuda",
+        "--batches 1,100,1000,10000",
+        "parity --artifacts artifacts --device cpu --device cuda",
         "train --device cuda",
+        "fmnist_deploy.training.cli --device cuda --epochs 100",
+        "fmnist_deploy.benchmarks.cuda_summary",
+        "tar czf",
     ):
         assert expected in text, expected
+    # every step that runs something is bounded and logged
+    assert all("(timeout " in line and "log logs/" in line for line in steps[:-1]), steps
     assert not out.exists()
     if shutil.which("nvidia-smi") is None:
         assert "GPU: none here" in done.stderr
@@ -548,6 +557,29 @@ def test_cuda_script_with_an_interpreter_installs_into_it(tmp_path: Path) -> Non
     assert "make setup" not in done.stderr
 
 
+def test_cuda_script_offline_dry_run_installs_only_from_the_bundle(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["bash", str(CUDA_SCRIPT), "--dry-run", "--python", "/opt/py/bin/python3", "--offline", "--from", "/b"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    text = done.stderr
+    for expected in (
+        "/opt/py/bin/python3 benchmarks/bundle.py join /b/wheels",
+        "/opt/py/bin/python3 benchmarks/bundle.py venv",
+        "bundle.py install /b/wheels",
+        "-m pip install --no-index --no-deps --no-build-isolation --no-cache-dir -e .",
+        "-m fmnist_deploy.training.data --data-dir /b/data",
+        "latency --artifacts artifacts --device cpu --device cuda",
+        "--batches 1,8,32,100,1000,10000,100000",
+    ):
+        assert expected in text, expected
+    assert "make setup" not in text and "pip download" not in text and "onnxruntime-gpu==" not in text
+    no_python = subprocess.run(["bash", str(CUDA_SCRIPT), "--dry-run", "--offline"], capture_output=True, text=True)
+    assert no_python.returncode == 2 and "--offline needs --python PY" in no_python.stderr
+
+
 def test_junit_verdict_fails_skips_and_failures(tmp_path: Path) -> None:
     from fmnist_deploy.benchmarks.junit import main, verdict
 
@@ -568,3 +600,17 @@ def test_junit_verdict_fails_skips_and_failures(tmp_path: Path) -> None:
     assert not ok and "t::c0 (needs a CUDA GPU)" in line
     assert not verdict(report(0, 1))[0] and not verdict(report(0, 0, tests=0))[0]
     assert main([str(report(1, 0))]) == 1 and main([str(tmp_path / "missing.xml")]) == 1 and main([]) == 2
+    # a test skipped because an optional package is absent is listed, not failed
+    absent = (
+        report(0, 0)
+        .read_text()
+        .replace(
+            '<testcase classname="t" name="c0"></testcase>',
+            '<testcase classname="t" name="c0"><skipped message="tests/conftest.py:90: not installed: pip install '
+            'onnxruntime-gpu"/></testcase>',
+        )
+    )
+    path = tmp_path / "absent.xml"
+    path.write_text(absent.replace('skipped="0"', 'skipped="1"'))
+    ok, line = verdict(path)
+    assert ok and "0 skipped, 1 not installed" in line and "t::c0" in line

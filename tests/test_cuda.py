@@ -7,9 +7,17 @@ without one, exercised for real (a real model on the CPU behind the streaming lo
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from fmnist_deploy.benchmarks import bundle
 from fmnist_deploy.machine import environment, onnxruntime_build
 from fmnist_deploy.runtime.errors import OptionError
 from fmnist_deploy.runtime.onnxruntime_backend import (
@@ -19,7 +27,7 @@ from fmnist_deploy.runtime.onnxruntime_backend import (
     cuda_provider_options,
 )
 from fmnist_deploy.runtime.torch_cuda import CudaOptions, GraphCache, chunk_plan, stream_chunks
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, REPO
 
 
 def test_graph_cache_keeps_the_most_recently_used_sizes() -> None:
@@ -140,9 +148,179 @@ def test_the_environment_names_the_onnxruntime_that_was_imported() -> None:
     assert build["providers"] == ort.get_available_providers()
     env = environment()
     assert env["onnxruntime"] == build and env["packages"]["onnxruntime"] == ort.__version__
-    # which distribution installed the module, from the files' owner, not from a distribution's name
-    assert onnxruntime_build({"onnxruntime": ["onnxruntime-gpu"]})["distribution"] == "onnxruntime-gpu"
-    assert onnxruntime_build({"onnxruntime": ["onnxruntime-gpu", "onnxruntime"]})["distribution"] == [
-        "onnxruntime-gpu",
-        "onnxruntime",
-    ]  # both installed over each other: said, not guessed
+    # which distribution installed the module: the one whose files hold it, not the one named onnxruntime
+    module_dir = Path(ort.__file__).resolve().parent
+
+    class Dist:
+        def __init__(self, name: str, root: Path) -> None:
+            self.metadata, self.root = {"Name": name}, root
+
+        def locate_file(self, path: str) -> Path:
+            return self.root / path
+
+    cpu_elsewhere = Dist("onnxruntime", Path("/elsewhere/site-packages"))
+    gpu_here = Dist("onnxruntime-gpu", module_dir.parent)
+    assert onnxruntime_build([cpu_elsewhere, gpu_here])["distribution"] == "onnxruntime-gpu"
+    both_here = [Dist("onnxruntime", module_dir.parent), gpu_here]  # installed over each other: said, not guessed
+    assert onnxruntime_build(both_here)["distribution"] == ["onnxruntime", "onnxruntime-gpu"]
+    assert onnxruntime_build([cpu_elsewhere])["distribution"] == "unknown"
+
+
+# --- the offline bundle and the one-command run (benchmarks/cuda.sh, benchmarks/bundle.py) ---------------
+
+CUDA_SCRIPT = REPO / "benchmarks" / "cuda.sh"
+DEBIAN_DATA = Path("/usr/share/datasets/fashion-mnist")
+GZ_FILES = [
+    f"{n}.gz"
+    for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+]
+needs_gz = pytest.mark.skipif(
+    not all((DEBIAN_DATA / f).is_file() for f in GZ_FILES), reason=f"needs the data set's gz files in {DEBIAN_DATA}"
+)
+# Everything a CUDA run needs, as a target's package list: no wheel to fetch, so no network.
+HAS_EVERYTHING = "numpy\npillow\nimagecodecs\nclick\nmatplotlib\nonnx\nonnxruntime\nprotobuf\nprometheus-client\n"
+
+
+def _script(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(CUDA_SCRIPT), *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO
+    )
+
+
+def test_the_wheels_a_target_lacks_come_from_its_package_list() -> None:
+    have = bundle.read_package_list((REPO / "benchmarks" / "gpu-machine-packages.txt").read_text())
+    assert {"torch", "onnxruntime", "prometheus-client"} <= have and "imagecodecs" not in have
+    assert bundle.missing(have, REPO / "pyproject.toml") == ["imagecodecs>=2024.1.1"]
+    pip_list = "Package    Version\n---------- -------\nNumPy      2.5.2\nprometheus_client 0.2\n"
+    assert bundle.read_package_list(pip_list) == {"numpy", "prometheus-client"}
+    lacking = bundle.missing({"numpy"}, REPO / "pyproject.toml")
+    assert "onnxruntime>=1.20" in lacking and not any(r.startswith(("torch", "starlette")) for r in lacking)
+
+
+def test_sizes_are_binary_units() -> None:
+    assert bundle.parse_size("64M") == 64 << 20 == bundle.parse_size("64MiB")
+    assert bundle.parse_size("500k") == 500 << 10 and bundle.parse_size("123") == 123
+    with pytest.raises(bundle.BundleError, match="expected a number of bytes"):
+        bundle.parse_size("lots")
+
+
+@needs_gz
+def test_a_large_file_splits_into_parts_that_join_back(tmp_path: Path) -> None:
+    source = DEBIAN_DATA / "train-images-idx3-ubyte.gz"  # 26 MB: a wheel-sized real file
+    parts = bundle.split(source, 10 << 20, tmp_path)
+    assert [p.name for p in parts] == [f"{source.name}.part-{i:03d}" for i in range(3)]
+    assert all(p.stat().st_size <= 10 << 20 for p in parts)
+    assert bundle.join(tmp_path) == [tmp_path / source.name]
+    assert (tmp_path / source.name).read_bytes() == source.read_bytes()
+    parts[1].write_bytes(parts[1].read_bytes()[:-1] + b"\0")  # one byte off in transit
+    with pytest.raises(bundle.BundleError, match="do not join into the file they were cut from"):
+        bundle.join(tmp_path)
+    parts[2].unlink()
+    with pytest.raises(bundle.BundleError, match=r"parts missing .*part-002"):
+        bundle.join(tmp_path)
+
+
+@needs_gz
+def test_the_bundle_holds_the_project_the_data_and_nothing_else_under_64_mib(tmp_path: Path) -> None:
+    have = tmp_path / "have.txt"
+    have.write_text(HAS_EVERYTHING)
+    done = _script("--bundle", str(tmp_path / "b"), "--target-packages", str(have))
+    assert done.returncode == 0, done.stderr
+    b = tmp_path / "b"
+    assert sorted(p.name for p in b.iterdir()) == ["README.txt", "SHA256SUMS", "data", "project", "wheels"]
+    assert sorted(p.name for p in (b / "data").iterdir()) == sorted(GZ_FILES)
+    assert list((b / "wheels").iterdir()) == []  # the target has every package: nothing to bring
+    for kept in (
+        "pyproject.toml",
+        "benchmarks/cuda.sh",
+        "benchmarks/bundle.py",
+        "artifacts/fmnist_mlp.pt2",
+        "tests/conftest.py",
+    ):
+        assert (b / "project" / kept).is_file(), kept
+    assert not (b / "project" / ".venv").exists() and not (b / "project" / ".git").exists()
+    assert bundle.tree_size(b) <= 64 << 20
+    sums = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=b, capture_output=True, text=True)
+    assert sums.returncode == 0 and sums.stdout.count(": OK") == 4
+    assert "benchmarks/cuda.sh --python python3 --offline" in (b / "README.txt").read_text()
+    small = _script("--bundle", str(tmp_path / "c"), "--target-packages", str(have), "--max-size", "1M")
+    assert small.returncode == 1 and "over the 1M limit" in small.stderr
+
+
+def test_the_bundle_dry_run_fetches_for_the_target_interpreter_and_writes_nothing(tmp_path: Path) -> None:
+    done = _script("--bundle", str(tmp_path / "b"), "--python-version", "3.13", "--ort-gpu", "1.31.1", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    text = done.stderr
+    assert "wheels the target lacks (from benchmarks/gpu-machine-packages.txt): imagecodecs>=2024.1.1" in text
+    assert "pip download --quiet --no-deps --only-binary=:all: --python-version 3.13 --implementation cp" in text
+    assert f"-d {tmp_path}/b/wheels imagecodecs>=2024.1.1" in text
+    assert "onnxruntime-gpu==1.31.1" in text and f"--size 60M --out {tmp_path}/b.ort-gpu" in text
+    assert not (tmp_path / "b").exists()
+
+
+@needs_gz
+def test_an_offline_run_installs_from_the_bundle_alone_and_keeps_to_its_budget(tmp_path: Path) -> None:
+    # No GPU here: an nvidia-smi stand-in only lets the run past its preflight. What needs no GPU must work
+    # with the network closed (installing into a virtual environment over this interpreter's packages, the
+    # data, the re-export check); what needs one fails as a step, the budget stops the rest, and the
+    # reports are still packed into one archive.
+    have = tmp_path / "have.txt"
+    have.write_text(HAS_EVERYTHING)
+    assert _script("--bundle", str(tmp_path / "b"), "--without-project", "--target-packages", str(have)).returncode == 0
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text('#!/bin/sh\n[ "$1" = -L ] && echo "GPU 0: stand-in" || echo stand-in\n')
+    (fake / "nvidia-smi").chmod(0o755)
+    closed = "http://127.0.0.1:9"  # nothing listens: any network use fails
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
+    env |= {"PIP_NO_INDEX": "1", "https_proxy": closed, "http_proxy": closed, "HTTPS_PROXY": closed}
+    out = tmp_path / "reports" / "cuda"
+    done = _script(
+        "--python",
+        sys.executable,
+        "--offline",
+        "--from",
+        str(tmp_path / "b"),
+        "--out",
+        str(out),
+        "--budget",
+        "75",
+        env=env,
+    )
+    assert done.returncode == 1, done.stderr
+    rows = {r.split("\t")[1]: r.split("\t")[2] for r in (out / "steps.tsv").read_text().splitlines()[1:]}
+    assert [rows[s] for s in ("join-wheels", "venv", "install-wheels", "install-project", "data")] == ["ok"] * 5, rows
+    assert rows["environment"] == "failed (1)"  # torch sees no GPU: said, not papered over
+    later = [rows[s] for s in ("latency", "parity", "train-100-epochs", "summary")]
+    assert all(v.startswith(("not run (budget spent)", "timed out", "failed")) for v in later), rows
+    assert "not run (budget spent)" in rows.values()
+    with tarfile.open(out.parent / "cuda.tar.gz") as archive:
+        names = archive.getnames()
+    assert "cuda/steps.tsv" in names and any(n.startswith("cuda/logs/") for n in names)
+    assert (out / "logs" / "05-data.log").is_file()
+
+
+@pytest.mark.slow
+def test_files_this_torch_cannot_load_are_reexported_here_and_recorded(tmp_path: Path, data) -> None:
+    import shutil
+
+    import torch
+
+    from fmnist_deploy import runtime
+    from fmnist_deploy.benchmarks.reexport import check_and_reexport
+
+    arts = tmp_path / "artifacts"
+    shutil.copytree(ARTIFACTS, arts, ignore=shutil.ignore_patterns("bench", "*.png", "checkpoint.pt"))
+    assert check_and_reexport(arts, tmp_path / "unused")[0] == arts  # every file loads: nothing to do
+    assert not (tmp_path / "unused").exists()
+    (arts / "fmnist_mlp.pt2").write_bytes(b"PK\x03\x04 not an archive this torch reads")
+    folder, record = check_and_reexport(arts, tmp_path / "models", data.root)
+    assert folder == tmp_path / "models"
+    assert set(record["files"]) == {"fmnist_mlp.pt2"} and record["torch_here"] == torch.__version__
+    entry = record["files"]["fmnist_mlp.pt2"]
+    assert entry["torch_exported_with"] == "2.14.1" and entry["torch_reexported_with"] == torch.__version__
+    assert json.loads((folder / "reexport.json").read_text()) == record
+    assert (folder / "fmnist_mlp.pt2.gate.json").is_file()  # through the export gate
+    with np.load(ARTIFACTS / "golden.npz") as golden:
+        logits = runtime.load(folder / "fmnist_mlp.pt2").predict(golden["images"]).logits
+        assert np.abs(logits - golden["logits"]).max() <= 1e-5
