@@ -128,6 +128,12 @@ def _load(model: Path | None, backend: str, device: str) -> tuple[Predictor, lis
 @click.option("--top-k", type=click.IntRange(1, 10), default=1, show_default=True)
 @click.option("--invert", is_flag=True, help="Input is dark-on-light (photos, scans); Fashion-MNIST is light-on-dark.")
 @click.option(
+    "--image-column",
+    default="image",
+    show_default=True,
+    help="The image-bytes column of Parquet / Arrow inputs (binary, or Hugging Face's {bytes, path} struct).",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="One JSON object per input and line (JSON Lines), errors included."
 )
 @click.option(
@@ -144,12 +150,13 @@ def main(
     device: str,
     top_k: int,
     invert: bool,
+    image_column: str,
     as_json: bool,
     output: Path | None,
 ) -> None:
     """Classify PATHS: image files (PNG, JPEG, BMP, GIF, TIFF, WebP, ...), .npy batches
-    (uint8 [N,28,28]), IDX files, or folders of them (walked in sorted order); `-` reads
-    more paths from standard input, one per line.
+    (uint8 [N,28,28]), IDX files, Parquet / Arrow tables of image bytes, or folders of them
+    (walked in sorted order); `-` reads more paths from standard input, one per line.
 
     One line per image on stdout (with --json, one JSON record per input, failures as
     records with an "error" field); problems also on stderr. Exit 1 if any input failed,
@@ -166,7 +173,7 @@ def main(
     collected: list[dict[str, Any]] = []
     try:
         with _without_pillows_bomb_warning():
-            for chunk in chunks(iter_items(_paths(paths), invert=invert), CHUNK):
+            for chunk in chunks(iter_items(_paths(paths), invert=invert, image_column=image_column), CHUNK):
                 # One write per stream and chunk: a write per line cost more than decoding the image.
                 problems = [
                     f"error: {item.error}" if item.error is not None else f"note: {item.name}: {item.note}"

@@ -26,6 +26,7 @@ import numpy as np
 from fmnist_deploy.runtime.base import IMAGE_SHAPE
 from fmnist_deploy.runtime.errors import InputError
 from fmnist_deploy.runtime.images import BATCH_SUFFIXES, IMAGE_SUFFIXES, read_batch, read_image
+from fmnist_deploy.runtime.tables import TABLE_SUFFIXES, is_table_name
 
 # Image files one decode task reads. A process pool's hand-off costs a fraction of a millisecond per
 # task: measured on 2 cores (6 000 PNG files), 32 files per task gave ~29 µs per image, 512 ~14 µs.
@@ -65,7 +66,8 @@ def walk(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 def walk_kinds(paths: Iterable[str | Path]) -> Iterator[tuple[str, str]]:
-    """walk(), each path (a str) with what it is: image, batch, empty (a folder with nothing to read) or missing.
+    """walk(), each path (a str) with what it is: image, batch, table (Parquet / Arrow), empty (a folder with
+    nothing to read) or missing.
 
     One stat per path named; the files under a folder come from its directory entries,
     without a stat or a Path object each, in the order `sorted(folder.rglob("*"))` gives.
@@ -78,13 +80,17 @@ def walk_kinds(paths: Iterable[str | Path]) -> Iterator[tuple[str, str]]:
             yield path, "missing"
             continue
         if not is_dir:
-            yield path, "batch" if is_batch_name(os.path.basename(path)) else "image"
+            yield path, _kind(os.path.basename(path))
             continue
         found = sorted(_files_under(path, ()))
         if not found:
             yield path, "empty"
         for parts, full in found:
-            yield full, "batch" if is_batch_name(parts[-1]) else "image"
+            yield full, _kind(parts[-1])
+
+
+def _kind(name: str) -> str:
+    return "table" if is_table_name(name) else "batch" if is_batch_name(name) else "image"
 
 
 def _files_under(folder: str, parts: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
@@ -99,7 +105,11 @@ def _files_under(folder: str, parts: tuple[str, ...]) -> Iterator[tuple[tuple[st
         try:
             if entry.is_dir() and not entry.is_symlink():
                 yield from _files_under(entry.path, (*parts, entry.name))
-            elif entry.is_file() and (_suffix(entry.name).lower() in IMAGE_SUFFIXES or is_batch_name(entry.name)):
+            elif entry.is_file() and (
+                _suffix(entry.name).lower() in IMAGE_SUFFIXES
+                or is_batch_name(entry.name)
+                or _suffix(entry.name).lower() in TABLE_SUFFIXES
+            ):
                 yield (*parts, entry.name), entry.path
         except OSError:
             continue
@@ -163,7 +173,30 @@ def _batch_items(path: str, invert: bool) -> Iterator[Item]:
         yield Item(f"{path}[{i}]", 255 - image if invert else image)
 
 
-def _tasks(paths: Iterable[str | Path], invert: bool) -> Iterator[list[str] | Iterator[Item]]:
+def _table_items(path: str, invert: bool, image_column: str) -> Iterator[Item]:
+    """The images of a Parquet / Arrow table of image bytes, a row group at a time; `path[row]` names each."""
+    from fmnist_deploy.runtime.tables import decode_cells, read_group, table_groups
+
+    try:
+        groups = table_groups(path, image_column)
+        if not any(groups):
+            raise InputError(f"{path}: holds no rows")
+    except InputError as exc:
+        yield Item(path, None, str(exc))
+        return
+    row = 0
+    for group in range(len(groups)):
+        try:
+            for cells, _ in read_group(path, group, image_column):
+                names = [f"{path}[{row + i}]" for i in range(len(cells))]
+                yield from _items(names, decode_cells(cells, names, invert), invert)
+                row += len(cells)
+        except InputError as exc:
+            yield Item(path, None, str(exc))
+            return
+
+
+def _tasks(paths: Iterable[str | Path], invert: bool, image_column: str) -> Iterator[list[str] | Iterator[Item]]:
     """The inputs in order: lists of image files to decode together, or iterators of items ready as they are."""
     images: list[str] = []
     for path, kind in walk_kinds(paths):
@@ -178,6 +211,8 @@ def _tasks(paths: Iterable[str | Path], invert: bool) -> Iterator[list[str] | It
             images = []
         if kind == "batch":
             yield _batch_items(path, invert)
+        elif kind == "table":
+            yield _table_items(path, invert, image_column)
         elif kind == "empty":
             yield iter([Item(path, None, f"{path}: no images found under this folder")])
         else:
@@ -242,8 +277,13 @@ class _DecodePool:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def iter_items(paths: Iterable[str | Path], *, invert: bool = False, workers: int | None = None) -> Iterator[Item]:
+def iter_items(
+    paths: Iterable[str | Path], *, invert: bool = False, workers: int | None = None, image_column: str = "image"
+) -> Iterator[Item]:
     """Every image of every input, in input order; a bad input becomes an Item with its error.
+
+    Parquet / Arrow tables give one image per row, from their `image_column` of image bytes
+    (decoded in this process: the tables are for small runs; fmnist-batch spreads big ones).
 
     With more than one worker (default: one per core, on Linux), image files are decoded by
     worker processes once the run holds a full task of them (FILES_PER_TASK files); fewer
@@ -254,7 +294,7 @@ def iter_items(paths: Iterable[str | Path], *, invert: bool = False, workers: in
     pool: _DecodePool | None = None
     ahead: deque[_Pending] = deque()
     try:
-        for task in _tasks(paths, invert):
+        for task in _tasks(paths, invert, image_column):
             if isinstance(task, list):
                 if pool is None and workers > 1 and len(task) == FILES_PER_TASK:
                     pool = _DecodePool(workers, invert)

@@ -25,7 +25,8 @@ from fmnist_deploy.models import default_model
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
     required=True,
-    help="Results, one row per image: .parquet or .jsonl (written atomically).",
+    help="Results, one row per image: a .parquet or .jsonl file (written atomically), or a folder (a name "
+    "without suffix) of Parquet files, one per unit of work, that Arrow and Ray read back in input order.",
 )
 @click.option(
     "--model",
@@ -45,10 +46,23 @@ from fmnist_deploy.models import default_model
     show_default=True,
     help="Predictor actors, each holding one ONNX Runtime session.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per model call.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Images per unit of work: per model call and per part file.",
+)
 @click.option("--top-k", type=click.IntRange(1, 10), default=3, show_default=True)
 @click.option("--invert", is_flag=True, help="Inputs are dark-on-light (photos, scans).")
-@click.option("--resume", is_flag=True, help="Continue a killed job: skip the rows its partial output holds.")
+@click.option("--resume", is_flag=True, help="Continue a killed job: skip the units whose part files it wrote.")
+@click.option(
+    "--image-column",
+    default="image",
+    show_default=True,
+    help="The image-bytes column of Parquet / Arrow inputs (binary, or Hugging Face's {bytes, path} struct).",
+)
+@click.option("--id-column", default=None, help="A column of Parquet / Arrow inputs to carry into every answer.")
 @click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
 def main(
     inputs: tuple[Path, ...],
@@ -60,12 +74,16 @@ def main(
     top_k: int,
     invert: bool,
     resume: bool,
+    image_column: str,
+    id_column: str | None,
 ) -> None:
-    """Classify INPUTS (image files, folders, .npy / IDX batch files, or .txt files listing paths) on Ray.
+    """Classify INPUTS (image files, folders, .npy / IDX batch files, Parquet / Arrow files of image bytes,
+    or .txt files listing paths) on Ray.
 
-    Every row has the input, its file and index within a batch file, the class, its
-    probability, the top k, and an error for an input that could not be read: a bad file
-    never fails the job. Exit 1 if any input failed, 2 for a usage error.
+    Every row has the input, its file and index within a batch or table file, the id
+    (--id-column), the class, its probability, the top k, and an error for an input that
+    could not be read: a bad file never fails the job. Exit 1 if any input failed, 2 for a
+    usage error.
     """
     try:
         from fmnist_deploy.scaleout.ray_job import JobConfig, check_job, run_job, start_ray
@@ -82,6 +100,8 @@ def main(
         top_k=top_k,
         invert=invert,
         resume=resume,
+        image_column=image_column,
+        id_column=id_column,
     )
     check_job(config)  # before Ray starts: a bad model or output name costs nothing
     started = time.perf_counter()

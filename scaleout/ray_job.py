@@ -1,40 +1,59 @@
 """Batch inference over very large image sets on Ray Data, with exactly fmnist-predict's answers.
 
-The pipeline: the driver lists the inputs (image files; batch files in slices of at most
-`SLICE` images), a pool of actors each holding one ONNX Runtime session decodes and
-preprocesses them with `fmnist_deploy.runtime.images` (the functions fmnist-predict uses) and
-classifies them, and the driver streams the rows, in input order, to the output file. (The
-decoding step is its own map; Ray Data fuses it into the actors, so decoded images never
-cross the object store: 6 000 PNGs took 2.9 s fused, 4.4 s as separate tasks, on 2 cores.) Ray
-schedules the work, streams it with back-pressure and restarts a killed actor (its tasks are
-retried); the driver appends every finished batch to a partial file, so a killed job resumes
-with `--resume` where it stopped, and the final file appears atomically.
+The pipeline, and why it is shaped so (measured on 2 cores, 60 000 images; the figures are in
+benchmarks/batch.py's report):
 
-Workers import only the torch-free runtime (onnxruntime, numpy, Pillow).
+- The driver plans **units of work** and nothing else: a unit is up to `batch_size` image
+  files, a slice of a .npy / IDX file, or a row group of a Parquet file. The top of a
+  folder is listed by the driver; each sub-folder is listed by a Ray task of its own, so a
+  tree of millions of files is never walked (nor statted: directory entries only) by one
+  process. Batch-file headers and Parquet footers are read, never their data.
+- A pool of actors, each holding one ONNX Runtime session, takes one unit at a time: it
+  decodes the unit's images with fmnist-predict's own functions (`runtime.images`,
+  `runtime.inputs.decode_files`), classifies them in one call, and writes the answers as
+  one Parquet file, `part-<unit>.parquet`, atomically. Only a three-number summary goes
+  back through the object store: no image, no answer and no per-row Python on the driver,
+  whose cycles would be taken from the actors on a small machine.
+- Every part file is named by its unit, so a retried unit (a killed actor, a lost node)
+  rewrites the same file, a killed job resumes with `--resume` by skipping the units whose
+  part exists, and the folder reads back in input order (`pyarrow.parquet.read_table`,
+  `ray.data.read_parquet`). A single-file output (.parquet or .jsonl) is those parts joined
+  once at the end, atomically.
+
+Workers import only the torch-free runtime (onnxruntime, numpy, Pillow, pyarrow). The model
+travels to them as bytes through the object store, so on a cluster no node needs the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import stat
+import tempfile
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fmnist_deploy.errors import FmnistError
-from fmnist_deploy.runtime.inputs import is_batch_name, walk
+from fmnist_deploy.runtime.images import IMAGE_SUFFIXES
+from fmnist_deploy.runtime.inputs import is_batch_name
+from fmnist_deploy.runtime.tables import TABLE_SUFFIXES
 
-SLICE = 1024  # images of a batch file per unit of work
 LIST_SUFFIXES = (".txt", ".lst")  # a text file listing input paths, one per line
 OUTPUT_SUFFIXES = (".parquet", ".jsonl")
-COLUMNS = ("input", "path", "index", "class", "probability", "top_k", "error")
+PART_PREFIX = "part-"
+MANIFEST = "_job.json"  # leading underscore: Arrow and Ray's Parquet readers skip it
+STAGES = ("decode", "model", "answers", "write")  # what an actor reports the seconds of, per unit
 
 
 class BatchError(FmnistError):
-    """The job cannot start: bad output name, missing model, unreachable cluster."""
+    """The job cannot start or finish: bad output name, missing model, unreachable cluster, lost work."""
 
 
 @dataclass(frozen=True)
@@ -42,203 +61,470 @@ class JobConfig:
     """What a batch job reads, how it runs, where it writes."""
 
     model: Path
-    output: Path
+    output: Path  # .parquet / .jsonl: one file; anything else: a folder of part files
     address: str | None = None  # None: a local Ray instance sized to this machine
     actors: int = 2
-    batch_size: int = 256
+    batch_size: int = 1024  # images per unit of work, per model call and per part file
     top_k: int = 3
     invert: bool = False
     resume: bool = False
+    image_column: str = "image"  # the image-bytes column of Parquet / Arrow inputs
+    id_column: str | None = None  # a column of Parquet / Arrow inputs carried into every answer
+    cpus_per_actor: float = 1.0
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether the output is a folder of part files (any name without .parquet / .jsonl)."""
+        return self.output.suffix not in OUTPUT_SUFFIXES or self.output.is_dir()
 
 
-def _batch_length(path: Path) -> int | None:
-    """Images in a .npy / IDX file, read from its header only; None when the header cannot be read."""
-    from fmnist_deploy.runtime.images import InputError, batch_count
+def parts_folder(config: JobConfig) -> Path:
+    """Where the part files go: the output folder itself, or a hidden folder beside a single output file."""
+    if config.partitioned:
+        return config.output
+    return config.output.with_name(f".{config.output.name}.parts")
 
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+def _unit(kind: str, *, paths: list[str] | None = None, path: str = "", group: int = -1, start: int = -1,
+          stop: int = -1, error: str = "") -> dict[str, Any]:  # fmt: skip
+    """One unit of work (a row of the job's input dataset; every unit has every field)."""
+    return {"kind": kind, "paths": paths or [], "path": path, "group": group, "start": start, "stop": stop,
+            "error": error}  # fmt: skip
+
+
+class _Planner:
+    """Turns paths into units in input order; image files are gathered `size` to a unit."""
+
+    def __init__(self, size: int, image_column: str) -> None:
+        self.size = size
+        self.image_column = image_column
+        self.units: list[dict[str, Any]] = []
+        self.images: list[str] = []
+
+    def image(self, path: str) -> None:
+        self.images.append(path)
+        if len(self.images) == self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.images:
+            self.units.append(_unit("files", paths=self.images))
+            self.images = []
+
+    def add(self, unit: dict[str, Any]) -> None:
+        self.flush()
+        self.units.append(unit)
+
+    def file(self, path: str, kind: str | None) -> None:
+        """A file by its kind (`_kind`); one whose name says nothing is an image, for the decoder to judge."""
+        if kind == "table":
+            self.table(path)
+        elif kind == "batch":
+            self.batch(path)
+        else:
+            self.image(path)
+
+    def batch(self, path: str) -> None:
+        """Slices of a .npy / IDX file, from its header; a file whose header is unreadable is one unit that
+        the actor turns into the same error row fmnist-predict gives."""
+        from fmnist_deploy.runtime.errors import InputError
+        from fmnist_deploy.runtime.images import batch_count
+
+        try:
+            n = batch_count(Path(path))
+        except InputError:
+            n = 0
+        if not n:
+            self.add(_unit("batch", path=path))
+            return
+        for start in range(0, n, self.size):
+            self.add(_unit("batch", path=path, start=start, stop=min(start + self.size, n)))
+
+    def table(self, path: str) -> None:
+        """A unit per row group of a Parquet file (an Arrow IPC file: per record batch), from its footer."""
+        from fmnist_deploy.runtime.errors import InputError
+        from fmnist_deploy.runtime.tables import table_groups
+
+        try:
+            groups = table_groups(path, self.image_column)
+        except InputError as exc:
+            self.add(_unit("error", path=path, error=str(exc)))
+            return
+        first = 0
+        for group, rows in enumerate(groups):
+            self.add(_unit("table", path=path, group=group, start=first, stop=first + rows))
+            first += rows
+        if not groups:
+            self.add(_unit("error", path=path, error=f"{path}: holds no rows"))
+
+
+def _list_tree(folder: str, size: int, image_column: str) -> list[dict[str, Any]]:
+    """The units under one folder, walked in sorted order (run as a Ray task: one per top-level sub-folder)."""
+    planner = _Planner(size, image_column)
+    _walk_into(planner, folder)
+    planner.flush()
+    return planner.units
+
+
+def _walk_into(planner: _Planner, folder: str, *, tasks: list[Any] | None = None, remote: Any = None) -> None:
+    """Sorted directory entries, no stat each (as runtime.inputs.walk_kinds: symlinked folders not followed,
+    unreadable folders skipped). With `remote`, each sub-folder becomes a task whose units come later."""
     try:
-        return batch_count(path)
-    except InputError:
-        return None
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                if remote is None:
+                    _walk_into(planner, entry.path)
+                else:
+                    planner.flush()
+                    assert tasks is not None
+                    tasks.append((len(planner.units), remote.remote(entry.path, planner.size, planner.image_column)))
+            else:
+                kind = _kind(entry.name)
+                if kind == "image" and entry.is_file():  # the bulk of a tree: kept short
+                    planner.images.append(entry.path)
+                    if len(planner.images) == planner.size:
+                        planner.flush()
+                elif kind is not None and entry.is_file():
+                    planner.file(entry.path, kind)
+        except OSError:
+            continue
 
 
-def list_units(paths: list[Path]) -> Iterator[dict[str, Any]]:
-    """The units of work, in input order: one per image file, one per slice of a batch file.
+def _kind(name: str) -> str | None:
+    """What a listed file is, from its name alone: image, batch, table, or None (not an input)."""
+    dot = name.rfind(".")
+    suffix = name[dot:].lower() if dot > 0 else ""  # as Path.suffix: a leading dot is a hidden file's name
+    if suffix in IMAGE_SUFFIXES and "idx3" not in name:
+        return "image"
+    if suffix in TABLE_SUFFIXES:
+        return "table"
+    return "batch" if is_batch_name(name) else None
 
-    A text file (.txt/.lst) stands for the paths it lists. A batch file whose header is
-    unreadable is one unit that the decoding task turns into an error row.
+
+def plan(inputs: list[Path], size: int, image_column: str = "image", *, remote: bool = True) -> list[dict[str, Any]]:
+    """The units of work, in input order: what fmnist-predict would read, in the order it would answer.
+
+    A text file (.txt/.lst) stands for the paths it lists. Folders are walked in sorted
+    order; with `remote` (Ray initialised) their sub-folders are listed by Ray tasks.
     """
-    expanded: list[Path] = []
-    for path in paths:
+    import ray
+
+    lister = ray.remote(num_cpus=0.25)(_list_tree) if remote else None
+    given: list[str] = []
+    for path in inputs:
         if path.suffix in LIST_SUFFIXES and path.is_file():
             lines = path.read_text(encoding="utf-8").splitlines()
-            expanded += [Path(line.strip()) for line in lines if line.strip()]
+            given += [line.strip() for line in lines if line.strip()]
         else:
-            expanded.append(path)
-    for path in walk(expanded):
-        if path.is_file() and is_batch_name(path.name):
-            n = _batch_length(path)
-            if n:
-                for start in range(0, n, SLICE):
-                    yield {"path": str(path), "start": start, "stop": min(start + SLICE, n)}
-                continue
-        yield {"path": str(path), "start": -1, "stop": -1}
-
-
-def decode(units: dict[str, np.ndarray], invert: bool = False) -> dict[str, np.ndarray]:
-    """Units -> one row per image, with fmnist-predict's decoding and preprocessing (fused into the actors)."""
-    from fmnist_deploy.runtime.errors import InputError
-    from fmnist_deploy.runtime.images import read_batch
-    from fmnist_deploy.runtime.inputs import iter_items
-
-    names, paths, indices, images, errors = [], [], [], [], []
-
-    def add(name: str, path: str, index: int, image: np.ndarray | None, error: str | None) -> None:
-        names.append(name)
-        paths.append(path)
-        indices.append(index)
-        images.append(np.zeros(784, np.uint8) if image is None else np.asarray(image, np.uint8).reshape(784))
-        errors.append(error or "")
-
-    for path, start, stop in zip(units["path"], units["start"], units["stop"], strict=True):
-        if start >= 0:
-            try:
-                batch = read_batch(Path(path), int(start), int(stop))  # of an IDX file, only this slice is read
-            except InputError as exc:
-                add(path, path, -1, None, str(exc))
-                continue
-            for i, image in enumerate(batch, start=int(start)):
-                add(f"{path}[{i}]", path, i, 255 - image if invert else np.asarray(image), None)
+            given.append(os.fspath(path))
+    units: list[dict[str, Any]] = []
+    for path in given:
+        try:
+            mode = os.stat(path).st_mode  # one stat per path named, as fmnist-predict does
+        except (OSError, ValueError):  # ValueError: a NUL byte in the name
+            units.append(_unit("error", path=path, error=f"{path}: no such file or folder"))
             continue
-        for item in iter_items([path], invert=invert, workers=1):  # Ray runs the tasks in parallel
-            index = int(item.name.rsplit("[", 1)[1][:-1]) if item.name.endswith("]") and item.name != path else -1
-            add(item.name, path, index, item.image, item.error)
-    return {
-        "input": np.array(names, dtype=object),
-        "path": np.array(paths, dtype=object),
-        "index": np.array(indices, dtype=np.int64),
-        "image": np.stack(images) if images else np.zeros((0, 784), np.uint8),
-        "error": np.array(errors, dtype=object),
-    }
+        planner = _Planner(size, image_column)
+        if not stat.S_ISDIR(mode):
+            planner.file(path, _kind(os.path.basename(path)))
+            planner.flush()
+            units += planner.units
+            continue
+        tasks: list[tuple[int, Any]] = []
+        _walk_into(planner, path, tasks=tasks, remote=lister)
+        planner.flush()
+        found = list(planner.units)
+        for at, task in reversed(tasks):  # each sub-folder's units where its name sorts among the entries
+            found[at:at] = ray.get(task)
+        units += found or [_unit("error", path=path, error=f"{path}: no images found under this folder")]
+    return units
 
 
-class PredictActor:
-    """Ray actor: one ONNX Runtime session, loaded once, answering batches of decoded rows."""
+# ------------------------------------------------------------------------------------------------ actors
 
-    def __init__(self, model: str, top_k: int, pid_folder: str | None = None) -> None:
+
+def output_schema(id_type: Any = None) -> Any:
+    """The answers' Arrow schema: fmnist-predict --json's fields, plus the file, the index in it and the id."""
+    import pyarrow as pa
+
+    top_k = pa.list_(pa.struct([("class", pa.string()), ("probability", pa.float64())]))
+    fields = [("input", pa.string()), ("path", pa.string()), ("index", pa.int64())]
+    fields += [("id", id_type)] if id_type is not None else []
+    fields += [("class", pa.string()), ("probability", pa.float64()), ("top_k", top_k), ("error", pa.string())]
+    return pa.schema(fields)
+
+
+@dataclass
+class _Rows:
+    """The images of a unit (or of one batch of a row group) and what identifies each."""
+
+    names: list[str]
+    paths: list[str]
+    indices: list[int]
+    images: np.ndarray  # (n, 28, 28) uint8; a failed row's image stays zero
+    errors: list[str | None]
+    ids: Any = None  # an Arrow array, for table rows when an id column is carried
+
+
+class Classifier:
+    """Ray actor: one ONNX Runtime session; turns units into part files and returns a summary per unit."""
+
+    def __init__(self, model: bytes, sidecar: bytes | None, model_name: str, folder: str, config: dict[str, Any],
+                 id_type: Any = None, pid_folder: str | None = None) -> None:  # fmt: skip
         from fmnist_deploy.runtime import load
 
-        self.predictor = load(model, backend="onnxruntime", threads=1)
-        self.top_k = top_k
+        # The model arrives as bytes: a cluster's nodes need not see the driver's file. load() checks them as
+        # it checks any file (its sidecar digest included), from a private copy.
+        self.home = tempfile.mkdtemp(prefix="fmnist-batch-model-")
+        Path(self.home, model_name).write_bytes(model)
+        if sidecar is not None:
+            Path(self.home, f"{model_name}.json").write_bytes(sidecar)
+        self.predictor = load(Path(self.home, model_name), backend="onnxruntime", threads=1)
+        self.folder = Path(folder)
+        self.top_k = int(config["top_k"])
+        self.invert = bool(config["invert"])
+        self.batch_size = int(config["batch_size"])
+        self.image_column = config["image_column"]
+        self.id_column = config["id_column"]
+        self.schema = output_schema(id_type)
         if pid_folder:  # lets a test find and kill this actor's process
             Path(pid_folder, f"{os.getpid()}.pid").write_text(str(os.getpid()))
+        self.ready = time.time()  # wall clock: compared with the driver's, to report the pool's start-up apart
 
-    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Decoded rows -> the same rows with class, probability and top k (error rows pass through)."""
-        good = np.flatnonzero(rows["error"] == "")
-        classes = np.array([""] * len(rows["input"]), dtype=object)
-        probability = np.full(len(rows["input"]), np.nan)
-        top_k = np.array(["[]"] * len(rows["input"]), dtype=object)
-        if good.size:
-            prediction = self.predictor.predict(rows["image"][good].reshape(-1, 28, 28))
-            for j, top in zip(good, prediction.top_k(self.top_k), strict=True):
-                classes[j] = top[0][0]
-                probability[j] = round(top[0][1], 6)
-                top_k[j] = json.dumps([{"class": c, "probability": round(p, 6)} for c, p in top])
-        return {
-            "input": rows["input"],
-            "path": rows["path"],
-            "index": rows["index"],
-            "class": classes,
-            "probability": probability,
-            "top_k": top_k,
-            "error": rows["error"],
-        }
+    def __call__(self, units: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Units -> their part files; returns per unit its number, rows, failed rows and seconds per stage."""
+        summary: dict[str, list[Any]] = {key: [] for key in ("unit", "rows", "failed", "ready", *STAGES)}
+        for i in range(len(units["unit"])):
+            self.seconds = dict.fromkeys(STAGES, 0.0)
+            n, bad = self._write_part({key: units[key][i] for key in units})
+            done = (("unit", int(units["unit"][i])), ("rows", n), ("failed", bad), ("ready", self.ready))
+            for key, value in (*done, *self.seconds.items()):
+                summary[key].append(value)
+        return {key: np.array(values) for key, values in summary.items()}
 
+    def _write_part(self, unit: dict[str, Any]) -> tuple[int, int]:
+        import pyarrow.parquet as pq
 
-def _record(row: dict[str, Any]) -> dict[str, Any]:
-    """A result row as one output record (the same fields as fmnist-predict --json, plus path and index)."""
-    record: dict[str, Any] = {"input": row["input"], "path": row["path"], "index": int(row["index"])}
-    if row["error"]:
-        return {**record, "class": None, "probability": None, "top_k": [], "error": row["error"]}
-    return {
-        **record,
-        "class": row["class"],
-        "probability": float(row["probability"]),
-        "top_k": json.loads(row["top_k"]),
-        "error": None,
-    }
+        from fmnist_deploy.atomic import atomic_path
 
+        n = bad = 0
+        rows = self._rows(unit)
+        with atomic_path(self.folder / part_name(int(unit["unit"]))) as tmp:
+            with pq.ParquetWriter(tmp, self.schema) as writer:
+                while True:
+                    started = time.perf_counter()
+                    batch = next(rows, None)
+                    self.seconds["decode"] += time.perf_counter() - started
+                    if batch is None:
+                        break
+                    table = self._answers(batch)
+                    started = time.perf_counter()
+                    writer.write_table(table)
+                    n += table.num_rows
+                    bad += table.num_rows - table.column("error").null_count
+                    self.seconds["write"] += time.perf_counter() - started
+            started = time.perf_counter()
+        self.seconds["write"] += time.perf_counter() - started  # closing, fsync and rename
+        return n, bad
 
-def partial_path(output: Path) -> Path:
-    """Where a running job appends its finished rows (JSON Lines), for --resume."""
-    return output.with_name(f".{output.name}.partial.jsonl")
+    def _rows(self, unit: dict[str, Any]) -> Iterator[_Rows]:
+        from fmnist_deploy.runtime.inputs import _batch_items, decode_files
 
-
-def _done_inputs(partial: Path) -> tuple[list[dict[str, Any]], set[str]]:
-    """Rows a killed job already wrote (a torn last line is dropped), and their inputs."""
-    if not partial.is_file():
-        return [], set()
-    records = []
-    for line in partial.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            break  # the line being written when the job died
-    return records, {r["input"] for r in records}
-
-
-def _unit_done(unit: dict[str, Any], done: set[str]) -> bool:
-    """Whether every row of a unit is already in the partial output of a resumed job."""
-    if unit["start"] < 0:
-        return unit["path"] in done
-    return all(f"{unit['path']}[{i}]" in done for i in range(unit["start"], unit["stop"]))
-
-
-def _write_final(output: Path, records: list[dict[str, Any]]) -> None:
-    from fmnist_deploy.atomic import atomic_path
-
-    with atomic_path(output) as tmp:
-        if output.suffix == ".jsonl":
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        kind, path = unit["kind"], str(unit["path"])
+        if kind == "files":
+            paths = [str(p) for p in unit["paths"]]
+            images, errors = decode_files(paths, self.invert)
+            yield _Rows(paths, paths, [-1] * len(paths), images, errors)
+        elif kind == "batch" and int(unit["start"]) >= 0:
+            yield self._batch_slice(path, int(unit["start"]), int(unit["stop"]))
+        elif kind == "batch":  # a header that could not be read: the error fmnist-predict words
+            items = list(_batch_items(path, self.invert))
+            images = np.zeros((len(items), 28, 28), np.uint8)
+            for i, item in enumerate(items):
+                if item.image is not None:
+                    images[i] = item.image
+            yield _Rows([it.name for it in items], [path] * len(items), [-1] * len(items), images,
+                        [it.error for it in items])  # fmt: skip
+        elif kind == "table":
+            yield from self._table(path, int(unit["group"]), int(unit["start"]), int(unit["stop"]))
         else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+            yield _Rows([path], [path], [-1], np.zeros((1, 28, 28), np.uint8), [str(unit["error"])])
 
-            top_k = pa.list_(pa.struct([("class", pa.string()), ("probability", pa.float64())]))
-            schema = pa.schema(
-                [
-                    ("input", pa.string()),
-                    ("path", pa.string()),
-                    ("index", pa.int64()),
-                    ("class", pa.string()),
-                    ("probability", pa.float64()),
-                    ("top_k", top_k),
-                    ("error", pa.string()),
-                ]
-            )
-            pq.write_table(pa.Table.from_pylist(records, schema=schema), tmp)
+    def _batch_slice(self, path: str, start: int, stop: int) -> _Rows:
+        from fmnist_deploy.runtime.errors import InputError
+        from fmnist_deploy.runtime.images import read_batch
+
+        names = [f"{path}[{i}]" for i in range(start, stop)]
+        try:
+            images = np.asarray(read_batch(Path(path), start, stop))  # of an IDX file, only this slice is read
+        except InputError as exc:  # changed since it was planned
+            return _Rows(names, [path] * len(names), list(range(start, stop)),
+                         np.zeros((len(names), 28, 28), np.uint8), [str(exc)] * len(names))  # fmt: skip
+        if len(images) != len(names):
+            error = f"{path}: holds {start + len(images)} images, fewer than when the job was planned"
+            return _Rows(names, [path] * len(names), list(range(start, stop)),
+                         np.zeros((len(names), 28, 28), np.uint8), [error] * len(names))  # fmt: skip
+        return _Rows(names, [path] * len(names), list(range(start, stop)), 255 - images if self.invert else images,
+                     [None] * len(names))  # fmt: skip
+
+    def _table(self, path: str, group: int, first: int, stop: int) -> Iterator[_Rows]:
+        """A row group's images, `batch_size` rows at a time, reading only the image and id columns."""
+        from fmnist_deploy.runtime.errors import InputError
+        from fmnist_deploy.runtime.tables import decode_cells, read_group
+
+        row = first
+        try:
+            for cells, ids in read_group(
+                path, group, self.image_column, batch=self.batch_size, id_column=self.id_column
+            ):
+                names = [f"{path}[{row + i}]" for i in range(len(cells))]
+                images, errors = decode_cells(cells, names, self.invert)
+                if ids is not None and ids.type != self.schema.field("id").type:  # files of one dataset disagree
+                    ids = _cast_ids(ids, self.schema.field("id").type, path, errors)
+                yield _Rows(names, [path] * len(cells), list(range(row, row + len(cells))), images, errors, ids)
+                row += len(cells)
+        except InputError as exc:  # damaged since it was planned: the rows not yet answered get the error
+            names = [f"{path}[{i}]" for i in range(row, stop)]
+            yield _Rows(names, [path] * len(names), list(range(row, stop)), np.zeros((len(names), 28, 28), np.uint8),
+                        [str(exc)] * len(names))  # fmt: skip
+
+    def _answers(self, rows: _Rows) -> Any:
+        """The rows' answers as an Arrow table: one model call, top k by the same numpy steps as Prediction.top_k."""
+        import pyarrow as pa
+
+        started = time.perf_counter()
+        model_seconds = 0.0
+        n, k = len(rows.names), self.top_k
+        good = np.array([e is None for e in rows.errors], dtype=bool)
+        classes: list[str | None] = [None] * n
+        probability: list[float | None] = [None] * n
+        flat_names: list[str] = []
+        flat_probs: list[float] = []
+        if good.any():
+            called = time.perf_counter()
+            prediction = self.predictor.predict(rows.images[good])
+            model_seconds = time.perf_counter() - called
+            names = prediction.class_names
+            order = np.argsort(-prediction.probabilities, axis=1, kind="stable")[:, :k]
+            chosen = np.take_along_axis(prediction.probabilities, order, axis=1).tolist()  # exact floats
+            flat_probs = [round(p, 6) for top in chosen for p in top]  # fmnist-predict rounds so
+            flat_names = [names[j] for j in order.ravel().tolist()]
+            for row, j in enumerate(np.flatnonzero(good).tolist()):
+                classes[j] = flat_names[row * k]
+                probability[j] = flat_probs[row * k]
+        offsets = np.zeros(n + 1, np.int32)
+        offsets[1:] = np.cumsum(np.where(good, k, 0))
+        top = pa.StructArray.from_arrays(
+            [pa.array(flat_names, pa.string()), pa.array(flat_probs, pa.float64())], names=["class", "probability"]
+        )
+        columns: dict[str, Any] = {
+            "input": pa.array(rows.names, pa.string()),
+            "path": pa.array(rows.paths, pa.string()),
+            "index": pa.array(rows.indices, pa.int64()),
+        }
+        if "id" in self.schema.names:
+            columns["id"] = rows.ids if rows.ids is not None else pa.nulls(n, self.schema.field("id").type)
+        columns |= {
+            "class": pa.array(classes, pa.string()),
+            "probability": pa.array(probability, pa.float64()),
+            "top_k": pa.ListArray.from_arrays(pa.array(offsets), top),
+            "error": pa.array(rows.errors, pa.string()),
+        }
+        table = pa.table(columns, schema=self.schema)
+        self.seconds["model"] += model_seconds
+        self.seconds["answers"] += time.perf_counter() - started - model_seconds
+        return table
+
+
+def _cast_ids(ids: Any, kind: Any, path: str, errors: list[str | None]) -> Any:
+    """A file's ids as the type the job's first table gave the id column; the rows' error when they do not cast."""
+    import pyarrow as pa
+
+    try:
+        return ids.cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        errors[:] = [f"{path}: its id column is {ids.type}, the job's is {kind}"] * len(errors)
+        return pa.nulls(len(ids), kind)
+
+
+def part_name(unit: int) -> str:
+    """A unit's part file: names sort in input order."""
+    return f"{PART_PREFIX}{unit:08d}.parquet"
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+def _signature(config: JobConfig, inputs: list[Path]) -> dict[str, Any]:
+    """What must match for --resume to continue a job (unit numbers depend on the inputs and the batch size)."""
+    options = asdict(config)
+    return {
+        "inputs": [os.path.abspath(p) for p in inputs],
+        "model_sha256": hashlib.sha256(config.model.read_bytes()).hexdigest(),
+        **{key: options[key] for key in ("batch_size", "top_k", "invert", "image_column", "id_column")},
+    }
 
 
 def check_job(config: JobConfig) -> None:
     """Everything that can be checked before Ray starts: fail fast, before any work is scheduled."""
     from fmnist_deploy.runtime import RuntimeFailure, load
 
-    if config.output.suffix not in OUTPUT_SUFFIXES:
-        raise BatchError(f"{config.output}: expected a {' or '.join(OUTPUT_SUFFIXES)} output file")
     if config.model.suffix != ".onnx":
         raise BatchError(
             f"{config.model}: the Ray path runs ONNX files (torch-free workers); export one with "
             "fmnist-export --format onnx"
         )
+    if config.output.suffix and config.output.suffix not in OUTPUT_SUFFIXES and not config.output.is_dir():
+        raise BatchError(
+            f"{config.output}: expected a {' or '.join(OUTPUT_SUFFIXES)} output file, or a folder name (no suffix) "
+            "for one Parquet file per unit of work"
+        )
+    if config.output.exists() and not config.output.is_dir() and config.partitioned:
+        raise BatchError(f"{config.output}: exists and is not a folder")
     try:
         load(config.model, backend="onnxruntime")
     except RuntimeFailure as exc:
         raise BatchError(str(exc)) from None
-    if partial_path(config.output).exists() and not config.resume:
-        raise BatchError(
-            f"{partial_path(config.output)}: a partial run of this job exists; pass --resume to "
-            "continue it, or delete it to start over"
-        )
+    folder = parts_folder(config)
+    started = folder.is_dir() and any(folder.iterdir())
+    if started and not config.resume:
+        what = "the output folder" if config.partitioned else "a partial run of this job"
+        raise BatchError(f"{folder}: {what} exists; pass --resume to continue it, or delete it to start over")
+
+
+def _id_type(units: list[dict[str, Any]], column: str | None) -> Any:
+    """The id column's Arrow type, from the first table input (None: no id column carried)."""
+    from fmnist_deploy.runtime.errors import InputError
+    from fmnist_deploy.runtime.tables import table_schema
+
+    if column is None:
+        return None
+    for unit in units:
+        if unit["kind"] == "table":
+            try:
+                schema = table_schema(unit["path"])
+            except InputError as exc:
+                raise BatchError(str(exc)) from None
+            if column not in schema.names:
+                raise BatchError(f"{unit['path']}: no id column {column!r} (columns: {', '.join(schema.names)})")
+            return schema.field(column).type
+    raise BatchError(f"--id-column {column}: no Parquet or Arrow input to take it from")
+
+
+def _count_part(path: Path) -> tuple[int, int]:
+    """Rows and failed rows of a finished part file (its error column only)."""
+    import pyarrow.parquet as pq
+
+    errors = pq.read_table(path, columns=["error"]).column("error")
+    return len(errors), len(errors) - errors.null_count
 
 
 def run_job(
@@ -254,47 +540,124 @@ def run_job(
     """
     import ray
 
+    from fmnist_deploy.atomic import remove_stale_temporaries, write_text_atomic
+
     check_job(config)
-    partial = partial_path(config.output)
-    previous, done = _done_inputs(partial) if config.resume else ([], set())
-    units = [u for u in list_units(inputs) if not done or not _unit_done(u, done)]
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # rows come back in input order, as fmnist-predict's
-    dataset = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 64)))
-    # Half a CPU for each actor, on both maps: equal resource requests let Ray Data fuse the decoding into
-    # the actors, and on a small machine Ray's own work still finds room beside them.
-    dataset = dataset.map_batches(
-        decode, fn_kwargs={"invert": config.invert}, batch_size=64, batch_format="numpy", num_cpus=0.5
-    )
-    dataset = dataset.map_batches(
-        PredictActor,
-        fn_constructor_kwargs={
-            "model": str(config.model.resolve()),
-            "top_k": config.top_k,
-            "pid_folder": str(pid_folder) if pid_folder else None,
-        },
-        batch_size=config.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=config.actors),
-        num_cpus=0.5,
-        # Ray Data's own defaults for actor pools: a killed actor is restarted and its batches
-        # retried, without limit (max_restarts / max_task_retries -1; tests/test_scaleout.py kills one).
-    )
-    records = list(previous)
-    config.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(partial, "a", encoding="utf-8") as sink:
+    began = time.perf_counter()
+    timing: dict[str, float] = {}
+    folder = parts_folder(config)
+    signature = _signature(config, inputs)
+    manifest = folder / MANIFEST
+    if config.resume and manifest.is_file():
+        before = json.loads(manifest.read_text(encoding="utf-8")).get("job")
+        if before != signature:
+            changed = sorted(k for k in signature if not before or before.get(k) != signature[k])
+            raise BatchError(f"{folder}: was started with other {', '.join(changed)}; delete it to start over")
+    units = plan(inputs, config.batch_size, config.image_column)
+    timing["plan_s"] = time.perf_counter() - began
+    id_type = _id_type(units, config.id_column)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)  # what a killed writer left; never a finished part
+    write_text_atomic(manifest, json.dumps({"job": signature, "units": len(units), "complete": False}, indent=1))
+    for number, unit in enumerate(units):
+        unit["unit"] = number
+    done = {number for number in range(len(units)) if (folder / part_name(number)).is_file()}
+    counts = [_count_part(folder / part_name(number)) for number in sorted(done)]
+    resumed = sum(rows for rows, _ in counts)
+    failed = sum(bad for _, bad in counts)
+    rows_written = 0
+    todo = [unit for unit in units if unit["unit"] not in done]
+    if todo:
+        model = config.model.resolve()
+        sidecar = model.with_name(model.name + ".json")
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = False  # every unit writes its own file: order is in the names
+        dataset = ray.data.from_items(todo, override_num_blocks=len(todo))  # a block per unit: a task per unit
+        dataset = dataset.map_batches(
+            Classifier,
+            fn_constructor_kwargs={
+                "model": model.read_bytes(),
+                "sidecar": sidecar.read_bytes() if sidecar.is_file() else None,
+                "model_name": model.name,
+                "folder": str(folder.resolve()),
+                "config": asdict(config) | {"model": str(model), "output": str(config.output)},
+                "id_type": id_type,
+                "pid_folder": str(pid_folder) if pid_folder else None,
+            },
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=config.actors),
+            num_cpus=config.cpus_per_actor,
+            # Ray Data's own defaults for actor pools: a killed actor is restarted and its units retried,
+            # without limit (max_restarts / max_task_retries -1; tests/test_scaleout.py kills one).
+        )
+        finished: dict[int, tuple[int, int]] = {}
+        stages = dict.fromkeys(STAGES, 0.0)
+        executing, executing_wall, first_ready = time.perf_counter(), time.time(), float("inf")
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            rows = [_record({k: batch[k][i] for k in batch}) for i in range(len(batch["input"]))]
-            fresh = [r for r in rows if r["input"] not in done]
-            sink.write("".join(json.dumps(r) + "\n" for r in fresh))
-            sink.flush()
-            records += fresh
-            if progress is not None:
-                progress(len(rows))
-    _write_final(config.output, records)
-    partial.unlink(missing_ok=True)
-    failed = sum(1 for r in records if r["error"])
-    return {"rows": len(records), "failed": failed, "resumed": len(previous)}
+            first_ready = min(first_ready, float(batch["ready"].min()))
+            for i, number in enumerate(batch["unit"]):
+                finished[int(number)] = (int(batch["rows"][i]), int(batch["failed"][i]))
+                for stage in STAGES:
+                    stages[stage] += float(batch[stage][i])
+                if progress is not None:
+                    progress(int(batch["rows"][i]))
+        timing["execute_s"] = time.perf_counter() - executing
+        # Start-up apart: until the first actor held its model; then answering, until the last part was written.
+        timing["pool_start_s"] = max(0.0, first_ready - executing_wall)
+        timing["answer_s"] = timing["execute_s"] - timing["pool_start_s"]
+        timing |= {f"actor_{stage}_s": seconds for stage, seconds in stages.items()}
+        missing = [unit["unit"] for unit in todo if not (folder / part_name(unit["unit"])).is_file()]
+        if missing:
+            raise BatchError(f"{folder}: {len(missing)} unit(s) have no part file; run again with --resume")
+        rows_written = sum(rows for rows, _ in finished.values())
+        failed += sum(bad for _, bad in finished.values())
+    total = resumed + rows_written
+    write_text_atomic(
+        manifest,
+        json.dumps(
+            {"job": signature, "units": len(units), "complete": True, "rows": total, "failed": failed}, indent=1
+        ),
+    )
+    if not config.partitioned:
+        joining = time.perf_counter()
+        _join_parts(folder, len(units), config.output, id_type)
+        shutil.rmtree(folder)
+        timing["join_s"] = time.perf_counter() - joining
+    timing["total_s"] = time.perf_counter() - began
+    return {"rows": total, "failed": failed, "resumed": resumed, "units": len(units),
+            "timing": {key: round(value, 4) for key, value in timing.items()}}  # fmt: skip
+
+
+def _join_parts(folder: Path, units: int, output: Path, id_type: Any) -> None:
+    """The part files, in unit order, as one .parquet or .jsonl file, written atomically."""
+    import pyarrow.parquet as pq
+
+    from fmnist_deploy.atomic import atomic_path
+
+    parts = (folder / part_name(number) for number in range(units))
+    with atomic_path(output) as tmp:
+        if output.suffix == ".parquet":
+            with pq.ParquetWriter(tmp, output_schema(id_type)) as writer:
+                for part in parts:
+                    writer.write_table(pq.read_table(part))
+        else:
+            with open(tmp, "w", encoding="utf-8") as sink:
+                for part in parts:
+                    sink.write("".join(json.dumps(r) + "\n" for r in pq.read_table(part).to_pylist()))
+
+
+def read_answers(output: Path) -> Any:
+    """A job's answers (a .parquet / .jsonl file, or a folder of part files) as one Arrow table, in input order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if output.suffix == ".jsonl" and output.is_file():
+        return pa.Table.from_pylist([json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()])
+    if output.is_dir():
+        parts = sorted(output.glob(f"{PART_PREFIX}*.parquet"))
+        return pa.concat_tables([pq.read_table(p) for p in parts]) if parts else pq.read_table(output)
+    return pq.read_table(output)
 
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> None:

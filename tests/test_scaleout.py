@@ -1,10 +1,13 @@
 """Scale-out: fmnist-batch on a local Ray instance (2 CPUs, no dashboard) answers exactly as
-fmnist-predict does, absorbs a killed actor, resumes a killed job, and fails fast on a bad model."""
+fmnist-predict does, on image folders, IDX files and Parquet tables of image bytes, writes one
+Parquet file per unit of work that reads back in input order, absorbs a killed actor, resumes a
+killed job, and fails fast on a bad model. The multi-node test is tests/test_scaleout_cluster.py."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +28,14 @@ from tests.conftest import ARTIFACTS
 ray = pytest.importorskip("ray", reason="fmnist-batch needs the optional ray package: pip install '.[scale]'")
 
 from fmnist_deploy.scaleout.cli import main as batch_cli  # noqa: E402 - after the importorskip
-from fmnist_deploy.scaleout.ray_job import JobConfig, partial_path, run_job, start_ray  # noqa: E402
+from fmnist_deploy.scaleout.ray_job import (  # noqa: E402 - after the importorskip
+    MANIFEST,
+    JobConfig,
+    parts_folder,
+    read_answers,
+    run_job,
+    start_ray,
+)
 
 MODEL = ARTIFACTS / "fmnist_mlp.onnx"
 
@@ -51,9 +61,7 @@ def png_folder(tmp_path_factory, data) -> Path:
 def _read(output: Path) -> list[dict]:
     if output.suffix == ".jsonl":
         return [json.loads(line) for line in output.read_text().splitlines()]
-    import pyarrow.parquet as pq
-
-    return pq.read_table(output).to_pylist()
+    return read_answers(output).to_pylist()
 
 
 def _predict_json(folder: Path) -> list[dict]:
@@ -67,10 +75,25 @@ def _predict_json(folder: Path) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def _same_answers(rows: list[dict], expected: list[dict]) -> None:
+    assert [r["input"] for r in rows] == [e["input"] for e in expected]
+    for row, want in zip(rows, expected, strict=True):
+        if "error" in want:
+            assert row["error"] == want["error"] and row["class"] is None
+        else:
+            assert (row["class"], row["probability"], row["top_k"]) == (
+                want["class"],
+                want["probability"],
+                want["top_k"],
+            )
+            assert row["error"] is None
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ""])
 def test_rows_equal_fmnist_predict_row_for_row(local_ray, png_folder: Path, tmp_path: Path, suffix: str) -> None:
     output = tmp_path / f"answers{suffix}"
-    result = CliRunner().invoke(batch_cli, [str(png_folder), "--output", str(output), "--actors", "2"])
+    args = [str(png_folder), "--output", str(output), "--actors", "2", "--batch-size", "300"]
+    result = CliRunner().invoke(batch_cli, args)
     assert result.exit_code == 1, result.output  # the bad files are rows with errors, not a failed job
     assert "2 input(s) failed" in result.stderr
     rows, expected = _read(output), _predict_json(png_folder)
@@ -85,13 +108,19 @@ def test_rows_equal_fmnist_predict_row_for_row(local_ray, png_folder: Path, tmp_
                 want["top_k"],
             )
             assert row["error"] is None
-    assert not partial_path(output).exists() and not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(".*"))  # no partial folder, no temporary file left
+    if not suffix:  # one Parquet file per unit of 300 images, in input order, and a manifest
+        parts = sorted(p.name for p in output.iterdir())
+        assert parts == [MANIFEST] + [f"part-{i:08d}.parquet" for i in range(7)]
+        manifest = json.loads((output / MANIFEST).read_text())
+        assert manifest["complete"] and manifest["rows"] == 2002 and manifest["failed"] == 2
+        assert ray.data.read_parquet(str(output)).count() == 2002  # a later job reads the folder back
 
 
 def test_accuracy_on_the_idx_file_equals_the_recorded_one(local_ray, data, tmp_path: Path) -> None:
     output = tmp_path / "test_set.parquet"
     counts = run_job(JobConfig(model=MODEL, output=output, actors=2), [raw_dir(data.root) / "t10k-images-idx3-ubyte"])
-    assert counts == {"rows": 10_000, "failed": 0, "resumed": 0}
+    assert (counts["rows"], counts["failed"], counts["resumed"], counts["units"]) == (10_000, 0, 0, 10)
     rows = _read(output)
     assert [r["index"] for r in rows] == list(range(10_000))
     names = load_weights(ARTIFACTS / "fmnist_mlp.pt").class_names
@@ -139,19 +168,25 @@ def test_a_killed_actor_is_restarted_and_every_input_answered_once(local_ray, pn
         assert len(list(pids.iterdir())) >= 3, f"killed after {killed_at} rows; no replacement actor started"
 
 
-def test_a_killed_job_resumes_from_its_partial_output(local_ray, png_folder: Path, tmp_path: Path) -> None:
-    output = tmp_path / "answers.jsonl"
+def test_a_killed_job_resumes_from_its_part_files(local_ray, png_folder: Path, tmp_path: Path) -> None:
     full = tmp_path / "full.jsonl"
-    run_job(JobConfig(model=MODEL, output=full), [png_folder])
-    finished = full.read_text().splitlines()
-    # what a job killed after 700 rows leaves: its partial file, the last line torn
-    partial_path(output).write_text("\n".join(finished[:700]) + "\n" + finished[700][:40])
-    refused = CliRunner().invoke(batch_cli, [str(png_folder), "--output", str(output)])
+    run_job(JobConfig(model=MODEL, output=full, batch_size=300), [png_folder])
+    # What a job killed mid-run leaves: the parts it finished, a temporary file it was writing, and its manifest.
+    output = tmp_path / "answers.jsonl"
+    folder = parts_folder(JobConfig(model=MODEL, output=output))
+    run_job(JobConfig(model=MODEL, output=tmp_path / "parts", batch_size=300), [png_folder])
+    shutil.copytree(tmp_path / "parts", folder)
+    for name in ("part-00000002.parquet", "part-00000005.parquet"):
+        (folder / name).unlink()
+    (folder / ".part-00000002.parquet.abcd1234.tmp").write_bytes(b"PAR1 torn")
+    refused = CliRunner().invoke(batch_cli, [str(png_folder), "--output", str(output), "--batch-size", "300"])
     assert refused.exit_code == 1 and "pass --resume" in refused.output
-    counts = run_job(JobConfig(model=MODEL, output=output, resume=True), [png_folder])
-    assert counts["resumed"] == 700 and counts["rows"] == 2002
-    assert output.read_text().splitlines() == finished
-    assert not partial_path(output).exists()
+    other = CliRunner().invoke(batch_cli, [str(png_folder), "--output", str(output), "--resume"])
+    assert other.exit_code == 1 and "was started with other batch_size" in other.output
+    counts = run_job(JobConfig(model=MODEL, output=output, batch_size=300, resume=True), [png_folder])
+    assert counts["resumed"] == 2002 - 600 and counts["rows"] == 2002 and counts["failed"] == 2
+    assert output.read_text().splitlines() == full.read_text().splitlines()
+    assert not folder.exists()
 
 
 @pytest.mark.parametrize(
@@ -159,7 +194,7 @@ def test_a_killed_job_resumes_from_its_partial_output(local_ray, png_folder: Pat
     [
         (["--model", "nope.onnx"], "nope.onnx: no such model file"),
         (["--model", str(ARTIFACTS / "fmnist_mlp.pt2")], "the Ray path runs ONNX files"),
-        (["--output", "answers.csv"], "expected a .parquet or .jsonl output file"),
+        (["--output", "answers.csv"], "expected a .parquet or .jsonl output file, or a folder name"),
     ],
 )
 def test_a_bad_job_fails_fast_before_any_work(args: list[str], needle: str, tmp_path: Path, monkeypatch) -> None:
@@ -171,3 +206,102 @@ def test_a_bad_job_fails_fast_before_any_work(args: list[str], needle: str, tmp_
     assert result.exit_code == 1 and needle in result.output
     assert result.output.strip().splitlines()[-1].startswith("Error:") and not started
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _image_table(png_folder: Path, hugging_face: bool):
+    """The PNG folder's files as a table of image bytes (plain binary, or Hugging Face's {bytes, path} struct)
+    with an id column, a null cell and a cell that is not an image."""
+    import pyarrow as pa
+
+    files = sorted(png_folder.glob("0*.png"))[:1000]
+    cells = [f.read_bytes() for f in files] + [None, b"not an image"]
+    ids = [f"id-{i}" for i in range(len(cells))]
+    if hugging_face:
+        paths = [f.name for f in files] + [None, "bad.png"]
+        image = pa.StructArray.from_arrays([pa.array(cells, pa.binary()), pa.array(paths)], names=["bytes", "path"])
+    else:
+        image = pa.array(cells, pa.binary())
+    return pa.table({"id": ids, "label": list(range(len(cells))), "picture": image}), files
+
+
+@pytest.mark.parametrize("hugging_face", [False, True])
+def test_a_parquet_table_of_image_bytes_gets_fmnist_predicts_answers_with_its_ids(
+    local_ray, png_folder: Path, tmp_path: Path, hugging_face: bool
+) -> None:
+    import pyarrow.parquet as pq
+
+    table, files = _image_table(png_folder, hugging_face)
+    dataset = tmp_path / "images"
+    dataset.mkdir()
+    pq.write_table(table.slice(0, 600), dataset / "a.parquet", row_group_size=250)  # 3 row groups: 3 units
+    pq.write_table(table.slice(600), dataset / "b.parquet", row_group_size=250)
+    output = tmp_path / "answers"
+    args = [str(dataset), "--output", str(output), "--image-column", "picture", "--id-column", "id"]
+    result = CliRunner().invoke(batch_cli, args)
+    assert result.exit_code == 1 and "2 input(s) failed" in result.stderr, result.output
+    assert len(list(output.glob("part-*.parquet"))) == 3 + 2
+    rows = read_answers(output).to_pylist()
+    assert [r["id"] for r in rows] == table.column("id").to_pylist()
+    assert [r["index"] for r in rows] == list(range(600)) + list(range(402))
+    assert rows[0]["input"] == f"{dataset / 'a.parquet'}[0]" and rows[600]["path"] == str(dataset / "b.parquet")
+    expected = _predict_json(png_folder)[:1000]
+    for row, want in zip(rows[:1000], expected, strict=True):
+        assert (row["class"], row["probability"], row["top_k"]) == (want["class"], want["probability"], want["top_k"])
+    assert rows[1000]["error"].endswith("[400]: no image bytes (null)") and rows[1000]["class"] is None
+    assert "not an image Pillow can read" in rows[1001]["error"]
+    # fmnist-predict reads the same table, for a small run
+    small = tmp_path / "b.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "fmnist_deploy.runtime.cli", str(dataset / "b.parquet"), "--json", "--top-k", "3"]
+        + ["--image-column", "picture", "--output", str(small)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    single = [json.loads(line) for line in small.read_text().splitlines()]
+    assert [r["input"] for r in single] == [r["input"] for r in rows[600:]]
+    assert [r.get("top_k") for r in single[:400]] == [r["top_k"] for r in rows[600:1000]]
+
+
+def test_a_folder_tree_is_listed_by_tasks_in_fmnist_predicts_order(local_ray, png_folder: Path, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    files = sorted(png_folder.glob("0*.png"))[:600]
+    for i, f in enumerate(files):  # root files between sub-folders, nested sub-folders, an empty one
+        folder = tree if i % 5 == 0 else tree / f"d{i % 3}" / (f"e{i % 2}" if i % 4 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, folder / f"{i:04d}.png")
+    (tree / "d9_empty").mkdir()
+    output = tmp_path / "answers.parquet"
+    counts = run_job(JobConfig(model=MODEL, output=output, batch_size=64), [tree])
+    assert counts["rows"] == 600 and counts["failed"] == 0
+    rows, expected = _read(output), _predict_json(tree)
+    _same_answers(rows, expected)
+
+
+def test_tables_without_image_bytes_are_error_rows_and_limits_hold(local_ray, tmp_path: Path, monkeypatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fmnist_deploy.runtime import tables
+    from fmnist_deploy.runtime.errors import InputError
+    from fmnist_deploy.scaleout import ray_job
+
+    pq.write_table(pa.table({"pixels": [[1, 2]]}), tmp_path / "list.parquet")
+    pq.write_table(pa.table({"photo": [b"x"]}), tmp_path / "named.parquet")
+    (tmp_path / "torn.parquet").write_bytes(b"PAR1 not really")
+    units = ray_job.plan(
+        [tmp_path / "list.parquet", tmp_path / "named.parquet", tmp_path / "torn.parquet"], 8, "pixels", remote=False
+    )
+    errors = [u["error"] for u in units]
+    assert "column 'pixels' is list<element: int64>; expected image bytes" in errors[0]
+    assert "no column 'pixels' (columns: photo); choose one with --image-column" in errors[1]
+    assert "torn.parquet: not a readable parquet file" in errors[2]
+    # a row group's declared size over the limit is refused from the footer, before any data is read
+    monkeypatch.setattr(tables, "MAX_GROUP_BYTES", 10)
+    units = ray_job.plan([tmp_path / "named.parquet"], 8, "photo", remote=False)
+    assert "row group 0 holds" in units[0]["error"] and "over the 10 byte limit" in units[0]["error"]
+    monkeypatch.setattr(tables, "MAX_CELL_BYTES", 4)
+    with pytest.raises(InputError, match=r"t\[0\]: 5 image bytes, over the 4 byte limit"):
+        tables.decode_image(b"12345", "t[0]")
