@@ -295,17 +295,26 @@ class Classifier:
         self.image_column = config["image_column"]
         self.id_column = config["id_column"]
         self.schema = output_schema(id_type)
-        if pid_folder:  # lets a test find and kill this actor's process
-            Path(pid_folder, f"{os.getpid()}.pid").write_text(str(os.getpid()))
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()
+        if pid_folder:  # lets a test find and kill this actor's process, or its node
+            Path(pid_folder, f"{os.getpid()}.pid").write_text(f"{os.getpid()} {self.node}")
         self.ready = time.time()  # wall clock: compared with the driver's, to report the pool's start-up apart
 
     def __call__(self, units: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Units -> their part files; returns per unit its number, rows, failed rows and seconds per stage."""
-        summary: dict[str, list[Any]] = {key: [] for key in ("unit", "rows", "failed", "ready", *STAGES)}
+        summary: dict[str, list[Any]] = {key: [] for key in ("unit", "rows", "failed", "ready", "node", *STAGES)}
         for i in range(len(units["unit"])):
             self.seconds = dict.fromkeys(STAGES, 0.0)
             n, bad = self._write_part({key: units[key][i] for key in units})
-            done = (("unit", int(units["unit"][i])), ("rows", n), ("failed", bad), ("ready", self.ready))
+            done = (
+                ("unit", int(units["unit"][i])),
+                ("rows", n),
+                ("failed", bad),
+                ("ready", self.ready),
+                ("node", self.node),
+            )
             for key, value in (*done, *self.seconds.items()):
                 summary[key].append(value)
         return {key: np.array(values) for key, values in summary.items()}
@@ -566,6 +575,7 @@ def run_job(
     resumed = sum(rows for rows, _ in counts)
     failed = sum(bad for _, bad in counts)
     rows_written = 0
+    nodes: dict[str, int] = {}  # units answered per node
     todo = [unit for unit in units if unit["unit"] not in done]
     if todo:
         model = config.model.resolve()
@@ -598,6 +608,7 @@ def run_job(
             first_ready = min(first_ready, float(batch["ready"].min()))
             for i, number in enumerate(batch["unit"]):
                 finished[int(number)] = (int(batch["rows"][i]), int(batch["failed"][i]))
+                nodes[str(batch["node"][i])] = nodes.get(str(batch["node"][i]), 0) + 1
                 for stage in STAGES:
                     stages[stage] += float(batch[stage][i])
                 if progress is not None:
@@ -625,8 +636,14 @@ def run_job(
         shutil.rmtree(folder)
         timing["join_s"] = time.perf_counter() - joining
     timing["total_s"] = time.perf_counter() - began
-    return {"rows": total, "failed": failed, "resumed": resumed, "units": len(units),
-            "timing": {key: round(value, 4) for key, value in timing.items()}}  # fmt: skip
+    return {
+        "rows": total,
+        "failed": failed,
+        "resumed": resumed,
+        "units": len(units),
+        "nodes": nodes,  # node id -> units it answered (this run)
+        "timing": {key: round(value, 4) for key, value in timing.items()},
+    }
 
 
 def _join_parts(folder: Path, units: int, output: Path, id_type: Any) -> None:

@@ -154,7 +154,7 @@ def test_a_killed_actor_is_restarted_and_every_input_answered_once(local_ray, pn
     while time.monotonic() < deadline and (len(list(pids.iterdir())) < 2 or done[0] < 200) and thread.is_alive():
         time.sleep(0.005)
     killed_at = done[0]
-    victim = int(sorted(pids.iterdir())[0].read_text())
+    victim = int(sorted(pids.iterdir())[0].read_text().split()[0])
     try:
         os.kill(victim, signal.SIGKILL)  # mid-run: rows are still coming
     except ProcessLookupError:  # the pool had finished and stopped its actors: nothing was killed
