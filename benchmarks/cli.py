@@ -314,17 +314,21 @@ def formats_cmd(
 @click.option(
     "--images",
     "count",
-    type=click.IntRange(1, 10_000),
-    default=10_000,
+    type=click.IntRange(1, 60_000),
+    default=60_000,
     show_default=True,
-    help="How many test images, as PNG files and as the IDX file.",
+    help="How many training images, as PNG files and as an IDX file.",
 )
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved rounds.")
 @_data_dir_option
 @_out_dir_option
 @_json_option
-def batch_cmd(count: int, data_dir: Path | None, out_dir: Path | None, as_json: bool) -> None:
-    """Images/s of single-process fmnist-predict vs fmnist-batch on Ray (1 and 2 actors), PNG files and IDX."""
+def batch_cmd(count: int, rounds: int, data_dir: Path | None, out_dir: Path | None, as_json: bool) -> None:
+    """Images/s per worker: one fmnist-predict process vs fmnist-batch on Ray (1 and 2 actors), PNG files and IDX,
+    start-up apart, with each Ray job's profile."""
     try:
+        import ray
+
         from fmnist_deploy.benchmarks.batch import measure, to_markdown
         from fmnist_deploy.models import default_model
         from fmnist_deploy.training.data import raw_dir
@@ -334,10 +338,13 @@ def batch_cmd(count: int, data_dir: Path | None, out_dir: Path | None, as_json: 
         ) from None
     data = _test_set(data_dir)
     with tempfile.TemporaryDirectory() as scratch:
-        idx = raw_dir(data.root) / "t10k-images-idx3-ubyte"
-        if count < 10_000:  # the IDX file holds the whole test set: a shorter one for a shorter run
-            idx = _idx_prefix(data.test_images.numpy()[:count], Path(scratch) / "t10k-images-idx3-ubyte")
-        report = measure(data.test_images.numpy()[:count], idx, default_model("onnxruntime"))
+        idx = raw_dir(data.root) / "train-images-idx3-ubyte"
+        if count < 60_000:  # the IDX file holds the whole training set: a shorter one for a shorter run
+            idx = _idx_prefix(data.train_images.numpy()[:count], Path(scratch) / "train-images-idx3-ubyte")
+        try:
+            report = measure(data.train_images.numpy()[:count], idx, default_model("onnxruntime"), rounds=rounds)
+        finally:
+            ray.shutdown()
     _finish(report, to_markdown(report), as_json, out_dir, "batch")
 
 

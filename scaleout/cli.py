@@ -23,7 +23,7 @@ from fmnist_deploy.models import default_model
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(path_type=Path),
     required=True,
     help="Results, one row per image: a .parquet or .jsonl file (written atomically), or a folder (a name "
     "without suffix) of Parquet files, one per unit of work, that Arrow and Ray read back in input order.",

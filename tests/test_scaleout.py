@@ -89,7 +89,7 @@ def _same_answers(rows: list[dict], expected: list[dict]) -> None:
             assert row["error"] is None
 
 
-@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ""])
+@pytest.mark.parametrize("suffix", [".parquet", ""])  # .jsonl: the resume test
 def test_rows_equal_fmnist_predict_row_for_row(local_ray, png_folder: Path, tmp_path: Path, suffix: str) -> None:
     output = tmp_path / f"answers{suffix}"
     args = [str(png_folder), "--output", str(output), "--actors", "2", "--batch-size", "300"]
@@ -140,7 +140,7 @@ def test_a_killed_actor_is_restarted_and_every_input_answered_once(local_ray, pn
     def job() -> None:
         try:
             outcome["counts"] = run_job(
-                JobConfig(model=MODEL, output=output, actors=2, batch_size=8),
+                JobConfig(model=MODEL, output=output, actors=2, batch_size=20),
                 [png_folder],
                 pid_folder=pids,
                 progress=lambda rows: done.__setitem__(0, done[0] + rows),
@@ -305,3 +305,23 @@ def test_tables_without_image_bytes_are_error_rows_and_limits_hold(local_ray, tm
     monkeypatch.setattr(tables, "MAX_CELL_BYTES", 4)
     with pytest.raises(InputError, match=r"t\[0\]: 5 image bytes, over the 4 byte limit"):
         tables.decode_image(b"12345", "t[0]")
+
+
+def test_the_batch_benchmark_reports_start_up_apart_the_ratio_and_the_profile(local_ray, data, tmp_path) -> None:
+    from fmnist_deploy.benchmarks.batch import measure, to_markdown
+
+    images = data.test_images[:300].numpy()
+    idx = tmp_path / "three-hundred-idx3-ubyte"
+    idx.write_bytes(b"\x00\x00\x08\x03" + (300).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + images.tobytes())
+    report = measure(images, idx, MODEL, actors=(2,))
+    rows = {(r["path"], r["input"]): r for r in report["rows"]}
+    assert set(rows) == {(p, i) for p in ("fmnist-predict (one process)", "fmnist-batch, Ray, 2 actor(s)")
+                         for i in ("png files", "idx file")}  # fmt: skip
+    for (path, label), row in rows.items():
+        assert row["exit"] == 0 and 0 < row["answer_s"] < row["seconds"]
+        single = rows[("fmnist-predict (one process)", label)]
+        assert row["ratio"] == pytest.approx(row["answer_images_per_s"] / single["answer_images_per_s"])
+        if path.startswith("fmnist-batch"):
+            assert row["pool_start_s"] > 0 and all(us > 0 for us in row["actor_us_per_image"].values())
+    text = to_markdown(report)
+    assert "| fmnist-batch, Ray, 2 actor(s) | idx file |" in text and "decode µs" in text
