@@ -1,6 +1,7 @@
 """Load benchmark of fmnist-serve in the manner of Triton's perf_analyzer: closed-loop clients at several
-concurrencies and request sizes, each cell bounded in time and count, loopback only; the same model
-behind a minimal FastAPI endpoint (`session.run` per request, JSON) measured in the same run.
+concurrencies and request sizes, each cell bounded in time and count, loopback only; requests in Triton's
+binary tensor extension and in the protocol's plain JSON; the same model behind a minimal FastAPI
+endpoint (`session.run` per request, JSON) measured in the same run.
 
 Load comes from wrk (one C thread), so the clients take as little as possible of the cores they
 share with the servers; the numbers are ratios of one run.
@@ -68,6 +69,13 @@ def _process(args: list[str], ready_url: str) -> Iterator[subprocess.Popen]:
         proc.wait(timeout=30)
 
 
+def _json_request(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """The protocol's own JSON form, as a KServe / MLServer client sends it: a flat list of pixel values."""
+    tensor = {"name": "image", "datatype": "UINT8", "shape": list(images.shape), "data": images.reshape(-1).tolist()}
+    body = json.dumps({"inputs": [tensor], "outputs": [{"name": "probabilities"}]}).encode()
+    return body, {"Content-Type": "application/json"}
+
+
 def _binary_request(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
     header = json.dumps(
         {
@@ -84,6 +92,8 @@ def _binary_request(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
     ).encode()
     return header + images.tobytes(), {HEADER: str(len(header)), "Content-Type": "application/octet-stream"}
 
+
+REQUESTS = {"binary": _binary_request, "json": _json_request}  # encoding -> request builder
 
 WRK_SCRIPT = """
 local f = io.open(os.getenv("BODY_FILE"), "rb")
@@ -192,22 +202,25 @@ def _measure(
     seconds: float,
     scratch: Path,
 ) -> dict[str, Any]:
+    # server -> (its options, the encodings measured on it)
     servers = {
-        "fmnist-serve (dynamic batching)": ["--max-delay-ms", "2", "--max-batch", "256"],
-        "fmnist-serve (batching off)": ["--max-delay-ms", "0", "--max-batch", "1"],
+        "fmnist-serve (dynamic batching)": (["--max-delay-ms", "2", "--max-batch", "256"], ("binary", "json")),
+        "fmnist-serve (batching off)": (["--max-delay-ms", "0", "--max-batch", "1"], ("binary",)),
     }
     cells = []
-    for label, options in servers.items():
+    for label, (options, encodings) in servers.items():
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "fmnist_deploy.serving.cli", str(model), "--port", str(port), *options]
         with _process(command, f"{base}/v2/health/ready"):
-            for size in sizes:
-                body, headers = _binary_request(images[:size])
-                for concurrency in concurrencies:
-                    before = _metric_sums(base)
-                    stats = _cell(f"{base}/v2/models/{MODEL}/infer", body, headers, concurrency, seconds, scratch)
-                    cells.append(_summary(label, size, concurrency, stats, before, _metric_sums(base)))
+            for encoding in encodings:
+                for size in sizes:
+                    body, headers = REQUESTS[encoding](images[:size])
+                    for concurrency in concurrencies:
+                        before = _metric_sums(base)
+                        stats = _cell(f"{base}/v2/models/{MODEL}/infer", body, headers, concurrency, seconds, scratch)
+                        after = _metric_sums(base)
+                        cells.append(_summary(label, encoding, size, concurrency, stats, before, after))
     port = _free_port()
     peer = "naive FastAPI peer (session.run per request, JSON)"
     with _process([sys.executable, "-c", PEER, str(model), str(port)], f"http://127.0.0.1:{port}/docs"):
@@ -216,7 +229,7 @@ def _measure(
             for concurrency in concurrencies:
                 headers = {"Content-Type": "application/json"}
                 stats = _cell(f"http://127.0.0.1:{port}/predict", body, headers, concurrency, seconds, scratch)
-                cells.append(_summary(peer, size, concurrency, stats, {}, {}))
+                cells.append(_summary(peer, "json", size, concurrency, stats, {}, {}))
     return {
         "benchmark": "serve",
         "load_generator": "wrk -t1 (closed loop, one connection per client)",
@@ -228,7 +241,13 @@ def _measure(
 
 
 def _summary(
-    label: str, size: int, concurrency: int, stats: dict[str, float], before: dict[str, float], after: dict[str, float]
+    label: str,
+    encoding: str,
+    size: int,
+    concurrency: int,
+    stats: dict[str, float],
+    before: dict[str, float],
+    after: dict[str, float],
 ) -> dict[str, Any]:
     delta = {k: after[k] - before.get(k, 0.0) for k in after}
     per_request = {}
@@ -244,6 +263,7 @@ def _summary(
         per_request["model_per_batch"] = 1e6 * delta["fmnist_compute_duration_seconds_sum"] / executions
     return {
         "server": label,
+        "encoding": encoding,
         "images_per_request": size,
         "concurrency": concurrency,
         "requests": stats.get("requests"),
@@ -259,17 +279,21 @@ def _summary(
 
 
 def _targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
-    def cell(server: str, size: int, concurrency: int) -> dict[str, Any]:
+    def cell(server: str, encoding: str, size: int, concurrency: int) -> dict[str, Any]:
         return next(
             c
             for c in cells
-            if c["server"].startswith(server) and c["images_per_request"] == size and c["concurrency"] == concurrency
+            if c["server"].startswith(server)
+            and c["encoding"] == encoding
+            and c["images_per_request"] == size
+            and c["concurrency"] == concurrency
         )
 
     on, off, naive = "fmnist-serve (dynamic", "fmnist-serve (batching off", "naive"
-    ours, peer = cell(on, 1, 64), cell(naive, 1, 64)
+    ours, peer = cell(on, "binary", 1, 64), cell(naive, "json", 1, 64)
+    json_32 = cell(on, "json", 32, 64)
     ratios = [
-        cell(on, c["images_per_request"], c["concurrency"])["images_per_s"] / c["images_per_s"]
+        cell(on, "binary", c["images_per_request"], c["concurrency"])["images_per_s"] / c["images_per_s"]
         for c in cells
         if c["server"].startswith(off)
     ]
@@ -278,7 +302,12 @@ def _targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
         "server_p99_ms_c64_b1": ours["p99_ms"],
         "peer_p99_ms_c64_b1": peer["p99_ms"],
         "batching_over_off_min": min(ratios),
-        "batching_over_off_c64_b32": cell(on, 32, 64)["images_per_s"] / cell(off, 32, 64)["images_per_s"],
+        "batching_over_off_c64_b32": cell(on, "binary", 32, 64)["images_per_s"]
+        / cell(off, "binary", 32, 64)["images_per_s"],
+        "json_images_per_s_c64_b32": json_32["images_per_s"],
+        "json_p99_ms_c64_b32": json_32["p99_ms"],
+        "json_over_peer_images_per_s_c64_b32": json_32["images_per_s"] / cell(naive, "json", 32, 64)["images_per_s"],
+        "binary_over_json_images_per_s_c64_b32": cell(on, "binary", 32, 64)["images_per_s"] / json_32["images_per_s"],
     }
 
 
@@ -289,14 +318,15 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"Serving load ({env['cpu']}, {env['usable_cores']} cores shared by clients and servers; "
         f"{report['seconds_per_cell']:.0f} s per cell, closed loop)",
         "",
-        "| server | images/request | concurrency | requests/s | images/s | p50 ms | p90 ms | p99 ms | mean batch "
-        "| failures |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | encoding | images/request | concurrency | requests/s | images/s | p50 ms | p90 ms | p99 ms "
+        "| mean batch | failures |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in report["cells"]:
         batch = f"{c['mean_batch_images']:.1f}" if c["mean_batch_images"] else "—"
         lines.append(
-            f"| {c['server']} | {c['images_per_request']} | {c['concurrency']} | {c['requests_per_s']:,.0f} | "
+            f"| {c['server']} | {c['encoding']} | {c['images_per_request']} | {c['concurrency']} | "
+            f"{c['requests_per_s']:,.0f} | "
             f"{c['images_per_s']:,.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['p99_ms']:.2f} | {batch} "
             f"| {c['failures']} |"
         )
@@ -306,12 +336,16 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"(p99 {s['server_p99_ms_c64_b1']:.1f} ms vs {s['peer_p99_ms_c64_b1']:.1f} ms)",
         f"- dynamic batching / batching off: at least **{s['batching_over_off_min']:.2f}×** over every cell; "
         f"**{s['batching_over_off_c64_b32']:.2f}×** at 64 clients x 32 images",
+        f"- JSON at 64 clients x 32 images: **{s['json_images_per_s_c64_b32']:,.0f} images/s**, p99 "
+        f"{s['json_p99_ms_c64_b32']:.1f} ms ({s['json_over_peer_images_per_s_c64_b32']:.2f}× the naive peer's JSON); "
+        f"the binary extension carries {s['binary_over_json_images_per_s_c64_b32']:.2f}× the images/s of JSON",
     ]
     profile = next(
         (
             c["server_us"]
             for c in report["cells"]
             if c["server"].startswith("fmnist-serve (dynamic")
+            and c["encoding"] == "binary"
             and c["images_per_request"] == 1
             and c["concurrency"] == 64
         ),
@@ -324,36 +358,41 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Images/s and p99 against concurrency, one line per server, for each request size."""
+    """Images/s and p99 against concurrency, one line per server and encoding, for each request size; the x
+    ticks are the measured concurrencies and both y axes start at 0."""
     from matplotlib.figure import Figure
 
     from fmnist_deploy.atomic import atomic_path
 
     sizes = sorted({c["images_per_request"] for c in report["cells"]})
-    fig = Figure(figsize=(12, 4.5))
+    concurrencies = sorted({c["concurrency"] for c in report["cells"]})
+    fig = Figure(figsize=(13, 5))
     axes = fig.subplots(1, 2 * len(sizes))
     for k, size in enumerate(sizes):
-        for server in dict.fromkeys(c["server"] for c in report["cells"]):
+        for server, encoding in dict.fromkeys((c["server"], c["encoding"]) for c in report["cells"]):
             cells = sorted(
-                (c for c in report["cells"] if c["server"] == server and c["images_per_request"] == size),
+                (
+                    c
+                    for c in report["cells"]
+                    if c["server"] == server and c["encoding"] == encoding and c["images_per_request"] == size
+                ),
                 key=lambda c: c["concurrency"],
             )
             x = [c["concurrency"] for c in cells]
-            label = server.split(" (")[0] + (" (" + server.split(" (")[1] if " (" in server else "")
-            axes[2 * k].plot(x, [c["images_per_s"] for c in cells], marker="o", ms=3, label=label)
-            axes[2 * k + 1].plot(x, [c["p99_ms"] for c in cells], marker="o", ms=3, label=label)
-        axes[2 * k].set(xscale="log", xlabel="concurrent clients", ylabel="images/s", title=f"{size} image(s)/request")
-        axes[2 * k + 1].set(
-            xscale="log",
-            yscale="log",
-            xlabel="concurrent clients",
-            ylabel="p99 ms",
-            title=f"p99, {size} image(s)/request",
-        )
+            label = f"{server.split(' (session')[0]}, {encoding}"
+            style = {"marker": "o", "ms": 3, "label": label, "ls": "--" if encoding == "json" else "-"}
+            axes[2 * k].plot(x, [c["images_per_s"] for c in cells], **style)
+            axes[2 * k + 1].plot(x, [c["p99_ms"] for c in cells], **style)
+        axes[2 * k].set(xlabel="concurrent clients", ylabel="images/s", title=f"{size} image(s)/request")
+        axes[2 * k + 1].set(xlabel="concurrent clients", ylabel="p99 ms", title=f"p99, {size} image(s)/request")
     for ax in axes:
-        ax.grid(alpha=0.3, which="both")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(concurrencies, [str(c) for c in concurrencies])
+        ax.minorticks_off()
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.86))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})

@@ -468,7 +468,7 @@ def test_serve_benchmark_small(tmp_path: Path, data) -> None:
     )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "serve.json").read_text())
-    assert len(report["cells"]) == 3 * 2 * 2
+    assert len(report["cells"]) == 4 * 2 * 2  # batching on: binary and JSON; off: binary; the peer: JSON
     assert all(c["requests_per_s"] > 0 and c["failures"] == 0 for c in report["cells"])
     batched = [
         c
@@ -477,6 +477,12 @@ def test_serve_benchmark_small(tmp_path: Path, data) -> None:
     ]
     assert batched[0]["mean_batch_images"] > 1, "concurrent requests were batched"
     assert set(report["summary"]) >= {"server_over_peer_images_per_s_c64_b1", "batching_over_off_c64_b32"}
+    assert report["summary"]["json_images_per_s_c64_b32"] > 0
+    assert {c["encoding"] for c in report["cells"] if c["server"].startswith("fmnist-serve (dynamic")} == {
+        "binary",
+        "json",
+    }
+    assert (tmp_path / "serve.png").stat().st_size > 0
 
 
 def test_int8_benchmark_compares_dynamic_and_static(tmp_path: Path, data) -> None:
