@@ -143,6 +143,62 @@ def _cell(
     return _parse_wrk(result.stdout)
 
 
+GRPC_LOAD = """
+import asyncio, json, sys, time
+import grpc
+import numpy as np
+
+target, body_file, concurrency, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+body = open(body_file, "rb").read()
+
+async def main():
+    latencies, failures = [], 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        # the request pre-serialised: the client spends no time in protobuf per call
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        await call(body)  # connected and warm
+        end = time.perf_counter() + seconds
+
+        async def client():
+            nonlocal failures
+            while time.perf_counter() < end:
+                started = time.perf_counter_ns()
+                try:
+                    await call(body)
+                except grpc.aio.AioRpcError:
+                    failures += 1
+                    continue
+                latencies.append(time.perf_counter_ns() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ms = np.asarray(latencies, dtype=np.float64) / 1e6
+    print(json.dumps({
+        "requests": len(latencies), "requests_per_s": len(latencies) / elapsed, "failures": failures,
+        "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }))
+
+asyncio.run(main())
+"""
+
+
+def _grpc_cell(port: int, images: np.ndarray, concurrency: int, seconds: float, scratch: Path) -> dict[str, float]:
+    """Closed loop over gRPC with grpc.aio clients in one Python process (no C gRPC load generator here):
+    the request is serialised once, as tritonclient.grpc would build it (raw_input_contents)."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="image", datatype="UINT8", shape=list(images.shape))
+    request.outputs.add(name="probabilities")
+    request.raw_input_contents.append(images.tobytes())
+    (scratch / "grpc.bin").write_bytes(request.SerializeToString())
+    command = [sys.executable, "-c", GRPC_LOAD, f"127.0.0.1:{port}", str(scratch / "grpc.bin"), str(concurrency)]
+    result = subprocess.run([*command, str(seconds)], capture_output=True, text=True, timeout=seconds + 60, check=True)
+    return json.loads(result.stdout)
+
+
 def _milliseconds(text: str) -> float:
     for unit, factor in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
         if text.endswith(unit):
@@ -203,8 +259,12 @@ def _measure(
     scratch: Path,
 ) -> dict[str, Any]:
     # server -> (its options, the encodings measured on it)
+    grpc_port = _free_port()
     servers = {
-        "fmnist-serve (dynamic batching)": (["--max-delay-ms", "2", "--max-batch", "256"], ("binary", "json")),
+        "fmnist-serve (dynamic batching)": (
+            ["--max-delay-ms", "2", "--max-batch", "256", "--grpc-port", str(grpc_port)],
+            ("binary", "json", "grpc"),
+        ),
         "fmnist-serve (batching off)": (["--max-delay-ms", "0", "--max-batch", "1"], ("binary",)),
     }
     cells = []
@@ -215,10 +275,14 @@ def _measure(
         with _process(command, f"{base}/v2/health/ready"):
             for encoding in encodings:
                 for size in sizes:
-                    body, headers = REQUESTS[encoding](images[:size])
                     for concurrency in concurrencies:
                         before = _metric_sums(base)
-                        stats = _cell(f"{base}/v2/models/{MODEL}/infer", body, headers, concurrency, seconds, scratch)
+                        if encoding == "grpc":
+                            stats = _grpc_cell(grpc_port, images[:size], concurrency, seconds, scratch)
+                        else:
+                            body, headers = REQUESTS[encoding](images[:size])
+                            url = f"{base}/v2/models/{MODEL}/infer"
+                            stats = _cell(url, body, headers, concurrency, seconds, scratch)
                         after = _metric_sums(base)
                         cells.append(_summary(label, encoding, size, concurrency, stats, before, after))
     port = _free_port()
@@ -232,7 +296,8 @@ def _measure(
                 cells.append(_summary(peer, "json", size, concurrency, stats, {}, {}))
     return {
         "benchmark": "serve",
-        "load_generator": "wrk -t1 (closed loop, one connection per client)",
+        "load_generator": "HTTP: wrk -t1 (closed loop, one connection per client); gRPC: grpc.aio clients in one "
+        "Python process (closed loop, one channel), a heavier client than wrk",
         "seconds_per_cell": seconds,
         "cells": cells,
         "summary": _targets(cells),
@@ -308,6 +373,8 @@ def _targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
         "json_p99_ms_c64_b32": json_32["p99_ms"],
         "json_over_peer_images_per_s_c64_b32": json_32["images_per_s"] / cell(naive, "json", 32, 64)["images_per_s"],
         "binary_over_json_images_per_s_c64_b32": cell(on, "binary", 32, 64)["images_per_s"] / json_32["images_per_s"],
+        "grpc_images_per_s_c64_b32": cell(on, "grpc", 32, 64)["images_per_s"],
+        "grpc_p99_ms_c64_b32": cell(on, "grpc", 32, 64)["p99_ms"],
     }
 
 
@@ -338,7 +405,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"**{s['batching_over_off_c64_b32']:.2f}×** at 64 clients x 32 images",
         f"- JSON at 64 clients x 32 images: **{s['json_images_per_s_c64_b32']:,.0f} images/s**, p99 "
         f"{s['json_p99_ms_c64_b32']:.1f} ms ({s['json_over_peer_images_per_s_c64_b32']:.2f}× the naive peer's JSON); "
-        f"the binary extension carries {s['binary_over_json_images_per_s_c64_b32']:.2f}× the images/s of JSON",
+        f"the binary extension carries {s['binary_over_json_images_per_s_c64_b32']:.2f}× the images/s of JSON, "
+        f"gRPC {s['grpc_images_per_s_c64_b32']:,.0f} images/s (p99 {s['grpc_p99_ms_c64_b32']:.1f} ms; its load "
+        "comes from a Python client, heavier than wrk, on the same cores)",
     ]
     profile = next(
         (

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -63,6 +64,8 @@ class ServeConfig:
     max_request_images: int = 4096
     body_timeout_s: float = 30.0
     workers: int = 1
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int | None = None  # Triton's gRPC service on this port too (0: the system picks one)
 
     @property
     def body_limit(self) -> int:
@@ -459,9 +462,17 @@ def create_app(config: ServeConfig) -> Starlette:
     async def lifespan(app: Starlette):
         for served in store.all_served():
             served.start()
+        grpc_server = None
+        if config.grpc_port is not None:
+            from fmnist_deploy.serving import grpc_service
+
+            grpc_server, port = await grpc_service.start(app, config.grpc_host, config.grpc_port)
+            print(f"gRPC at {config.grpc_host}:{port}", file=sys.stderr, flush=True)  # the port, when 0 was asked
         app.state.ready = True
         yield
         app.state.ready = False  # SIGTERM: uvicorn stops accepting and waits for the requests in flight
+        if grpc_server is not None:
+            await grpc_server.stop(grace=30)  # answers the calls in flight, refuses new ones
         for served in store.all_served():
             await served.stop()
         app.state.parsers.shutdown(wait=False)

@@ -106,6 +106,12 @@ def _listen(host: str, port: int) -> socket.socket:
     help="Server processes, each with its own model and batcher.",
 )
 @click.option(
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve Triton's gRPC service (inference.GRPCInferenceService) on this port, at HOST [default: off].",
+)
+@click.option(
     "--max-connections",
     type=click.IntRange(min=1),
     default=512,
@@ -159,6 +165,7 @@ def main(
     max_queue: int,
     max_request_images: int,
     workers: int,
+    grpc_port: int | None,
     max_connections: int,
     header_timeout: float,
     body_timeout: float,
@@ -179,6 +186,8 @@ def main(
 
     if model is not None and model_repository is not None:
         raise click.UsageError("give MODEL or --model-repository, not both")
+    if grpc_port == 0 and workers > 1:
+        raise click.BadParameter("each worker would get its own port; give a port number", param_hint="--grpc-port")
     if model_repository is not None:
         models = scan(model_repository)
         problems = [f"{name}: {entry}" for name, entry in models.items() if isinstance(entry, RepositoryError)]
@@ -203,6 +212,8 @@ def main(
         max_request_images=max_request_images,
         body_timeout_s=body_timeout,
         workers=workers,
+        grpc_host=host,
+        grpc_port=grpc_port,
     )
     try:
         app = create_app(config)  # load (and check) every model before listening

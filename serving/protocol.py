@@ -90,22 +90,8 @@ def parse_infer(body: bytes, header_length: str | None, max_images: int) -> Infe
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise ProtocolError(f"expected exactly one input named {INPUT_NAME!r}")
     tensor = inputs[0]
-    if tensor.get("name") != INPUT_NAME:
-        raise ProtocolError(f"unknown input {tensor.get('name')!r}; the model's input is {INPUT_NAME!r}")
-    if tensor.get("datatype") != "UINT8":
-        raise ProtocolError(f"input {INPUT_NAME!r} has datatype {tensor.get('datatype')!r}; expected UINT8")
     shape = tensor.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 3
-        or not all(_whole(d) for d in shape)
-        or tuple(shape[1:]) != IMAGE_SHAPE
-        or shape[0] < 1
-    ):
-        raise ProtocolError(f"input {INPUT_NAME!r} has shape {shape}; expected [N,28,28] with N >= 1")
-    if shape[0] > max_images:
-        raise ProtocolError(f"{shape[0]} images in one request; the limit is {max_images}", status=413)
-    expected = shape[0] * IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+    expected = check_input(tensor.get("name"), tensor.get("datatype"), shape, max_images)
     parameters = _object(tensor.get("parameters"), f"input {INPUT_NAME!r}: parameters")
     if "binary_data_size" in parameters:
         size = parameters["binary_data_size"]
@@ -121,6 +107,26 @@ def parse_infer(body: bytes, header_length: str | None, max_images: int) -> Infe
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError(f"id must be a string, got {type(request_id).__name__}")
     return InferRequest(images, _requested(document), request_id)
+
+
+def check_input(name: Any, datatype: Any, shape: Any, max_images: int) -> int:
+    """The input tensor's name, datatype and shape checked against the contract (HTTP and gRPC alike);
+    returns the number of pixel values the shape needs."""
+    if name != INPUT_NAME:
+        raise ProtocolError(f"unknown input {name!r}; the model's input is {INPUT_NAME!r}")
+    if datatype != "UINT8":
+        raise ProtocolError(f"input {INPUT_NAME!r} has datatype {datatype!r}; expected UINT8")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(_whole(d) for d in shape)
+        or tuple(shape[1:]) != IMAGE_SHAPE
+        or shape[0] < 1
+    ):
+        raise ProtocolError(f"input {INPUT_NAME!r} has shape {shape}; expected [N,28,28] with N >= 1")
+    if shape[0] > max_images:
+        raise ProtocolError(f"{shape[0]} images in one request; the limit is {max_images}", status=413)
+    return shape[0] * IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 
 
 def _json_tensor(data: Any, shape: list[int], expected: int, *, exact: bool) -> np.ndarray:
@@ -165,22 +171,40 @@ def _requested(document: dict[str, Any]) -> list[Requested]:
     requested = []
     for output in outputs:
         name = output.get("name")
-        if name not in OUTPUT_NAMES:
-            raise ProtocolError(f"unknown output {name!r}; the model's outputs are {', '.join(OUTPUT_NAMES)}")
         parameters = _object(output.get("parameters"), f"output {name!r}: parameters")
-        k = parameters.get("classification", 0)
-        if not _whole(k) or not 0 <= k <= N_CLASSES:
-            raise ProtocolError(f"output {name!r}: classification {k!r}; expected 1 to {N_CLASSES}")
         binary = parameters.get("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise ProtocolError(f"output {name!r}: binary_data {binary!r}; expected true or false")
-        requested.append(Requested(name, binary, k))
+        requested.append(requested_output(name, parameters.get("classification", 0), binary))
     return requested
+
+
+def requested_output(name: Any, classification: Any, binary: bool) -> Requested:
+    """One requested output checked against the model's outputs (HTTP and gRPC alike)."""
+    if name not in OUTPUT_NAMES:
+        raise ProtocolError(f"unknown output {name!r}; the model's outputs are {', '.join(OUTPUT_NAMES)}")
+    if not _whole(classification) or not 0 <= classification <= N_CLASSES:
+        raise ProtocolError(f"output {name!r}: classification {classification!r}; expected 1 to {N_CLASSES}")
+    return Requested(name, binary, classification)
 
 
 def _bytes_tensor(strings: list[str]) -> bytes:
     """Triton's BYTES serialisation: each element a 4-byte little-endian length, then its bytes."""
     return b"".join(struct.pack("<I", len(s.encode())) + s.encode() for s in strings)
+
+
+def output_tensor(
+    want: Requested, logits: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...]
+) -> tuple[str, list[int], bytes, list[Any]]:
+    """One requested output as (datatype, shape, raw little-endian bytes, values for JSON): FP32 scores, or the
+    classification extension's top k as BYTES "score:index:label" strings."""
+    array = logits if want.name == OUTPUT_NAMES[0] else probabilities
+    if want.classification:
+        order = np.argsort(-array, axis=1, kind="stable")[:, : want.classification]
+        strings = [f"{array[i, j]:f}:{j}:{class_names[j]}" for i in range(len(array)) for j in order[i]]
+        return "BYTES", [len(array), want.classification], _bytes_tensor(strings), strings
+    raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    return "FP32", list(array.shape), raw, array.reshape(-1).tolist()
 
 
 def encode_infer(
@@ -192,20 +216,10 @@ def encode_infer(
     class_names: tuple[str, ...],
 ) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header's length (for the HTTP header)."""
-    values = {OUTPUT_NAMES[0]: logits, OUTPUT_NAMES[1]: probabilities}
     outputs, blobs = [], []
     for want in request.outputs:
-        array = values[want.name]
-        if want.classification:
-            order = np.argsort(-array, axis=1, kind="stable")[:, : want.classification]
-            strings = [f"{array[i, j]:f}:{j}:{class_names[j]}" for i in range(len(array)) for j in order[i]]
-            entry: dict[str, Any] = {"name": want.name, "datatype": "BYTES", "shape": [len(array), want.classification]}
-            raw = _bytes_tensor(strings)
-            data: Any = strings
-        else:
-            entry = {"name": want.name, "datatype": "FP32", "shape": list(array.shape)}
-            raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
-            data = array.reshape(-1).tolist()
+        datatype, shape, raw, data = output_tensor(want, logits, probabilities, class_names)
+        entry: dict[str, Any] = {"name": want.name, "datatype": datatype, "shape": shape}
         if want.binary:
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)

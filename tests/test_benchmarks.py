@@ -468,7 +468,7 @@ def test_serve_benchmark_small(tmp_path: Path, data) -> None:
     )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "serve.json").read_text())
-    assert len(report["cells"]) == 4 * 2 * 2  # batching on: binary and JSON; off: binary; the peer: JSON
+    assert len(report["cells"]) == 5 * 2 * 2  # batching on: binary, JSON, gRPC; off: binary; the peer: JSON
     assert all(c["requests_per_s"] > 0 and c["failures"] == 0 for c in report["cells"])
     batched = [
         c
@@ -481,7 +481,9 @@ def test_serve_benchmark_small(tmp_path: Path, data) -> None:
     assert {c["encoding"] for c in report["cells"] if c["server"].startswith("fmnist-serve (dynamic")} == {
         "binary",
         "json",
+        "grpc",
     }
+    assert report["summary"]["grpc_images_per_s_c64_b32"] > 0
     assert (tmp_path / "serve.png").stat().st_size > 0
 
 

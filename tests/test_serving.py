@@ -29,6 +29,17 @@ http = pytest.importorskip("tritonclient.http", reason="the serving tests need t
 MODEL = "fmnist_mlp"
 
 
+def _announced_grpc(proc: subprocess.Popen, deadline: float = 60) -> str:
+    """HOST:PORT from the server's `gRPC at HOST:PORT` line."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, end - time.monotonic()))
+        line = proc.stderr.readline() if ready else ""
+        if line.startswith("gRPC at "):
+            return line.split()[-1]
+    pytest.fail("the server did not announce its gRPC port")
+
+
 def _announced_address(proc: subprocess.Popen, deadline: float) -> str:
     """HOST:PORT from the server's first line, `serving MODEL at http://HOST:PORT/v2/models/... (...)`."""
     ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
@@ -764,3 +775,41 @@ def test_request_limits_at_their_edges(images, reference) -> None:
                 assert response.status_code == status, (size, response.text[:200])
                 if status == 413:
                     assert f"over the {limit}-byte limit" in response.json()["error"], response.text
+
+
+# ---- gRPC -------------------------------------------------------------------------------------------
+
+
+def test_grpc_answers_bit_for_bit_what_http_answers(images, reference) -> None:
+    grpc = pytest.importorskip("tritonclient.grpc", reason="the gRPC test needs tritonclient[grpc]")
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    with serving("--grpc-port", "0") as (url, proc):
+        g = grpc.InferenceServerClient(_announced_grpc(proc))
+        h = http.InferenceServerClient(url)
+        assert g.is_server_live() and g.is_server_ready() and g.is_model_ready(MODEL) and not g.is_model_ready("nope")
+        meta = g.get_model_metadata(MODEL)
+        assert (meta.name, list(meta.versions), meta.platform) == (MODEL, ["1"], "onnxruntime_onnx")
+        assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("image", "UINT8", [-1, 28, 28])]
+        assert g.get_model_config(MODEL).config == json_format.ParseDict(h.get_model_config(MODEL), mc.ModelConfig())
+        x = images[:7]
+        tensor = grpc.InferInput("image", list(x.shape), "UINT8")
+        tensor.set_data_from_numpy(x)
+        by_grpc = g.infer(MODEL, [tensor], request_id="g1")
+        by_http = h.infer(MODEL, [_input(x)])
+        assert by_grpc.get_response().id == "g1"
+        for name in ("logits", "probabilities"):
+            assert by_grpc.as_numpy(name).tobytes() == by_http.as_numpy(name).tobytes()
+            assert np.array_equal(by_grpc.as_numpy(name), getattr(reference.predict(x), name))
+        top = g.infer(MODEL, [tensor], outputs=[grpc.InferRequestedOutput("probabilities", class_count=3)])
+        top_http = h.infer(MODEL, [_input(x)], outputs=[http.InferRequestedOutput("probabilities", class_count=3)])
+        assert top.as_numpy("probabilities").tolist() == top_http.as_numpy("probabilities").tolist()
+        stats = g.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+        assert int(stats["inference_count"]) == 3 * 7 + 7  # four calls of 7 images, two by each protocol
+        with pytest.raises(grpc.InferenceServerException, match="shape"):
+            bad = grpc.InferInput("image", [1, 32, 32], "UINT8")
+            bad.set_data_from_numpy(np.zeros((1, 32, 32), np.uint8))
+            g.infer(MODEL, [bad])
+        with pytest.raises(grpc.InferenceServerException, match="unknown model 'nope'"):
+            g.get_model_metadata("nope")
