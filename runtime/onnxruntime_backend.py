@@ -208,7 +208,8 @@ class OnnxRuntimeBackend(Backend):
             bound = self.bind(images.shape[0])
             bound.input.update_inplace(images)  # host -> GPU, uint8: the normalisation runs on the GPU
             bound.run()
-            return bound.logits.numpy(), bound.probs.numpy()
+            logits, probs = bound.binding.copy_outputs_to_cpu()  # GPU -> host, the bound outputs in order
+            return logits, probs
         logits, probs = self._call(self._names, {INPUT_NAME: images}, None)
         return logits, probs
 
@@ -256,11 +257,11 @@ class OnnxRuntimeBackend(Backend):
 class _Bound:
     """One batch size's device buffers and IO binding; `run` replays its graph (or runs uncaptured)."""
 
-    def __init__(self, session: Any, ort: Any, batch: int, graph_id: int) -> None:
+    def __init__(self, session: Any, ort: Any, batch: int, graph_id: int, device: str = "cuda") -> None:
         # The addresses must not change between a capture and its replays: the OrtValues live as long as this.
-        self.input = ort.OrtValue.ortvalue_from_shape_and_type((batch, *IMAGE_SHAPE), np.uint8, "cuda", 0)
-        self.logits = ort.OrtValue.ortvalue_from_shape_and_type((batch, N_CLASSES), np.float32, "cuda", 0)
-        self.probs = ort.OrtValue.ortvalue_from_shape_and_type((batch, N_CLASSES), np.float32, "cuda", 0)
+        self.input = ort.OrtValue.ortvalue_from_shape_and_type((batch, *IMAGE_SHAPE), np.uint8, device, 0)
+        self.logits = ort.OrtValue.ortvalue_from_shape_and_type((batch, N_CLASSES), np.float32, device, 0)
+        self.probs = ort.OrtValue.ortvalue_from_shape_and_type((batch, N_CLASSES), np.float32, device, 0)
         self.binding = session.io_binding()
         self.binding.bind_ortvalue_input(INPUT_NAME, self.input)
         self.binding.bind_ortvalue_output(OUTPUT_NAMES[0], self.logits)
