@@ -82,7 +82,15 @@ def table_groups(path: str, image_column: str) -> list[int]:
             with pa.memory_map(path) as source:
                 reader = pa.ipc.open_file(source)
                 schema = reader.schema
-                rows = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
+                rows = []
+                for g in range(reader.num_record_batches):
+                    group = reader.get_batch(g)
+                    if group.nbytes > MAX_GROUP_BYTES:
+                        raise InputError(
+                            f"{path}: record batch {g} holds {group.nbytes} bytes, over the {MAX_GROUP_BYTES} byte "
+                            "limit; rewrite it with smaller batches"
+                        )
+                    rows.append(group.num_rows)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{path}: not a readable {Path(path).suffix[1:]} file ({exc})") from None
     _check_image_field(schema, path, image_column)
@@ -137,7 +145,8 @@ def read_group(
         else:
             with pa.memory_map(path) as source:
                 whole = pa.ipc.open_file(source).get_batch(group).select(columns)
-            batches = iter(whole.to_batches(max_chunksize=batch) if whole.num_rows else [])
+                whole.validate(full=True)  # offsets and lengths checked before a value is read
+            batches = iter([whole.slice(start, batch) for start in range(0, whole.num_rows, batch)])
         for part in batches:
             column = part.column(image_column)
             if pa.types.is_struct(column.type):  # Hugging Face datasets' Image feature: {bytes, path}

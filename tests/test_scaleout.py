@@ -325,3 +325,23 @@ def test_the_batch_benchmark_reports_start_up_apart_the_ratio_and_the_profile(lo
             assert row["pool_start_s"] > 0 and all(us > 0 for us in row["actor_us_per_image"].values())
     text = to_markdown(report)
     assert "| fmnist-batch, Ray, 2 actor(s) | idx file |" in text and "decode µs" in text
+
+
+def test_an_arrow_ipc_table_is_read_a_record_batch_at_a_time(png_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    import pyarrow as pa
+
+    from fmnist_deploy.runtime import tables
+    from fmnist_deploy.runtime.errors import InputError
+
+    table, _ = _image_table(png_folder, hugging_face=True)
+    path = str(tmp_path / "images.arrow")
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=400):
+            writer.write_batch(batch)
+    assert tables.table_groups(path, "picture") == [400, 400, 202]
+    cells, ids = next(tables.read_group(path, 2, "picture", batch=150, id_column="id"))
+    assert len(cells) == 150 and ids.to_pylist()[0] == "id-800"
+    assert cells[0] == (png_folder / "00800.png").read_bytes()
+    monkeypatch.setattr(tables, "MAX_GROUP_BYTES", 1000)
+    with pytest.raises(InputError, match="record batch 0 holds .* over the 1000 byte limit"):
+        tables.table_groups(path, "picture")
