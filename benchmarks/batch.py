@@ -9,6 +9,7 @@ the profile of each Ray job: where its actors' seconds went, per image.
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import subprocess
@@ -47,6 +48,7 @@ def measure(
     from fmnist_deploy.scaleout.ray_job import JobConfig, run_job, start_ray
 
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    load_before = os.getloadavg()[0]  # the machine may be shared: its load is part of the result
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "pngs"
         folder.mkdir()
@@ -105,6 +107,7 @@ def measure(
         "benchmark": "batch",
         "images": int(count),
         "rounds": rounds,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # 1-minute, before and after
         "predict_start_s": predict_start,
         "ray_start_s": ray_start,
         "rows": rows,
@@ -120,7 +123,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"median of {report['rounds']} interleaved round(s). Start-up apart: fmnist-predict's "
         f"{report['predict_start_s']:.2f} s (a process answering one image), Ray's {report['ray_start_s']:.1f} s "
         "(once) and each Ray job's actor pool (below). fmnist-predict writes JSON Lines, fmnist-batch a folder of "
-        "Parquet files.",
+        f"Parquet files. Load average (1 min) {report['load_average'][0]:.1f} before the run, "
+        f"{report['load_average'][1]:.1f} after.",
         "",
         "| path | input | seconds | images/s | start-up s | images/s past start-up | ratio to fmnist-predict |",
         "|---|---|---:|---:|---:|---:|---:|",

@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +296,7 @@ class Classifier:
         self.image_column = config["image_column"]
         self.id_column = config["id_column"]
         self.schema = output_schema(id_type)
+        self.isolate = False  # set per unit by _write_part
         import ray
 
         self.node = ray.get_runtime_context().get_node_id()
@@ -325,6 +327,12 @@ class Classifier:
         from fmnist_deploy.atomic import atomic_path
 
         n = bad = 0
+        # A unit whose earlier attempt left its marker killed that actor (a decoder crash on a hostile file, or a
+        # kill): this attempt decodes each image in a process of its own, so the unit ends instead of being
+        # retried for ever, and only the image that kills its process loses its answer.
+        marker = self.folder / f".attempt-{int(unit['unit']):08d}"
+        self.isolate = marker.exists()
+        marker.touch()
         rows = self._rows(unit)
         with atomic_path(self.folder / part_name(int(unit["unit"]))) as tmp:
             with pq.ParquetWriter(tmp, self.schema) as writer:
@@ -342,6 +350,7 @@ class Classifier:
                     self.seconds["write"] += time.perf_counter() - started
             started = time.perf_counter()
         self.seconds["write"] += time.perf_counter() - started  # closing, fsync and rename
+        marker.unlink(missing_ok=True)
         return n, bad
 
     def _rows(self, unit: dict[str, Any]) -> Iterator[_Rows]:
@@ -350,7 +359,10 @@ class Classifier:
         kind, path = unit["kind"], str(unit["path"])
         if kind == "files":
             paths = [str(p) for p in unit["paths"]]
-            images, errors = decode_files(paths, self.invert)
+            if self.isolate:
+                images, errors = _decode_isolated(partial(_read_file, invert=self.invert), paths, paths)
+            else:
+                images, errors = decode_files(paths, self.invert)
             yield _Rows(paths, paths, [-1] * len(paths), images, errors)
         elif kind == "batch" and int(unit["start"]) >= 0:
             yield self._batch_slice(path, int(unit["start"]), int(unit["stop"]))
@@ -386,16 +398,20 @@ class Classifier:
 
     def _table(self, path: str, group: int, first: int, stop: int) -> Iterator[_Rows]:
         """A row group's images, `batch_size` rows at a time, reading only the image and id columns."""
+        from fmnist_deploy.runtime import tables
         from fmnist_deploy.runtime.errors import InputError
-        from fmnist_deploy.runtime.tables import decode_cells, read_group
 
         row = first
         try:
-            for cells, ids in read_group(
+            for cells, ids in tables.read_group(
                 path, group, self.image_column, batch=self.batch_size, id_column=self.id_column
             ):
                 names = [f"{path}[{row + i}]" for i in range(len(cells))]
-                images, errors = decode_cells(cells, names, self.invert)
+                if self.isolate:
+                    decode = partial(_read_cell, invert=self.invert)
+                    images, errors = _decode_isolated(decode, list(zip(cells, names, strict=True)), names, star=True)
+                else:
+                    images, errors = tables.decode_cells(cells, names, self.invert)
                 if ids is not None and ids.type != self.schema.field("id").type:  # files of one dataset disagree
                     ids = _cast_ids(ids, self.schema.field("id").type, path, errors)
                 yield _Rows(names, [path] * len(cells), list(range(row, row + len(cells))), images, errors, ids)
@@ -451,6 +467,52 @@ class Classifier:
         self.seconds["model"] += model_seconds
         self.seconds["answers"] += time.perf_counter() - started - model_seconds
         return table
+
+
+def _read_file(path: str, invert: bool) -> np.ndarray:
+    from fmnist_deploy.runtime import images
+
+    return images.read_image(path, invert=invert)  # looked up when called, in the decoding process
+
+
+def _read_cell(data: bytes | None, name: str, invert: bool) -> np.ndarray:
+    from fmnist_deploy.runtime import tables
+
+    return tables.decode_image(data, name, invert=invert)
+
+
+def _decode_isolated(
+    decode: Callable[..., np.ndarray], inputs: list[Any], names: list[str], *, star: bool = False
+) -> tuple[np.ndarray, list[str | None]]:
+    """Each input decoded in a forked process (a pool of one, restarted after a crash): an input that kills
+    the decoder costs only its own row. The slow path, for a unit whose first attempt killed its actor."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from fmnist_deploy.runtime.errors import InputError
+
+    images = np.zeros((len(inputs), 28, 28), np.uint8)
+    errors: list[str | None] = [None] * len(inputs)
+    pool: ProcessPoolExecutor | None = None
+    try:
+        for i, item in enumerate(inputs):
+            if pool is None:
+                pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+            try:
+                images[i] = pool.submit(decode, *item).result() if star else pool.submit(decode, item).result()
+            except InputError as exc:
+                errors[i] = str(exc)
+            except MemoryError:
+                errors[i] = f"{names[i]}: too large to decode in the memory available"
+            except BrokenProcessPool:
+                errors[i] = f"{names[i]}: the image decoder crashed on this input"
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = None
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    return images, errors
 
 
 def _cast_ids(ids: Any, kind: Any, path: str, errors: list[str | None]) -> Any:

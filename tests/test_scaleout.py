@@ -345,3 +345,38 @@ def test_an_arrow_ipc_table_is_read_a_record_batch_at_a_time(png_folder: Path, t
     monkeypatch.setattr(tables, "MAX_GROUP_BYTES", 1000)
     with pytest.raises(InputError, match="record batch 0 holds .* over the 1000 byte limit"):
         tables.table_groups(path, "picture")
+
+
+def test_a_unit_that_killed_its_actor_is_decoded_an_image_a_process_the_next_time(
+    local_ray, png_folder: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from dataclasses import asdict
+
+    from fmnist_deploy.runtime import images
+    from fmnist_deploy.scaleout.ray_job import Classifier, part_name
+
+    files = [str(p) for p in sorted(png_folder.glob("0*.png"))[:40]]
+    real_read = images.read_image
+
+    def crashing(path, *, invert=False):  # a decoder that dies (as a segfault would) on one file
+        if str(path).endswith("00007.png"):
+            os._exit(139)
+        return real_read(path, invert=invert)
+
+    monkeypatch.setattr(images, "read_image", crashing)  # the forked decoders inherit it
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / ".attempt-00000003").touch()  # what the attempt that died on unit 3 left
+    config = asdict(JobConfig(model=MODEL, output=folder))
+    actor = Classifier(
+        MODEL.read_bytes(), (ARTIFACTS / "fmnist_mlp.onnx.json").read_bytes(), MODEL.name, str(folder), config
+    )
+    unit = {"unit": [3], "kind": ["files"], "paths": [files], "path": [""], "group": [-1], "start": [-1], "stop": [-1],
+            "error": [""]}  # fmt: skip
+    summary = actor({key: np.array(value, dtype=object) for key, value in unit.items()})
+    assert (summary["rows"][0], summary["failed"][0]) == (40, 1)
+    rows = read_answers(folder / part_name(3)).to_pylist()
+    assert rows[7]["error"] == f"{files[7]}: the image decoder crashed on this input" and rows[7]["class"] is None
+    expected = {e["input"]: e for e in _predict_json(png_folder)}
+    assert all(r["top_k"] == expected[r["input"]]["top_k"] for i, r in enumerate(rows) if i != 7)
+    assert not (folder / ".attempt-00000003").exists()
