@@ -90,7 +90,8 @@ def measure(
             "seconds": best["seconds"],
             "answer_s": best["answer_s"],
             "images_per_s": count / best["seconds"],
-            "answer_images_per_s": count / best["answer_s"],
+            # None: a run too short to outlast the start-up measured apart (a few hundred images)
+            "answer_images_per_s": count / best["answer_s"] if best["answer_s"] > 0 else None,
             "exit": best["exit"],
             "rounds_seconds": [r["seconds"] for r in measured],
         }
@@ -102,7 +103,8 @@ def measure(
         rows.append(row)
     single = {r["input"]: r["answer_images_per_s"] for r in rows if r["path"].startswith("fmnist-predict")}
     for row in rows:
-        row["ratio"] = row["answer_images_per_s"] / single[row["input"]]
+        mine, theirs = row["answer_images_per_s"], single[row["input"]]
+        row["ratio"] = mine / theirs if mine and theirs else None
     return {
         "benchmark": "batch",
         "images": int(count),
@@ -133,7 +135,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         startup = r.get("pool_start_s", report["predict_start_s"])
         lines.append(
             f"| {r['path']} | {r['input']} | {r['seconds']:.2f} | {r['images_per_s']:,.0f} | {startup:.2f} "
-            f"| {r['answer_images_per_s']:,.0f} | {r['ratio']:.2f} |"
+            f"| {_number(r['answer_images_per_s'], ',.0f')} | {_number(r['ratio'], '.2f')} |"
         )
     lines += [
         "",
@@ -152,3 +154,7 @@ def to_markdown(report: dict[str, Any]) -> str:
                 + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)

@@ -614,6 +614,13 @@ def run_job(
     from fmnist_deploy.atomic import remove_stale_temporaries, write_text_atomic
 
     check_job(config)
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    if config.actors * config.cpus_per_actor > cpus:  # Ray Data would wait for ever for the actors that do not fit
+        fit = int(cpus // config.cpus_per_actor)
+        raise BatchError(
+            f"--actors {config.actors} needs {config.actors * config.cpus_per_actor:g} CPUs (one per actor); the "
+            f"Ray cluster has {cpus:g}: ask for at most {fit}"
+        )
     began = time.perf_counter()
     timing: dict[str, float] = {}
     folder = parts_folder(config)

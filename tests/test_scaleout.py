@@ -318,11 +318,15 @@ def test_the_batch_benchmark_reports_start_up_apart_the_ratio_and_the_profile(lo
     assert set(rows) == {(p, i) for p in ("fmnist-predict (one process)", "fmnist-batch, Ray, 2 actor(s)")
                          for i in ("png files", "idx file")}  # fmt: skip
     for (path, label), row in rows.items():
-        assert row["exit"] == 0 and 0 < row["answer_s"] < row["seconds"]
+        assert row["exit"] == 0 and row["answer_s"] < row["seconds"]
         single = rows[("fmnist-predict (one process)", label)]
-        assert row["ratio"] == pytest.approx(row["answer_images_per_s"] / single["answer_images_per_s"])
+        if single["answer_s"] > 0 and row["answer_s"] > 0:  # 300 images may not outlast fmnist-predict's start-up
+            assert row["ratio"] == pytest.approx(row["answer_images_per_s"] / single["answer_images_per_s"])
+        else:
+            assert row["ratio"] is None
         if path.startswith("fmnist-batch"):
-            assert row["pool_start_s"] > 0 and all(us > 0 for us in row["actor_us_per_image"].values())
+            assert row["answer_s"] > 0 and row["pool_start_s"] > 0
+            assert all(us > 0 for us in row["actor_us_per_image"].values())
     text = to_markdown(report)
     assert "| fmnist-batch, Ray, 2 actor(s) | idx file |" in text and "decode µs" in text
 
@@ -380,3 +384,11 @@ def test_a_unit_that_killed_its_actor_is_decoded_an_image_a_process_the_next_tim
     expected = {e["input"]: e for e in _predict_json(png_folder)}
     assert all(r["top_k"] == expected[r["input"]]["top_k"] for i, r in enumerate(rows) if i != 7)
     assert not (folder / ".attempt-00000003").exists()
+
+
+def test_more_actors_than_the_cluster_has_cpus_is_refused_instead_of_waiting(local_ray, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        batch_cli, [str(ARTIFACTS / "samples"), "--output", str(tmp_path / "a"), "--actors", "3"]
+    )
+    assert result.exit_code == 1 and "--actors 3 needs 3 CPUs (one per actor); the Ray cluster has 2" in result.output
+    assert not (tmp_path / "a").exists()
