@@ -85,3 +85,23 @@ def require_ort_cuda(config: pytest.Config) -> None:
     if config.getoption("--require-ort-gpu"):
         pytest.fail(f"--require-ort-gpu: {reason}")
     pytest.skip(reason)
+
+
+def require_backend(backend: str, device: str = "cpu") -> None:
+    """Skip, saying what to install, when a runtime backend's optional package is absent (OpenVINO)."""
+    from fmnist_deploy.runtime import BACKENDS
+
+    reason = BACKENDS[backend].unavailable(device)
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test parametrised over `backend` skips, saying what to install, for a backend whose package is absent."""
+    callspec = getattr(item, "callspec", None)
+    backend = callspec.params.get("backend") if callspec is not None else None
+    if isinstance(backend, str):
+        from fmnist_deploy.runtime import BACKENDS
+
+        if backend in BACKENDS:
+            require_backend(backend)

@@ -17,7 +17,7 @@ from fmnist_deploy.export.cli import main as export_cli
 from fmnist_deploy.export.formats import format_of
 from fmnist_deploy.runtime.base import file_kind
 from fmnist_deploy.runtime.cli import main as predict_cli
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, require_backend
 
 WEIGHTS = ARTIFACTS / "fmnist_mlp.pt"
 
@@ -82,6 +82,7 @@ def test_the_runtime_refuses_a_package_in_one_line(package: Path) -> None:
 
 
 def test_latency_grid_with_the_peers(package: Path, tmp_path: Path, data) -> None:
+    require_backend("openvino")
     args = ["latency", "--batches", "1,8", "--budget", "0.01", "--min-repetitions", "2", "--e2e-max-batch", "0"]
     args += ["--ceiling-rounds", "0", "--aoti-package", str(package), "--out-dir", str(tmp_path), "--json"]
     for backend in ("onnxruntime", "openvino", "torch-compile", "aoti"):
@@ -100,6 +101,7 @@ def test_latency_grid_with_the_peers(package: Path, tmp_path: Path, data) -> Non
 def test_interleaved_ceiling_rounds(tmp_path: Path, data) -> None:
     from fmnist_deploy.benchmarks.latency import Config, measure
 
+    require_backend("openvino")
     config = Config(backends=("onnxruntime", "openvino"), batches=(1000,), budget_s=0.01, min_repetitions=2)
     report = measure(replace_rounds(config, 2), data.test_images[:1000].numpy())
     interleaved = report["ceiling"]["interleaved"]

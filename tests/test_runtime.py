@@ -22,7 +22,7 @@ from fmnist_deploy.runtime import BACKENDS, DeviceError, InputError, ModelError,
 from fmnist_deploy.runtime.cli import main as predict_cli
 from fmnist_deploy.runtime.images import read_image, to_model_input
 from fmnist_deploy.runtime.inputs import chunks, iter_items
-from tests.conftest import ARTIFACTS, REPO, require_ort_cuda
+from tests.conftest import ARTIFACTS, REPO, require_backend, require_ort_cuda
 
 # One case per registered backend: the committed file it reads.
 CASES = {
@@ -238,6 +238,7 @@ def test_a_model_off_the_contract_is_refused(tmp_path: Path) -> None:
 def test_the_openvino_backend_refuses_a_graph_off_the_contract(tmp_path: Path, change: str) -> None:
     import onnx
 
+    require_backend("openvino")
     model = onnx.load(ARTIFACTS / "fmnist_mlp.onnx")
     image = model.graph.input[0]
     if change == "fixed batch":
