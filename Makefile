@@ -88,10 +88,13 @@ bench-cuda:
 
 # The offline bundle for a GPU machine without network (≤ 64 MiB): this tree, the data set's gz files and the
 # wheels that machine's Python lacks (benchmarks/gpu-machine-packages.txt). There: `cd project &&
-# benchmarks/cuda.sh --python python3 --offline --out ../reports`. CUDA_BUNDLE=DIR to write it elsewhere.
+# benchmarks/cuda.sh --python python3 --offline --out ../reports`. CUDA_BUNDLE=DIR to write it elsewhere;
+# CUDA_BUNDLE_ARGS=--without-project for data and wheels alone, when this tree travels by other means
+# (then there: `benchmarks/cuda.sh --python python3 --offline --from DIR`; .gpu-bundle/ is git-ignored for that).
 CUDA_BUNDLE ?= build/cuda-bundle
+CUDA_BUNDLE_ARGS ?=
 cuda-bundle:
-	benchmarks/cuda.sh --bundle $(CUDA_BUNDLE)
+	benchmarks/cuda.sh --bundle $(CUDA_BUNDLE) $(CUDA_BUNDLE_ARGS)
 
 # `pytest -m cuda` with only the GPU machine's packages (no imagecodecs, starlette, ray, openvino...):
 # it must collect and end in skips that say why, never in an error.
