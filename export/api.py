@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,11 @@ from fmnist_deploy.export.metadata import build_metadata, write_sidecar
 from fmnist_deploy.export.quantize import SETTINGS as INT8_SETTINGS
 from fmnist_deploy.export.quantize import quantize
 from fmnist_deploy.export.wrapper import Deployable, from_weights
+from fmnist_deploy.exportset import commit, new_staging, recover, resolve
 from fmnist_deploy.training.checkpoint import Weights, load_weights
 from fmnist_deploy.training.data import DataMissing, FashionMNIST
 from fmnist_deploy.training.data import load as load_data
+from fmnist_deploy.trust import MANIFEST_NAME, Trust, manifest_text, sign_file
 
 ALL_FORMATS = tuple(name for name, fmt in FORMATS.items() if fmt.PORTABLE)  # --format all
 NO_DATA = "the Fashion-MNIST test set is not on this machine; run `make data` or pass --data-dir"
@@ -85,18 +88,23 @@ def make_golden(weights: Weights, weights_sha256: str, data: FashionMNIST) -> go
     return golden_mod.Golden(images[idx], labels[idx], idx, logits, probs, weights_sha256, tuple(weights.class_names))
 
 
-def prepare(weights_path: Path, out_dir: Path, data: FashionMNIST | None) -> Source:
-    """Load the weights, compute the references, (re)write golden.npz and the samples when the data is present."""
+def prepare(weights_path: Path, out_dir: Path, data: FashionMNIST | None, staging: Path | None = None) -> Source:
+    """Load the weights, compute the references, (re)write golden.npz and the samples when the data is present.
+
+    The golden vectors are written into `staging` when given (they are part of the export's set, see
+    `fmnist_deploy.exportset`), the sample images into `out_dir`.
+    """
     weights = load_weights(weights_path)
     weights_sha = sha256_file(weights_path)
     module = from_weights(weights)
-    golden_path = out_dir / GOLDEN_NAME
+    golden_path = resolve(out_dir / GOLDEN_NAME)
     test_set = None
     if data is not None:
         test_set = eager_reference(weights, data)
         golden = make_golden(weights, weights_sha, data)
-        golden_mod.save(golden_path, golden)
-        write_text_atomic(out_dir / GOLDEN_JSON_NAME, golden_mod.to_json(golden))
+        golden_dir = staging if staging is not None else out_dir
+        golden_mod.save(golden_dir / GOLDEN_NAME, golden)
+        write_text_atomic(golden_dir / GOLDEN_JSON_NAME, golden_mod.to_json(golden))
         golden_mod.write_samples(
             out_dir / SAMPLES_DIR, data.test_images.numpy(), data.test_labels.numpy(), tuple(weights.class_names)
         )
@@ -148,8 +156,13 @@ def run_export(
     int8: bool = False,
     data_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    sign_key: Path | None = None,
 ) -> list[Exported]:
     """Export, then gate every file and write its report as `<file>.gate.json`; raise GateError if any file fails.
+
+    The files are written and gated in a staging folder and replace the previous set in `out_dir`
+    as one change only when every file passed (`fmnist_deploy.exportset`): a killed or failed
+    export leaves the previous set whole. With `sign_key`, every model file is signed (`<file>.sig`).
 
     `progress` is called with a short description before each step (load, each format, each gate).
     """
@@ -161,11 +174,32 @@ def run_export(
     load_weights(weights_path)  # every input is checked before anything is written
     check_writable(out_dir)  # a read-only or full output folder fails now, in one line
     remove_stale_temporaries(out_dir)
-    source = prepare(weights_path, out_dir, data)
+    recover(out_dir)  # finish an export killed after its commit point; drop what uncommitted ones left
+    staging = new_staging(out_dir)
+    try:
+        results = _export_staged(weights_path, formats, out_dir, staging, opset, int8, data, sign_key, step)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # committed: already empty; failed: the old set stays
+    return results
+
+
+def _export_staged(
+    weights_path: Path,
+    formats: tuple[str, ...],
+    out_dir: Path,
+    staging: Path,
+    opset: int,
+    int8: bool,
+    data: FashionMNIST | None,
+    sign_key: Path | None,
+    step: Callable[[str], None],
+) -> list[Exported]:
+    """Write and gate the whole set in `staging`; only when every file passed, replace the set in `out_dir`."""
+    source = prepare(weights_path, out_dir, data, staging)
     paths = []
     for fmt in formats:
         step(f"exporting {fmt}")
-        paths.append(export_format(source, fmt, out_dir, opset=opset))
+        paths.append(export_format(source, fmt, staging, opset=opset))
     if int8:
         step("quantising the ONNX file to int8")
         paths.append(export_int8(paths[formats.index("onnx")]))
@@ -175,12 +209,31 @@ def run_export(
         expected = opset if path.suffix == onnx_format.SUFFIX else None
         report = verify(path, source.references, expected_opset=expected, raise_on_failure=False)
         results.append(Exported(path, report))
-    for result in results:  # every verdict is known before any report is written
-        write_report(report_path(result.path), result.report)
     failed = [r.report for r in results if not r.report.passed]
-    if failed:
+    if failed:  # nothing is committed: every file of the previous export stays as it was
         raise GateError(*failed)
-    return results
+    for result in results:
+        write_report(report_path(result.path), result.report)
+    if sign_key is not None:
+        step(f"signing with {sign_key}")
+        for path in paths:
+            sign_file(path, sign_key)
+    write_text_atomic(staging / MANIFEST_NAME, manifest_text(_code_files(out_dir, staging)))
+    names = sorted(p.name for p in staging.iterdir() if p.is_file())
+    step(f"replacing the set of {len(names)} files in {out_dir}")
+    commit(staging, out_dir, names)
+    return [Exported(out_dir / r.path.name, r.report) for r in results]
+
+
+def _code_files(out_dir: Path, staging: Path) -> dict[str, str]:
+    """sha256 of each code-carrying model file the set will hold: the new ones, and the old ones kept."""
+    files = {}
+    for fmt in ("torchscript", "pt2"):
+        name = f"{STEM}{FORMATS[fmt].SUFFIX}"
+        current = staging / name if (staging / name).is_file() else resolve(out_dir / name)
+        if current.is_file():
+            files[name] = sha256_file(current)
+    return files
 
 
 def verify_file(
@@ -191,10 +244,12 @@ def verify_file(
     opset: int | None = None,
     data_dir: Path | None = None,
     trust_native_code: bool = False,
+    trust: Trust | None = None,
 ) -> GateReport:
     """`fmnist-export --verify`: gate an existing file against its golden vectors and, given them, its weights.
 
-    A file whose loading runs native code (an AOTInductor package) is only loaded with `trust_native_code`.
+    A file whose loading runs code (TorchScript, .pt2, an AOTInductor package) is only loaded when `trust`
+    says so (`fmnist_deploy.trust`) or with `trust_native_code`.
 
     `golden_path` defaults to the golden.npz beside the file; a reference that is absent
     is a named check (golden) or a listed "not run" (test set), never silently skipped.
@@ -204,9 +259,9 @@ def verify_file(
     given_golden = golden_path is not None
     golden_path = golden_path if given_golden else path.parent / GOLDEN_NAME
     golden, golden_missing = None, ""
-    if golden_path.is_file():
+    if resolve(golden_path).is_file():
         try:
-            golden = golden_mod.load(golden_path)
+            golden = golden_mod.load(resolve(golden_path))
         except golden_mod.GoldenError as exc:
             golden_missing = f"{exc}; {GOLDEN_HINT}"
     else:
@@ -227,5 +282,6 @@ def verify_file(
         golden_missing=golden_missing or References.golden_missing,
         test_set_missing=test_set_missing,
         trust_native_code=trust_native_code,
+        trust=trust or Trust(),
     )
     return verify(path, refs, expected_opset=opset, raise_on_failure=False)

@@ -15,6 +15,7 @@ from fmnist_deploy import launch
 from fmnist_deploy.contract import GOLDEN_NAME, SAMPLES_DIR, WEIGHTS_NAME, sidecar_path
 from fmnist_deploy.export.gate import report_path
 from fmnist_deploy.export.onnx_format import DEFAULT_OPSET, MAX_OPSET, NATIVE_OPSET
+from fmnist_deploy.trust import Trust, trust_options
 
 FORMAT_CHOICES = ("onnx", "torchscript", "pt2", "all", "triton", "aoti")
 DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
@@ -78,8 +79,18 @@ DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
 @click.option(
     "--trust-native-code",
     is_flag=True,
-    help="With --verify of an AOTInductor package (.aoti.pt2): load it, which runs its compiled code.",
+    help="With --verify of an AOTInductor package (.aoti.pt2): load it, which runs its compiled code "
+    "(the same as --trust-code).",
 )
+@click.option(
+    "--sign",
+    "sign_key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Sign every model file written with this elliptic-curve private key (PEM; OpenSSF model-signing): "
+    "<file>.sig, verified by --trusted-key PUB where the file is loaded.",
+)
+@trust_options
 @click.option("--json", "as_json", is_flag=True, help="Print the full gate report(s) as JSON.")
 @click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
 @click.pass_context
@@ -95,7 +106,9 @@ def main(
     golden_path: Path | None,
     report_to: Path | None,
     trust_native_code: bool,
+    sign_key: Path | None,
     as_json: bool,
+    trust: Trust,
 ) -> None:
     """Export the trained network with its normalisation baked in, then gate every file.
 
@@ -134,6 +147,7 @@ def main(
                 opset=opset,
                 data_dir=data_dir,
                 trust_native_code=trust_native_code,
+                trust=trust,
             )
             _echo_reports([report], as_json)  # the verdict first, then anything written
             if report_to is not None:
@@ -156,6 +170,7 @@ def main(
                 int8=quantize == "int8",
                 data_dir=data_dir,
                 progress=progress,
+                sign_key=sign_key,
             )
     except GateError as exc:  # the reports first, then the one error line
         if verify_path is None:

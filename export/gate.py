@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fmnist_deploy.atomic import write_text_atomic
+from fmnist_deploy.bounds import MAX_MODEL_BYTES, check_zip
 from fmnist_deploy.contract import (
     CONTRACT_VERSION,
     INT8_MAX_ACCURACY_DROP_POINTS,
@@ -32,8 +33,11 @@ from fmnist_deploy.errors import first_line
 from fmnist_deploy.export.checks import GateError, GateReport, Runner
 from fmnist_deploy.export.formats import FORMATS, ExportFormat, format_of
 from fmnist_deploy.export.golden import Golden
-from fmnist_deploy.integrity import IntegrityError, sidecar_check
+from fmnist_deploy.exportset import read_current, resolve
+from fmnist_deploy.integrity import IntegrityError, inspect_pt2, sidecar_check
 from fmnist_deploy.machine import environment
+from fmnist_deploy.runtime.onnx_check import MAX_ONNX_BYTES, check_onnx
+from fmnist_deploy.trust import CODE_KINDS, Trust, require_trusted
 
 BATCH_SIZES = (1, 2, 7, 100, 10_000)
 GOLDEN_HINT = "pass --golden PATH (the golden.npz fmnist-export wrote beside the file)"
@@ -58,7 +62,8 @@ class References:
     weights_sha256: str | None = None
     golden_missing: str = f"no golden vectors given; {GOLDEN_HINT}"
     test_set_missing: str = f"no weights given; {WEIGHTS_HINT} to compare with eager PyTorch on the test set"
-    trust_native_code: bool = False  # load files whose loading runs native code (AOTInductor packages)
+    trust_native_code: bool = False  # load every code-carrying file (TorchScript, .pt2, AOTInductor) unchecked
+    trust: Trust = Trust()  # else: what makes such a file trusted (a signature, a pinned sha256, the package)
 
 
 def report_path(model_path: Path) -> Path:
@@ -198,28 +203,41 @@ def verify(
 def _verify_file(
     report: GateReport, path: Path, fmt: ExportFormat, expected_opset: int | None, refs: References
 ) -> None:
-    if not path.is_file():
+    if not resolve(path).is_file():
         report.add("loads", False, "no such file")
         return
-    if fmt.NATIVE_CODE and not refs.trust_native_code:
-        report.add(
-            "loads",
-            False,
-            "an AOTInductor package is compiled native code and loading it runs that code: "
-            "pass --trust-native-code for a package you built",
-        )
-        return
+    as_data = None  # an ONNX graph off the contract: its structure is still checked (as data), never run
+    if fmt.NAME == "onnx":
+        try:  # checked as data first, as the runtime does
+            check_onnx(path, read_current(path, MAX_ONNX_BYTES, "model file"))
+        except IntegrityError as exc:
+            as_data = first_line(exc, limit=400)
+    if fmt.NAME in CODE_KINDS:
+        try:  # before torch reads anything of a file that can run code, and its archive's sizes
+            data = read_current(path, MAX_MODEL_BYTES, "model file")
+            trust = Trust(code=True) if refs.trust_native_code else refs.trust
+            require_trusted(path, data, fmt.NAME, trust)
+            if data[:4] == b"PK\x03\x04":
+                check_zip(data, path)
+            if fmt.NAME == "pt2":
+                inspect_pt2(path, data)
+        except IntegrityError as exc:
+            report.add("loads", False, first_line(exc, limit=400))
+            return
+    current = resolve(path)  # the new file of an export committed but still renaming (fmnist_deploy.exportset)
     try:
-        meta = fmt.read_metadata(path)
+        meta = fmt.read_metadata(current)
         # Without an explicit request, the opset the file claims is the one it must have.
-        structure = fmt.structure_checks(path, expected_opset if expected_opset is not None else meta.get("opset"))
-        runners = fmt.runners(path)
+        structure = fmt.structure_checks(current, expected_opset if expected_opset is not None else meta.get("opset"))
+        runners = fmt.runners(current) if as_data is None else {}
     except Exception as exc:  # noqa: BLE001 - any loader failure means the file is unusable; it is reported, not hidden
         report.add("loads", False, f"{type(exc).__name__}: {first_line(exc)}")
         return
-    report.add("loads", True, f"{path.stat().st_size} bytes")
+    report.add("loads", True, f"{current.stat().st_size} bytes")
     same_weights = _metadata_checks(report, path, report.format, meta, refs.weights_sha256)
     report.checks.extend(structure)
+    if as_data is not None:
+        report.add("graph_as_data", False, f"{as_data}; not run")
     hint = "" if same_weights else " (compared with other weights than the file's: see the weights check)"
     if refs.golden is None:
         report.add("reference:golden", False, refs.golden_missing)

@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
-from fmnist_deploy.contract import sha256_file, sidecar_path
+from fmnist_deploy.contract import sidecar_path
 from fmnist_deploy.errors import IntegrityError
 
 CONTENT_KEY = "content_sha256"
@@ -40,16 +41,22 @@ def sidecar_check(path: Path) -> tuple[dict[str, Any], str | None]:
     match it. The one place a file is checked against its sidecar: the runtime raises, the
     export gate reports.
     """
+    from fmnist_deploy.bounds import MAX_MODEL_BYTES, MAX_SIDECAR_BYTES
+    from fmnist_deploy.exportset import read_current, resolve
+
     sidecar = sidecar_path(path)
-    if not sidecar.exists():
+    if not os.path.lexists(resolve(sidecar)):
         return {}, f"{path}: no sidecar {sidecar.name} beside it, so its sha256 cannot be checked"
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    try:  # a regular file under a size cap: a FIFO or a link to /dev/zero is refused, never read
+        meta = json.loads(read_current(sidecar, MAX_SIDECAR_BYTES, "sidecar").decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, IntegrityError):
+            raise
+
         raise IntegrityError(f"{sidecar}: unreadable sidecar ({type(exc).__name__})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("file_sha256"), str):
         raise IntegrityError(f"{sidecar}: not a sidecar written by fmnist-export (no file_sha256)")
-    actual = sha256_file(path)
+    actual = hashlib.sha256(read_current(path, MAX_MODEL_BYTES, "model file")).hexdigest()
     if actual != meta["file_sha256"]:
         raise IntegrityError(
             f"{path}: sha256 {actual[:12]}… does not match {sidecar.name} ({meta['file_sha256'][:12]}…): "
@@ -58,16 +65,35 @@ def sidecar_check(path: Path) -> tuple[dict[str, Any], str | None]:
     return meta, None
 
 
-def _feed(digest: Any, value: Any, where: str) -> None:
+# A payload's shape is bounded before it is walked: a pickle can share one list between many places
+# (2**60 paths through 60 lists, each listing the next twice) or nest lists 200 000 deep, and a walk
+# that follows every path would never end or overflow the stack. The toolkit's own checkpoints hold
+# ~200 values, 6 levels deep.
+MAX_DIGEST_NODES = 100_000
+MAX_DIGEST_DEPTH = 32
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.nodes = 0
+
+
+def _feed(digest: Any, value: Any, where: str, budget: _Budget | None = None, depth: int = 0) -> None:
     """Hash `value` (nested dicts, lists, tensors, primitives) deterministically, keys sorted."""
+    budget = budget or _Budget()
+    budget.nodes += 1
+    if budget.nodes > MAX_DIGEST_NODES:
+        raise TypeError(f"more than {MAX_DIGEST_NODES:,} values (shared or repeated references?)")
+    if depth > MAX_DIGEST_DEPTH:
+        raise TypeError(f"values nested deeper than {MAX_DIGEST_DEPTH} levels")
     if isinstance(value, dict):
         digest.update(f"{where}:dict:{len(value)};".encode())
         for key in sorted(value, key=str):
-            _feed(digest, value[key], f"{where}/{key}")
+            _feed(digest, value[key], f"{where}/{key}", budget, depth + 1)
     elif isinstance(value, (list, tuple)):
         digest.update(f"{where}:list:{len(value)};".encode())
         for i, item in enumerate(value):
-            _feed(digest, item, f"{where}/{i}")
+            _feed(digest, item, f"{where}/{i}", budget, depth + 1)
     elif hasattr(value, "detach") and hasattr(value, "shape"):  # a torch tensor, without importing torch
         tensor = value.detach().cpu().contiguous()
         raw = tensor.reshape(-1).numpy().tobytes()
@@ -119,10 +145,16 @@ PT2_RECORDS = (
 _PT2_RECORD = re.compile("|".join(f"(?:{r})" for r in PT2_RECORDS))
 
 
-def inspect_pt2(path: Path) -> None:
-    """Refuse a .pt2 archive with records the contract does not need or pickles that could run code."""
+def inspect_pt2(path: Path, data: bytes | None = None) -> None:
+    """Refuse a .pt2 archive with records the contract does not need, pickles that could run code, or a
+    graph (models/model.json) holding anything but the contract's plain arithmetic (`pt2_graph`).
+
+    `data` is the archive's bytes when the caller has read them already (the loader reads a file once).
+    """
+    from fmnist_deploy.pt2_graph import MAX_GRAPH_JSON_BYTES, check_graph_json
+
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data) if data is not None else path) as archive:
             names = archive.namelist()
             roots = {name.split("/", 1)[0] for name in names}
             if len(roots) != 1 or any("/" not in name for name in names):
@@ -131,6 +163,14 @@ def inspect_pt2(path: Path) -> None:
             unexpected = sorted(r for r in records if not _PT2_RECORD.fullmatch(r))
             if unexpected:
                 raise IntegrityError(f"{path}: records the contract does not need: {', '.join(unexpected[:5])}")
+            if "models/model.json" not in records:
+                raise IntegrityError(f"{path}: no models/model.json: not a torch.export archive")
+            graph = archive.getinfo(records["models/model.json"])
+            if graph.file_size > MAX_GRAPH_JSON_BYTES:
+                raise IntegrityError(
+                    f"{path}: models/model.json is {graph.file_size:,} bytes, over the {MAX_GRAPH_JSON_BYTES:,} byte limit"
+                )
+            check_graph_json(archive.read(graph), str(path))
             for config in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
                 if config in records:
                     _no_pickled_entries(path, config, archive.read(records[config]))

@@ -17,13 +17,14 @@ from typing import Any
 
 from fmnist_deploy.contract import sidecar_path
 from fmnist_deploy.integrity import IntegrityError, IntegrityWarning, sidecar_check
-from fmnist_deploy.runtime.base import Backend, FilesPrediction, Prediction, Predictor
+from fmnist_deploy.runtime.base import Backend, FilesPrediction, Prediction, Predictor, TorchBackend
 from fmnist_deploy.runtime.eager_backend import EagerBackend
 from fmnist_deploy.runtime.errors import DeviceError, InputError, ModelError, OptionError, RuntimeFailure
 from fmnist_deploy.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from fmnist_deploy.runtime.openvino_backend import OpenVinoBackend
 from fmnist_deploy.runtime.pt2_backend import Pt2Backend
 from fmnist_deploy.runtime.torchscript_backend import TorchScriptBackend
+from fmnist_deploy.trust import Trust
 
 BACKENDS: dict[str, type[Backend]] = {
     "onnxruntime": OnnxRuntimeBackend,
@@ -44,8 +45,14 @@ def backend_for(path: Path) -> str:
     raise ModelError(f"{path}: cannot tell the backend from the suffix {path.suffix!r}; known: {known}")
 
 
-def load(path: str | Path, backend: str = "auto", device: str = "cpu", **options: Any) -> Predictor:
+def load(
+    path: str | Path, backend: str = "auto", device: str = "cpu", *, trust: Trust | None = None, **options: Any
+) -> Predictor:
     """Load a model file and return its Predictor.
+
+    A TorchScript or .pt2 file carries code: it loads only when `trust` says so (a trusted
+    signature, a pinned sha256, or `Trust(code=True)`) or it is a file packaged with the toolkit;
+    see `fmnist_deploy.trust`. ONNX and .pt weights are data and load without it.
 
     backend: "auto" (from the suffix) or one of BACKENDS; device: "cpu" or "cuda"
     (an error, not a CPU fallback, when CUDA cannot really be used). Options go to the
@@ -75,7 +82,10 @@ def load(path: str | Path, backend: str = "auto", device: str = "cpu", **options
             raise ModelError(str(exc)) from None
         if note is not None:
             warnings.warn(note, IntegrityWarning, stacklevel=2)
-    backend_instance = cls(path, device, **options)
+    if issubclass(cls, TorchBackend):
+        backend_instance = cls(path, device, trust=trust, **options)
+    else:
+        backend_instance = cls(path, device, **options)
     if side:
         _check_sidecar_metadata(path, side, backend_instance.metadata)
     return Predictor(backend_instance)
@@ -102,6 +112,7 @@ __all__ = [
     "Prediction",
     "Predictor",
     "RuntimeFailure",
+    "Trust",
     "backend_for",
     "load",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 from fmnist_deploy.contract import ARCHIVE_METADATA, IMAGE_SHAPE, N_CLASSES, SUFFIXES, contract_problems, sidecar_path
 from fmnist_deploy.integrity import IntegrityError
 from fmnist_deploy.runtime.errors import InputError, ModelError, OptionError, first_line
+from fmnist_deploy.trust import Trust, require_trusted
 
 
 def describe(array: Any) -> str:
@@ -119,13 +121,18 @@ def wrong_kind_hint(path: Path, expected: str) -> str:
 
 def read_sidecar(path: Path) -> dict[str, Any]:
     """The JSON sidecar beside a model file, or {} when there is none."""
+    from fmnist_deploy.bounds import MAX_SIDECAR_BYTES
+    from fmnist_deploy.exportset import read_current, resolve
+
     sidecar = sidecar_path(path)
-    if not sidecar.is_file():
+    if not os.path.lexists(resolve(sidecar)):
         return {}
-    try:
-        return json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{sidecar}: unreadable sidecar ({exc})") from None
+    try:  # a regular file under a size cap: a FIFO or a link to /dev/zero is refused, never read
+        return json.loads(read_current(sidecar, MAX_SIDECAR_BYTES, "sidecar").decode("utf-8"))
+    except IntegrityError as exc:
+        raise ModelError(str(exc)) from None
+    except (ValueError, RecursionError) as exc:
+        raise ModelError(f"{sidecar}: unreadable sidecar ({first_line(exc)})") from None
 
 
 class Backend:
@@ -191,7 +198,9 @@ class Backend:
 class TorchBackend(Backend):
     """What the torch backends share: device resolution, error wrapping, metadata, numpy at the edges.
 
-    A subclass implements `_load(path, device) -> (module, metadata)`; the module maps a
+    A subclass implements `_load(path, data, device) -> (module, metadata)` from the file's bytes,
+    read once (bounded), checked for trust when the format carries code (`fmnist_deploy.trust`) and,
+    for a zip archive, for its expanded sizes (`fmnist_deploy.bounds`); the module maps a
     uint8 (N, 28, 28) tensor to logits and probabilities. torch is imported only when one
     of these backends is constructed, so the ONNX path stays torch-free.
     """
@@ -204,17 +213,25 @@ class TorchBackend(Backend):
     torch_device: Any  # torch.device
     runner: Any = None  # a torch_cuda.CudaRunner on CUDA
 
-    def __init__(self, path: Path, device: str = "cpu", **cuda_options: Any) -> None:
+    def __init__(self, path: Path, device: str = "cpu", *, trust: Trust | None = None, **cuda_options: Any) -> None:
         import pickle
         import zipfile
 
+        from fmnist_deploy.bounds import MAX_MODEL_BYTES, check_zip
+        from fmnist_deploy.exportset import read_current
         from fmnist_deploy.runtime.torch_common import torch_device
 
         if device != "cuda" and cuda_options:
             raise OptionError(f"{', '.join(cuda_options)}: CUDA options, for device cuda (device is {device})")
         self.torch_device = torch_device(device)
         try:
-            self.module, meta = self._load(path, self.torch_device)
+            # Read once, bounded; every check below and the loader itself see these same bytes.
+            data = read_current(path, MAX_MODEL_BYTES, "model file")
+            if data[:4] != b"PK\x03\x04":  # every torch format is a zip archive: nothing to trust or load
+                raise ValueError("not a zip archive")
+            self.trusted = require_trusted(path, data, self.kind, trust or Trust())
+            check_zip(data, path)  # torch would expand every record in memory
+            self.module, meta = self._load(path, data, self.torch_device)
         except IntegrityError as exc:
             raise ModelError(str(exc)) from None
         # torch reports a damaged or foreign file through many types (a text file: KeyError).
@@ -242,7 +259,8 @@ class TorchBackend(Backend):
             return self._checked(images)
         return super().run(images)
 
-    def _load(self, path: Path, device: Any) -> tuple[Any, dict[str, Any]]:
+    def _load(self, path: Path, data: bytes, device: Any) -> tuple[Any, dict[str, Any]]:
+        """(module, metadata) from the file's bytes, already read and checked."""
         raise NotImplementedError
 
     def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,11 @@ import numpy as np
 from PIL import Image
 
 from fmnist_deploy import launch
-from fmnist_deploy.atomic import write_text_atomic
+from fmnist_deploy.atomic import atomic_path
 from fmnist_deploy.models import default_model
 from fmnist_deploy.runtime import BACKENDS, DEVICES, Predictor, backend_for, load
 from fmnist_deploy.runtime.inputs import Item, chunks, iter_items
+from fmnist_deploy.trust import Trust, trust_options
 
 CHUNK = 1024  # images per model call and per write: bounded memory for folders of any size
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
@@ -71,15 +71,29 @@ def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
 
 def _write_output(path: Path, records: list[dict[str, Any]]) -> None:
     """All records into a .jsonl or .csv file, atomically: a failed run leaves no half file."""
-    if path.suffix == ".jsonl":
-        text = "".join(json.dumps(r) + "\n" for r in records)
-    else:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(_csv_row(r) for r in records)
-        text = buffer.getvalue()
-    write_text_atomic(path, text)
+    with _output_stream(path) as write:
+        write(records)
+
+
+@contextmanager
+def _output_stream(path: Path) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
+    """A writer of records into a .jsonl or .csv file, streamed chunk by chunk into a temporary file that
+    replaces `path` only when the block ends without an error: memory holds one chunk, never every answer,
+    and a failed or interrupted run leaves no half file."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        if path.suffix == ".jsonl":
+
+            def write(records: list[dict[str, Any]]) -> None:
+                f.write("".join(json.dumps(r) + "\n" for r in records))
+
+        else:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, lineterminator="\n")
+            writer.writeheader()
+
+            def write(records: list[dict[str, Any]]) -> None:
+                writer.writerows(_csv_row(r) for r in records)
+
+        yield write
 
 
 @contextmanager
@@ -92,7 +106,7 @@ def _without_pillows_bomb_warning() -> Iterator[None]:
         yield
 
 
-def _load(model: Path | None, backend: str, device: str) -> tuple[Predictor, list[str]]:
+def _load(model: Path | None, backend: str, device: str, trust: Trust) -> tuple[Predictor, list[str]]:
     """The predictor, and the warnings its loading raised as one-line notes (TorchScript's deprecation)."""
     if model is None:
         model = default_model("onnxruntime" if backend == "auto" else backend)
@@ -103,7 +117,7 @@ def _load(model: Path | None, backend: str, device: str) -> tuple[Predictor, lis
     options = {"spinning": False} if resolved == "onnxruntime" else {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        predictor = load(model, backend=backend, device=device, **options)
+        predictor = load(model, backend=backend, device=device, trust=trust, **options)
     notes = sorted({str(w.message).splitlines()[0] for w in caught})
     return predictor, notes
 
@@ -142,6 +156,7 @@ def _load(model: Path | None, backend: str, device: str) -> tuple[Predictor, lis
     default=None,
     help="Write every record to FILE (.jsonl or .csv) instead of standard output.",
 )
+@trust_options
 @click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
 def main(
     paths: tuple[str, ...],
@@ -153,6 +168,7 @@ def main(
     image_column: str,
     as_json: bool,
     output: Path | None,
+    trust: Trust,
 ) -> None:
     """Classify PATHS: image files (PNG, JPEG, BMP, GIF, TIFF, WebP, ...), .npy batches
     (uint8 [N,28,28]), IDX files, Parquet / Arrow tables of image bytes, or folders of them
@@ -166,13 +182,14 @@ def main(
         raise click.BadParameter(f"{model}: no such file", param_hint="--model")
     if output is not None and output.suffix not in OUTPUT_SUFFIXES:
         raise click.BadParameter(f"{output}: expected a {' or '.join(OUTPUT_SUFFIXES)} file", param_hint="--output")
-    predictor, notes = _load(model, backend, device)
+    predictor, notes = _load(model, backend, device, trust)
     for note in notes:
         click.echo(f"note: {note}", err=True)
     failed = answered = 0
-    collected: list[dict[str, Any]] = []
     try:
-        with _without_pillows_bomb_warning():
+        with ExitStack() as stack:
+            write = stack.enter_context(_output_stream(output)) if output is not None else None
+            stack.enter_context(_without_pillows_bomb_warning())
             for chunk in chunks(iter_items(_paths(paths), invert=invert, image_column=image_column), CHUNK):
                 # One write per stream and chunk: a write per line cost more than decoding the image.
                 problems = [
@@ -183,8 +200,8 @@ def main(
                 if problems:
                     click.echo("\n".join(problems), err=True)
                 records = rows(chunk, predictor, top_k)
-                if output is not None:
-                    collected += records
+                if write is not None:
+                    write(records)
                 else:
                     lines = (
                         [json.dumps(r) for r in records]
@@ -200,12 +217,12 @@ def main(
         unwritten = f"; {output} was not written" if output is not None else ""
         click.echo(f"interrupted after {answered} answer(s){unwritten}", err=True)
         sys.exit(130)
+    except OSError as exc:
+        if output is None:
+            raise
+        raise click.ClickException(f"{output}: cannot write ({exc.strerror or exc})") from None
     if output is not None:
-        try:
-            _write_output(output, collected)
-        except OSError as exc:
-            raise click.ClickException(f"{output}: cannot write ({exc.strerror or exc})") from None
-        click.echo(f"wrote {len(collected)} record(s) to {output}", err=True)
+        click.echo(f"wrote {failed + answered} record(s) to {output}", err=True)
     if failed + answered == 0:
         click.echo("error: no inputs", err=True)
         sys.exit(1)

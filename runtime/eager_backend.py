@@ -28,10 +28,12 @@ class EagerBackend(TorchBackend):
     kind = "pt"
     reader = "torch.load"
 
-    def _load(self, path: Path, device: Any) -> tuple[Any, dict[str, Any]]:
+    def _load(self, path: Path, data: bytes, device: Any) -> tuple[Any, dict[str, Any]]:
+        import io
+
         import torch
 
-        payload = torch.load(str(path), map_location=device, weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
         if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
             raise ModelError(f"{path}: expected a {WEIGHTS_FORMAT} file written by fmnist-train")
         check_content(payload, str(path))  # a flipped byte in a tensor is refused, not answered from

@@ -18,8 +18,11 @@ from typing import Any
 import numpy as np
 
 from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, N_CLASSES, OUTPUT_NAMES
+from fmnist_deploy.exportset import read_current
+from fmnist_deploy.integrity import IntegrityError
 from fmnist_deploy.runtime.base import Backend, check_metadata, read_sidecar, wrong_kind_hint
 from fmnist_deploy.runtime.errors import DeviceError, ModelError, OptionError, first_line
+from fmnist_deploy.runtime.onnx_check import MAX_ONNX_BYTES, check_onnx
 
 CUDA_INSTALL_HINT = "pip install onnxruntime-gpu (it replaces onnxruntime: pip uninstall onnxruntime first)"
 DEFAULT_GRAPH_CACHE = 8  # batch sizes captured per session; ORT keeps every captured graph until the session ends
@@ -139,9 +142,14 @@ class OnnxRuntimeBackend(Backend):
             providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        self._session_args = (str(path), options)
+        try:  # read once, bounded, checked as data; the session is built from these same bytes
+            data = read_current(path, MAX_ONNX_BYTES, "model file")
+            check_onnx(path, data)
+        except IntegrityError as exc:
+            raise ModelError(f"{exc}{wrong_kind_hint(path, 'onnx')}") from None
+        self._session_args = (data, options)
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            self.session = ort.InferenceSession(data, options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors for damaged files
             hint = wrong_kind_hint(path, "onnx")
             raise ModelError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)}){hint}") from None
@@ -248,8 +256,8 @@ class OnnxRuntimeBackend(Backend):
         self._bound.clear()
         self.capture_ms.clear()
         cuda = cuda_provider_options(tf32=self.tf32, cuda_graph=False)
-        path, options = self._session_args
-        self.session = ort.InferenceSession(path, options, providers=[("CUDAExecutionProvider", cuda)])
+        data, options = self._session_args
+        self.session = ort.InferenceSession(data, options, providers=[("CUDAExecutionProvider", cuda)])
         self.provider_options = self.session.get_provider_options().get("CUDAExecutionProvider", {})
         return _Bound(self.session, ort, batch, GraphIds.UNCAPTURED)
 

@@ -58,8 +58,16 @@ class OpenVinoBackend(Backend):
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint.upper()}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
+        from fmnist_deploy.exportset import read_current, resolve
+        from fmnist_deploy.integrity import IntegrityError
+        from fmnist_deploy.runtime.onnx_check import MAX_ONNX_BYTES, check_onnx
+
+        try:  # checked as data before OpenVINO parses it, as the onnxruntime backend does
+            check_onnx(path, read_current(path, MAX_ONNX_BYTES, "model file"))
+        except IntegrityError as exc:
+            raise ModelError(f"{exc}{wrong_kind_hint(path, 'onnx')}") from None
         try:
-            model = core.read_model(str(path))
+            model = core.read_model(str(resolve(path)))
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own untyped errors for damaged files
             hint_text = wrong_kind_hint(path, "onnx")

@@ -19,23 +19,26 @@ class Pt2Backend(TorchBackend):
     kind = "pt2"
     reader = "torch.export.load"
 
-    def _load(self, path: Path, device: Any) -> tuple[Any, dict[str, Any]]:
+    def _load(self, path: Path, data: bytes, device: Any) -> tuple[Any, dict[str, Any]]:
+        import io
         import zipfile
 
         import torch
 
         from fmnist_deploy.errors import quiet_logger
 
-        if not zipfile.is_zipfile(path):
+        if not zipfile.is_zipfile(io.BytesIO(data)):
             raise ValueError("not a zip archive")  # reported with what the file looks like instead
         if file_kind(path) == "aoti":  # never opened: loading one runs its compiled code
             raise ValueError("not an ExportedProgram archive")
-        inspect_pt2(path)  # before torch sees it: torch.export.load unpickles sample_inputs without restrictions
+        # Before torch sees it: torch.export.load unpickles sample_inputs without restrictions and hands
+        # the graph's size expressions to sympy, which evaluates them.
+        inspect_pt2(path, data)
         extra = {ARCHIVE_METADATA: ""}
         # torch.export.load logs a full traceback for a file it cannot read, then raises; the backend
         # reports that error in one line instead.
         with quiet_logger("torch.export"):
-            program = torch.export.load(str(path), extra_files=extra)
+            program = torch.export.load(io.BytesIO(data), extra_files=extra)
         if device.type != "cpu":
             from torch.export.passes import move_to_device_pass
 

@@ -18,9 +18,11 @@ class TorchScriptBackend(TorchBackend):
     kind = "torchscript"
     reader = "torch.jit.load"
 
-    def _load(self, path: Path, device: Any) -> tuple[Any, dict[str, Any]]:
+    def _load(self, path: Path, data: bytes, device: Any) -> tuple[Any, dict[str, Any]]:
+        import io
+
         import torch
 
         extra = {ARCHIVE_METADATA: ""}
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        module = torch.jit.load(io.BytesIO(data), map_location=device, _extra_files=extra)
         return module.eval(), archive_metadata(extra, str(path))

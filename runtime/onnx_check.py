@@ -1,0 +1,116 @@
+"""An ONNX file is data, checked as data before ONNX Runtime sees it: the contract's graph in shape.
+
+ONNX Runtime runs whatever graph a file holds: a `Loop` that grows a tensor by `Concat`
+every step fills memory, a `ConstantOfShape` of a huge shape allocates it, a custom-domain
+operator loads code from a registered library, external data reads other files. So before a
+session exists the file is parsed (size-capped) and refused, in one line, unless it holds only
+the operators this exporter writes (the fp32 graph and the int8 one), in the standard domain,
+with no subgraph, no function, no external or sparse data, and initializers shaped as the
+contract's layers are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fmnist_deploy.errors import IntegrityError
+
+MAX_ONNX_BYTES = 16 * 1024 * 1024  # the committed fp32 file: 0.4 MB
+MAX_NODES = 256  # the committed graphs: 10 (fp32) and 22 (int8) nodes
+# What fmnist-export writes: the fp32 graph (Cast, Reshape, Gemm, Relu, Softmax) and the int8 graph
+# (DynamicQuantizeLinear, MatMulInteger, Mul, Add); the rest is what the same layers export as with
+# other opsets or exporter versions (Div/Sub for the normalisation, MatMul + Add for Gemm, Flatten).
+ALLOWED_OPS = frozenset(
+    {
+        "Add",
+        "Cast",
+        "Constant",
+        "Div",
+        "DynamicQuantizeLinear",
+        "Flatten",
+        "Gemm",
+        "Identity",
+        "MatMul",
+        "MatMulInteger",
+        "Mul",
+        "Relu",
+        "Reshape",
+        "Softmax",
+        "Sub",
+        "Transpose",
+    }
+)
+STANDARD_DOMAINS = ("", "ai.onnx")
+MAX_INITIALIZER_ELEMENTS = 784 * 128  # the largest layer of the contract's network
+
+
+def _layer_shapes() -> set[tuple[int, ...]]:
+    """Shapes a weight, bias, scale or zero point of the contract's layers may have (either orientation)."""
+    from fmnist_deploy.contract import IMAGE_SHAPE, N_CLASSES
+
+    sizes = (IMAGE_SHAPE[0] * IMAGE_SHAPE[1], 128, 64, N_CLASSES)
+    shapes: set[tuple[int, ...]] = {(), (1,), (2,), (3,)}  # scalars and the Reshape target [-1, 784]
+    for fan_in, fan_out in zip(sizes, sizes[1:], strict=False):
+        shapes |= {(fan_out, fan_in), (fan_in, fan_out), (fan_out,)}
+    return shapes
+
+
+def _refuse(path: Path, what: str) -> IntegrityError:
+    return IntegrityError(f"{path}: {what}; not the deployment contract's graph, refused before ONNX Runtime loads it")
+
+
+def check_onnx(path: Path, data: bytes) -> None:
+    """Raise IntegrityError (one line) unless `data`, the bytes of `path`, hold the contract's graph in shape."""
+    from google.protobuf.message import DecodeError
+    from onnx import AttributeProto, ModelProto, TensorProto
+
+    if len(data) > MAX_ONNX_BYTES:
+        raise _refuse(path, f"{len(data):,} bytes, over the {MAX_ONNX_BYTES:,} byte limit")
+    model = ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise IntegrityError(f"{path}: not an ONNX model (protobuf: {str(exc)[:80] or type(exc).__name__})") from None
+    custom = sorted({o.domain for o in model.opset_import if o.domain not in STANDARD_DOMAINS})
+    if custom:
+        raise _refuse(path, f"imports the custom operator domain {custom[0]!r}")
+    if len(model.functions):
+        raise _refuse(path, f"defines {len(model.functions)} local function(s)")
+    graph = model.graph
+    if len(graph.node) > MAX_NODES:
+        raise _refuse(path, f"{len(graph.node)} nodes, over the {MAX_NODES} limit")
+    for node in graph.node:
+        if node.domain not in STANDARD_DOMAINS:
+            raise _refuse(
+                path, f"node {node.name or node.op_type!r} is the custom operator {node.domain}::{node.op_type}"
+            )
+        if node.op_type not in ALLOWED_OPS:
+            raise _refuse(path, f"holds a {node.op_type} node, an operator this exporter never writes")
+        for attribute in node.attribute:
+            if attribute.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) or attribute.HasField("g"):
+                raise _refuse(path, f"node {node.name or node.op_type!r} holds a subgraph")
+            if attribute.HasField("t"):
+                _check_tensor(path, attribute.t, f"{node.op_type} constant", TensorProto)
+    if len(graph.sparse_initializer):
+        raise _refuse(path, "holds sparse initializers")
+    for tensor in graph.initializer:
+        _check_tensor(path, tensor, f"initializer {tensor.name!r}", TensorProto)
+    shapes = _layer_shapes()
+    odd = [(t.name, tuple(t.dims)) for t in graph.initializer if tuple(t.dims) not in shapes]
+    if odd:
+        raise _refuse(path, f"initializer {odd[0][0]!r} has shape {list(odd[0][1])}, not one of the contract's layers")
+
+
+def _check_tensor(path: Path, tensor, where: str, TensorProto) -> None:  # noqa: N803 - onnx's class, passed in
+    if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
+        raise _refuse(path, f"{where} refers to external data (another file)")
+    elements = 1
+    for dim in tensor.dims:
+        if dim < 0:
+            raise _refuse(path, f"{where} has a negative dimension")
+        elements *= dim
+    if elements > MAX_INITIALIZER_ELEMENTS:
+        raise _refuse(path, f"{where} has {elements:,} elements, over the contract's {MAX_INITIALIZER_ELEMENTS:,}")
+
+
+__all__ = ["ALLOWED_OPS", "MAX_ONNX_BYTES", "check_onnx"]

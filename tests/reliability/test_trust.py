@@ -1,0 +1,315 @@
+"""Code formats load only when trusted; even trusted .pt2 graphs are checked as data; ONNX is checked as data.
+
+Every crafted file here runs code, writes a file or fills memory when an unguarded loader reads it
+(tests/reliability/crafted.py); each test proves the toolkit refuses it in one line and nothing ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from onnx import TensorProto, helper
+
+from fmnist_deploy.contract import sha256_file
+from fmnist_deploy.runtime import ModelError, load
+from fmnist_deploy.runtime.cli import main as predict_cli
+from fmnist_deploy.trust import MANIFEST_NAME, Trust, sign_file, signature_path
+from tests.conftest import ARTIFACTS
+from tests.reliability.crafted import evil_pt2, evil_torchscript, pt2_with_size, shell_marker_command, zip_bomb
+
+SAMPLE = str(ARTIFACTS / "samples" / "0000_ankle_boot.png")
+THREE_WAYS = ("--trusted-key", "--pin-sha256", "--trust-code")
+
+
+def _predict(*args: str, env: dict[str, str] | None = None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return CliRunner().invoke(predict_cli, [SAMPLE, *args], env=env)
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def _keys(tmp_path: Path, name: str = "key") -> tuple[Path, Path]:
+    private = ec.generate_private_key(ec.SECP256R1())
+    priv, pub = tmp_path / f"{name}.pem", tmp_path / f"{name}.pub"
+    priv.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    pub.write_bytes(
+        private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return priv, pub
+
+
+# --- TorchScript: __setstate__ writes any file at load -------------------------------------------------
+
+
+def test_crafted_torchscript_is_refused_before_torch_reads_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"intact")
+    evil = evil_torchscript(tmp_path, victim)
+    line = _one_line_error(_predict("--model", str(evil)))
+    assert all(way in line for way in THREE_WAYS) and "runs code when loaded" in line, line
+    assert sha256_file(evil) in line, "the pin to use is named"
+    with pytest.raises(ModelError, match="not trusted"):
+        load(evil)
+    with pytest.raises(ModelError, match="not trusted"):
+        load(evil, backend="torchscript", trust=Trust(pinned=frozenset({"0" * 64})))
+    assert victim.read_bytes() == b"intact", "nothing of the archive ran"
+
+
+def test_untrusted_torchscript_is_refused_by_export_verify(tmp_path: Path) -> None:
+    from fmnist_deploy.export.cli import main as export_cli
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"intact")
+    evil = evil_torchscript(tmp_path, victim)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = CliRunner().invoke(export_cli, ["--verify", str(evil)])
+    assert result.exit_code == 1, result.output
+    assert "not trusted" in result.output and "Traceback" not in result.output
+    assert victim.read_bytes() == b"intact"
+
+
+def test_a_pinned_or_signed_file_loads_and_a_tampered_one_does_not(tmp_path: Path) -> None:
+    model = tmp_path / "fmnist_mlp.torchscript"
+    shutil.copy(ARTIFACTS / "fmnist_mlp.torchscript", model)
+    shutil.copy(ARTIFACTS / "fmnist_mlp.torchscript.json", tmp_path / "fmnist_mlp.torchscript.json")
+    # a copy of the packaged file is trusted by content; tamper one byte of its metadata record to leave that
+    data = bytearray(model.read_bytes())
+    at = data.index(b'"contract_version"')
+    data[at + 1 : at + 2] = b"C"
+    model.write_bytes(bytes(data))
+    (tmp_path / "fmnist_mlp.torchscript.json").unlink()
+    assert "not trusted" in _one_line_error(_predict("--model", str(model)))
+
+    assert _predict("--model", str(model), "--pin-sha256", sha256_file(model)).exit_code in (0, 1)
+    priv, pub = _keys(tmp_path)
+    other_priv, other_pub = _keys(tmp_path, "other")
+    sign_file(model, priv)
+    assert signature_path(model).is_file()
+    with pytest.raises(ModelError, match="does not verify against any trusted key"):
+        load(model, trust=Trust(keys=(other_pub,)))
+    # signed with the trusted key: trusted, and so it reaches torch (which finds the metadata damaged)
+    with pytest.raises(ModelError) as signed:
+        load(model, trust=Trust(keys=(pub,)))
+    assert "not trusted" not in str(signed.value) and "verify" not in str(signed.value)
+    result = _predict("--model", str(model), env={"FMNIST_TRUSTED_KEY": str(pub)})
+    assert "not trusted" not in result.output and "verify" not in result.output, result.output
+    # the signature does not travel to other bytes
+    data[-30] ^= 1
+    model.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not verify"):
+        load(model, trust=Trust(keys=(pub,)))
+
+
+def test_a_signed_export_loads_with_the_trusted_key_only(tmp_path: Path) -> None:
+    """A good file signed by its exporter: loads with --trusted-key, is refused without it."""
+    model = tmp_path / "mine.torchscript"
+    data = bytearray((ARTIFACTS / "fmnist_mlp.torchscript").read_bytes())
+    data += b"\0"  # other bytes than the packaged file (zip readers ignore trailing bytes): not trusted by content
+    model.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="not trusted"):
+        load(model)
+    priv, pub = _keys(tmp_path)
+    sign_file(model, priv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        predictor = load(model, trust=Trust(keys=(pub,)))
+        assert predictor.backend.trusted.startswith("signed")
+        assert load(model, trust=Trust(pinned=frozenset({sha256_file(model)}))).backend.trusted == "pinned sha256"
+        assert load(model, trust=Trust(code=True)).backend.trusted == "--trust-code"
+
+
+def test_the_packaged_manifest_lists_the_packaged_code_files() -> None:
+    manifest = json.loads((ARTIFACTS / MANIFEST_NAME).read_text())["files"]
+    assert set(manifest) == {"fmnist_mlp.torchscript", "fmnist_mlp.pt2"}
+    for name, entry in manifest.items():
+        assert entry["sha256"] == sha256_file(ARTIFACTS / name), name
+
+
+# --- .pt2: the graph's expressions go to sympify -------------------------------------------------------
+
+
+def test_crafted_pt2_is_refused_untrusted_and_even_trusted(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    evil = evil_pt2(tmp_path, shell_marker_command(marker))
+    line = _one_line_error(_predict("--model", str(evil)))
+    assert all(way in line for way in THREE_WAYS), line
+    line = _one_line_error(_predict("--model", str(evil), "--trust-code"))
+    assert "not plain symbol arithmetic" in line, line
+    assert not marker.exists(), "the command in the graph ran"
+
+
+@pytest.mark.parametrize("expr", ["9**9**9**9", "s40 ** 2", "s40.__class__", "Symbol('s40', positive=True)"])
+def test_pt2_expressions_beyond_plain_arithmetic_are_refused(tmp_path: Path, expr: str) -> None:
+    evil = evil_pt2(tmp_path, expr)
+    with pytest.raises(ModelError, match="not plain symbol arithmetic"):
+        load(evil, trust=Trust(code=True))
+
+
+def test_pt2_with_an_absurd_size_is_one_line(tmp_path: Path) -> None:
+    evil = pt2_with_size(tmp_path, 10**100)
+    line = _one_line_error(_predict("--model", str(evil), "--trust-code"))
+    assert "tensor dimension" in line or "beyond any sane size" in line, line
+
+
+def test_the_packaged_pt2_graph_passes_its_own_check() -> None:
+    from fmnist_deploy.integrity import inspect_pt2
+
+    inspect_pt2(ARTIFACTS / "fmnist_mlp.pt2")
+
+
+# --- ONNX: checked as data before a session exists ------------------------------------------------------
+
+
+def _contract_graph(nodes, initializers=(), opset=17, domain_imports=()):
+    image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 28, 28])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])
+    probs = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])
+    graph = helper.make_graph(nodes, "g", [image], [logits, probs], initializer=list(initializers))
+    imports = [helper.make_opsetid("", opset), *(helper.make_opsetid(d, 1) for d in domain_imports)]
+    return helper.make_model(graph, opset_imports=imports)
+
+
+def _loop_model():
+    """A Loop that doubles a tensor by Concat on every one of 2**40 steps."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Concat", ["x_in", "x_in"], ["x_out"], axis=0),
+            helper.make_node("Identity", ["c"], ["c_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x_out", TensorProto.FLOAT, None),
+        ],
+    )
+    init = [
+        helper.make_tensor("trip", TensorProto.INT64, [], [2**40]),
+        helper.make_tensor("cond", TensorProto.BOOL, [], [True]),
+        helper.make_tensor("x0", TensorProto.FLOAT, [1], [1.0]),
+    ]
+    nodes = [
+        helper.make_node("Loop", ["trip", "cond", "x0"], ["grown"], body=body),
+        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Identity", ["f"], ["logits"]),
+        helper.make_node("Identity", ["f"], ["probabilities"]),
+    ]
+    return _contract_graph(nodes, init)
+
+
+def _constant_of_shape_model():
+    init = [helper.make_tensor("shape", TensorProto.INT64, [2], [2**20, 2**20])]
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+        helper.make_node("Cast", ["image"], ["logits"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["image"], ["probabilities"], to=TensorProto.FLOAT),
+    ]
+    return _contract_graph(nodes, init)
+
+
+def _custom_op_model():
+    nodes = [
+        helper.make_node("Evil", ["image"], ["logits"], domain="com.attacker"),
+        helper.make_node("Cast", ["image"], ["probabilities"], to=TensorProto.FLOAT),
+    ]
+    return _contract_graph(nodes, domain_imports=("com.attacker",))
+
+
+def _external_data_model(tmp_path: Path):
+    """fc1.weight read from another file (/etc/passwd by a relative path) instead of the model."""
+    weights = TensorProto(name="fc1.weight", dims=[128, 784], data_type=TensorProto.FLOAT)
+    weights.data_location = TensorProto.EXTERNAL
+    weights.external_data.add(key="location", value="../../../../etc/passwd")
+    return _contract_graph([helper.make_node("Cast", ["image"], ["logits"], to=TensorProto.FLOAT)], [weights])
+
+
+@pytest.mark.parametrize(
+    ("build", "needle"),
+    [
+        (lambda _: _loop_model(), "Loop node"),
+        (lambda _: _constant_of_shape_model(), "ConstantOfShape node"),
+        (lambda _: _custom_op_model(), "custom operator domain 'com.attacker'"),
+        (_external_data_model, "external data"),
+    ],
+    ids=["loop", "constant_of_shape", "custom_op", "external_data"],
+)
+def test_onnx_graphs_off_the_contract_are_refused_in_one_line(tmp_path: Path, build, needle: str) -> None:
+    path = tmp_path / "hostile.onnx"
+    path.write_bytes(build(tmp_path).SerializeToString())
+    line = _one_line_error(_predict("--model", str(path)))
+    assert needle in line and "refused before ONNX Runtime loads it" in line, line
+
+
+def test_an_onnx_file_over_the_size_cap_is_refused(tmp_path: Path, monkeypatch) -> None:
+    from fmnist_deploy.runtime import onnx_check
+
+    monkeypatch.setattr(onnx_check, "MAX_ONNX_BYTES", 1000)
+    with pytest.raises(ModelError, match="over the 1,000 byte limit"):
+        load(ARTIFACTS / "fmnist_mlp.onnx")
+
+
+@pytest.mark.parametrize("name", ["fmnist_mlp.onnx", "fmnist_mlp.int8.onnx"])
+def test_the_exported_onnx_files_pass_the_check(name: str) -> None:
+    from fmnist_deploy.runtime.onnx_check import check_onnx
+
+    check_onnx(ARTIFACTS / name, (ARTIFACTS / name).read_bytes())
+
+
+# --- zip bombs: sizes checked before torch expands a record ---------------------------------------------
+
+RSS_CAP_MB = 1024
+
+_LOAD_AND_MEASURE = """
+import resource, sys, warnings
+from fmnist_deploy.runtime import ModelError, Trust, load
+warnings.simplefilter("ignore")
+try:
+    load(sys.argv[1], trust=Trust(code=True))
+    outcome = "loaded"
+except ModelError as exc:
+    outcome = "refused: " + str(exc)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+print(outcome)
+"""
+
+
+@pytest.mark.parametrize("name", ["fmnist_mlp.pt2", "fmnist_mlp.torchscript", "fmnist_mlp.pt"])
+def test_zip_bombs_are_refused_under_the_memory_cap(tmp_path: Path, name: str) -> None:
+    bomb = zip_bomb(tmp_path, ARTIFACTS / name)
+    assert bomb.stat().st_size < 2 * 1024 * 1024
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_MEASURE, str(bomb)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    peak_mb, outcome = done.stdout.strip().splitlines()[-2:]
+    assert "refused as a zip bomb" in outcome, done.stdout + done.stderr
+    assert int(peak_mb) < RSS_CAP_MB, f"peak RSS {peak_mb} MB"
