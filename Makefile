@@ -64,21 +64,21 @@ bench-deps:
 	fi
 
 export: setup
-	$(BIN)/fmnist-export --format all --quantize int8 --weights artifacts/fmnist_mlp.pt --out-dir artifacts
+	$(BIN)/fmnist-export --format all --quantize int8 --weights artifacts/fmnist_mlp.pt --output artifacts
 
 train: setup data
-	$(BIN)/fmnist-train --device cpu --out artifacts --overwrite
+	$(BIN)/fmnist-train --device cpu --output artifacts --overwrite
 
 bench: setup data bench-deps
-	$(BIN)/fmnist-bench train --out-dir artifacts/bench
-	$(BIN)/fmnist-bench latency --artifacts artifacts --out-dir artifacts/bench
-	$(BIN)/fmnist-bench parity --artifacts artifacts --out-dir artifacts/bench
-	$(BIN)/fmnist-bench formats --artifacts artifacts --out-dir artifacts/bench
-	$(BIN)/fmnist-bench coldstart --artifacts artifacts --out-dir artifacts/bench
-	$(BIN)/fmnist-bench files --rounds 15 --out-dir artifacts/bench
-	$(BIN)/fmnist-bench int8 --rounds 7 --out-dir artifacts/bench
-	$(BIN)/fmnist-bench batch --out-dir artifacts/bench
-	$(BIN)/fmnist-bench serve --out-dir artifacts/bench
+	$(BIN)/fmnist-bench train --output artifacts/bench
+	$(BIN)/fmnist-bench latency --artifacts artifacts --output artifacts/bench
+	$(BIN)/fmnist-bench parity --artifacts artifacts --output artifacts/bench
+	$(BIN)/fmnist-bench formats --artifacts artifacts --output artifacts/bench
+	$(BIN)/fmnist-bench coldstart --artifacts artifacts --output artifacts/bench
+	$(BIN)/fmnist-bench files --rounds 15 --output artifacts/bench
+	$(BIN)/fmnist-bench int8 --rounds 7 --output artifacts/bench
+	$(BIN)/fmnist-bench batch --output artifacts/bench
+	$(BIN)/fmnist-bench serve --output artifacts/bench
 
 # On a machine with an NVIDIA GPU: the CUDA tests (a skip fails the run), the CPU + CUDA latency grid,
 # parity on both devices and training speed, every report into artifacts/bench/cuda. `benchmarks/cuda.sh

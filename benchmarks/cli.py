@@ -11,64 +11,46 @@ from typing import Any
 
 import click
 
-from fmnist_deploy import launch
+from fmnist_deploy import launch, options
 from fmnist_deploy.atomic import write_text_atomic
 from fmnist_deploy.contract import SAMPLES_DIR, WEIGHTS_NAME
 from fmnist_deploy.models import cache_root, models_dir
 
-# Quick runs write here; `make bench` passes --out-dir artifacts/bench to refresh the committed reports.
-OUT_DIR_HELP = "Folder for the reports [default: $XDG_CACHE_HOME/fmnist-deploy/bench, i.e. ~/.cache/...]."
+# Quick runs write here; `make bench` passes --output artifacts/bench to refresh the committed reports.
+OUTPUT_HELP = "Folder for the reports [default: $XDG_CACHE_HOME/fmnist-deploy/bench, i.e. ~/.cache/...]."
 
 
 def _out_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help=OUT_DIR_HELP)(
-        fn
-    )
+    return options.output_folder(OUTPUT_HELP, aliases=("--out-dir",))(fn)
 
 
 def _data_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--data-dir",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=None,
-        help="Folder with the Fashion-MNIST IDX files [default: found as `make data` leaves them].",
-    )(fn)
+    return options.data_dir()(fn)
 
 
 def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")(fn)
+    return options.as_json("Print the report as one JSON document.")(fn)
 
 
 def _devices_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--device",
-        "devices",
-        multiple=True,
-        type=click.Choice(["cpu", "cuda"]),
-        help="Repeatable; default: cpu, plus cuda when present.",
-    )(fn)
+    return options.devices()(fn)
 
 
 def _artifacts_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--artifacts",
-        type=click.Path(path_type=Path, file_okay=False, exists=True),
-        default=None,
-        help="Folder with the exported model files [default: the files installed with the package].",
-    )(fn)
+    return options.artifacts()(fn)
 
 
 def _finish(
     report: dict,
     markdown: str,
     as_json: bool,
-    out_dir: Path | None,
+    output: Path | None,
     stem: str,
     extra: dict[str, Callable[[Path], None]] | None = None,
 ) -> None:
     """Print the result first, then write the reports: a write failure never costs the measurement."""
     click.echo(json.dumps(report, indent=2) if as_json else markdown)
-    folder = out_dir if out_dir is not None else cache_root() / "bench"
+    folder = output if output is not None else cache_root() / "bench"
     try:
         write_text_atomic(folder / f"{stem}.json", json.dumps(report, indent=2) + "\n")
         write_text_atomic(folder / f"{stem}.md", markdown)
@@ -78,30 +60,29 @@ def _finish(
         raise click.ClickException(
             f"cannot write the reports to {folder}: {exc.strerror or exc} (the results above are complete)"
         ) from None
-    click.echo(f"reports written to {folder}/{stem}.*", err=True)
+    options.say(f"reports written to {folder}/{stem}.*")
 
 
-@click.group(cls=launch.Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
+@options.group("fmnist-bench")
 def main() -> None:
-    """Benchmarks of the fmnist-deploy toolkit; reports go to --out-dir as JSON and Markdown."""
+    """Benchmarks of the fmnist-deploy toolkit; reports go to --output as JSON and Markdown."""
 
 
 @main.command("train")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@options.device(auto=True)
 @_data_dir_option
 @click.option("--reference-epochs", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--fast-epochs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--limit", type=click.IntRange(min=100, max=60000), default=None, help="Time on the first N images only.")
 @_out_dir_option
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
+@_json_option
 def train_cmd(
     device: str,
     data_dir: Path | None,
     reference_epochs: int,
     fast_epochs: int,
     limit: int | None,
-    out_dir: Path | None,
+    output: Path | None,
     as_json: bool,
 ) -> None:
     """Seconds per epoch: course DataLoader loop vs fast loader vs bare SGD steps."""
@@ -111,10 +92,10 @@ def train_cmd(
 
     torch_device = resolve_device(device)
     data = load(data_dir)
-    click.echo(f"Timing {fast_epochs} fast and {reference_epochs} reference epoch(s) on {torch_device}…", err=True)
+    options.say(f"Timing {fast_epochs} fast and {reference_epochs} reference epoch(s) on {torch_device}…")
     report = measure(data, device=torch_device, reference_epochs=reference_epochs, fast_epochs=fast_epochs, limit=limit)
     stem = "train_speed" if torch_device.type == "cpu" else f"train_speed_{torch_device.type}"
-    _finish(report, to_markdown(report), as_json, out_dir, stem)
+    _finish(report, to_markdown(report), as_json, output, stem)
 
 
 def _test_set(data_dir: Path | None):
@@ -124,28 +105,24 @@ def _test_set(data_dir: Path | None):
 
 
 def _csv_ints(value: str) -> tuple[int, ...]:
-    try:
-        numbers = tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not numbers or min(numbers) < 1:
-        raise click.BadParameter(f"batch sizes must be >= 1, got {value!r}")
-    return numbers
+    return options.int_list(value)
 
 
 @main.command("latency")
 @_artifacts_option
 @click.option("--backend", "backends", multiple=True, help="Repeatable; default: every available backend.")
 @_devices_option
-@click.option("--batches", default="1,8,32,100,1000,10000", show_default=True, help="Comma-separated batch sizes.")
+@options.sizes("1,8,32,100,1000,10000", "Comma-separated batch sizes.", aliases=("--batches",))
+@options.seconds(1.0, "Seconds of timed calls per cell.")
 @click.option(
-    "--budget",
-    type=click.FloatRange(min=0.0, min_open=True),
-    default=1.0,
+    "--min-calls",
+    cls=options.Option,
+    aliases=("--min-repetitions",),
+    type=click.IntRange(min=2),
+    default=5,
     show_default=True,
-    help="Seconds of timed calls per cell.",
+    help="Timed calls per cell at least, however long they take.",
 )
-@click.option("--min-repetitions", type=click.IntRange(min=2), default=5, show_default=True)
 @click.option(
     "--e2e-max-batch",
     type=click.IntRange(min=0),
@@ -153,7 +130,7 @@ def _csv_ints(value: str) -> tuple[int, ...]:
     show_default=True,
     help="Largest batch also timed end to end from PNG files.",
 )
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime / OpenVINO intra-op threads.")
+@options.threads("Intra-op threads of ONNX Runtime and OpenVINO [default: theirs].")
 @click.option(
     "--aoti-package",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
@@ -174,15 +151,15 @@ def latency_cmd(
     artifacts: Path | None,
     backends: tuple[str, ...],
     devices: tuple[str, ...],
-    batches: str,
-    budget: float,
-    min_repetitions: int,
+    sizes: str,
+    seconds: float,
+    min_calls: int,
     e2e_max_batch: int,
     threads: int | None,
     aoti_package: Path | None,
     ceiling_rounds: int,
     data_dir: Path | None,
-    out_dir: Path | None,
+    output: Path | None,
     as_json: bool,
 ) -> None:
     """p50/p90/p99/p99.9 latency and images/s per backend x device x batch size, beside peer runtimes."""
@@ -210,9 +187,9 @@ def latency_cmd(
         artifacts=artifacts,
         backends=backends,
         devices=devices or available_devices(),
-        batches=_csv_ints(batches),
-        budget_s=budget,
-        min_repetitions=min_repetitions,
+        batches=_csv_ints(sizes),
+        budget_s=seconds,
+        min_repetitions=min_calls,
         e2e_max_batch=e2e_max_batch,
         threads=threads,
         aoti_package=aoti_package,
@@ -221,6 +198,9 @@ def latency_cmd(
     images = _test_set(data_dir).test_images.numpy()
 
     def progress(grid):
+        if options.verbosity() < 0:
+            yield from grid
+            return
         with click.progressbar(
             grid, label="backend x device", file=sys.stderr, item_show_func=lambda c: f"{c[0]}/{c[1]}" if c else ""
         ) as bar:
@@ -232,7 +212,7 @@ def latency_cmd(
         ".csv": lambda path: write_text_atomic(path, latency_csv(report)),
         ".png": lambda path: latency_plot(report, path),
     }
-    _finish(report, latency_markdown(report), as_json, out_dir, stem, extra)
+    _finish(report, latency_markdown(report), as_json, output, stem, extra)
     ran = {c["backend"] for c in report["cells"]}
     missing = [
         f"{r['backend']}/{r['device']}: {r['reason']}"
@@ -250,7 +230,7 @@ def latency_cmd(
 @_out_dir_option
 @_json_option
 def parity_cmd(
-    artifacts: Path | None, devices: tuple[str, ...], data_dir: Path | None, out_dir: Path | None, as_json: bool
+    artifacts: Path | None, devices: tuple[str, ...], data_dir: Path | None, output: Path | None, as_json: bool
 ) -> None:
     """Accuracy and agreement with eager PyTorch of every format x backend x device on the full test set.
 
@@ -271,7 +251,7 @@ def parity_cmd(
         report = measure(artifacts, data.test_images.numpy(), data.test_labels.numpy(), devices or available_devices())
     except RuntimeFailure as exc:
         raise click.ClickException(f"the eager reference: {exc}") from None
-    _finish(report, to_markdown(report), as_json, out_dir, "parity")
+    _finish(report, to_markdown(report), as_json, output, "parity")
     if report["measured"] == 0:
         raise click.ClickException("parity measured nothing: every row was skipped (see why above)")
     if not report["passed"]:
@@ -280,13 +260,7 @@ def parity_cmd(
 
 @main.command("formats")
 @_artifacts_option
-@click.option(
-    "--budget",
-    type=click.FloatRange(min=0.0, min_open=True),
-    default=0.5,
-    show_default=True,
-    help="Seconds of timed calls per file and batch size.",
-)
+@options.seconds(0.5, "Seconds of timed calls per file and batch size.")
 @click.option(
     "--fp16/--no-fp16",
     default=True,
@@ -297,7 +271,7 @@ def parity_cmd(
 @_out_dir_option
 @_json_option
 def formats_cmd(
-    artifacts: Path | None, budget: float, fp16: bool, data_dir: Path | None, out_dir: Path | None, as_json: bool
+    artifacts: Path | None, seconds: float, fp16: bool, data_dir: Path | None, output: Path | None, as_json: bool
 ) -> None:
     """One row per exported file: format, precision, size, accuracy, parity, latency and throughput."""
     from fmnist_deploy.benchmarks.formats import measure, plot, to_markdown
@@ -306,8 +280,8 @@ def formats_cmd(
     if not (artifacts / WEIGHTS_NAME).is_file():
         raise click.ClickException(f"{artifacts / WEIGHTS_NAME}: no such file (the eager reference)")
     data = _test_set(data_dir)
-    report = measure(artifacts, data.test_images.numpy(), data.test_labels.numpy(), budget_s=budget, fp16=fp16)
-    _finish(report, to_markdown(report), as_json, out_dir, "formats", {".png": lambda path: plot(report, path)})
+    report = measure(artifacts, data.test_images.numpy(), data.test_labels.numpy(), budget_s=seconds, fp16=fp16)
+    _finish(report, to_markdown(report), as_json, output, "formats", {".png": lambda path: plot(report, path)})
 
 
 @main.command("batch")
@@ -319,11 +293,11 @@ def formats_cmd(
     show_default=True,
     help="How many training images, as PNG files and as an IDX file.",
 )
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved rounds.")
+@options.rounds(3, "Interleaved rounds.")
 @_data_dir_option
 @_out_dir_option
 @_json_option
-def batch_cmd(count: int, rounds: int, data_dir: Path | None, out_dir: Path | None, as_json: bool) -> None:
+def batch_cmd(count: int, rounds: int, data_dir: Path | None, output: Path | None, as_json: bool) -> None:
     """Images/s per worker: one fmnist-predict process vs fmnist-batch on Ray (1 and 2 actors), PNG files and IDX,
     start-up apart, with each Ray job's profile."""
     try:
@@ -345,7 +319,7 @@ def batch_cmd(count: int, rounds: int, data_dir: Path | None, out_dir: Path | No
             report = measure(data.train_images.numpy()[:count], idx, default_model("onnxruntime"), rounds=rounds)
         finally:
             ray.shutdown()
-    _finish(report, to_markdown(report), as_json, out_dir, "batch")
+    _finish(report, to_markdown(report), as_json, output, "batch")
 
 
 def _idx_prefix(images, path: Path) -> Path:
@@ -357,24 +331,14 @@ def _idx_prefix(images, path: Path) -> Path:
 
 
 @main.command("files")
-@click.option("--rounds", type=click.IntRange(min=1), default=9, show_default=True, help="Interleaved rounds.")
-@click.option(
-    "--sizes",
-    default="2000,6000",
-    show_default=True,
-    help="The two folder sizes whose difference gives the marginal cost per image.",
-)
-@click.option(
-    "--model",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    default=None,
-    help="The ONNX file both sides run [default: the packaged fmnist_mlp.onnx].",
-)
+@options.rounds(9, "Interleaved rounds.")
+@options.sizes("2000,6000", "The two folder sizes whose difference gives the marginal cost per image.")
+@options.model("The ONNX file both sides run [default: the packaged fmnist_mlp.onnx].", exists=True)
 @_data_dir_option
 @_out_dir_option
 @_json_option
 def files_cmd(
-    rounds: int, sizes: str, model: Path | None, data_dir: Path | None, out_dir: Path | None, as_json: bool
+    rounds: int, sizes: str, model: Path | None, data_dir: Path | None, output: Path | None, as_json: bool
 ) -> None:
     """Per-image cost of answering a folder of PNG files: the toolkit beside a plain Pillow + session.run loop."""
     from fmnist_deploy.benchmarks.files import markdown, measure, write_folders
@@ -385,15 +349,15 @@ def files_cmd(
         raise click.BadParameter(f"expected two increasing sizes up to 10000, got {sizes!r}", param_hint="--sizes")
     images = _test_set(data_dir).test_images.numpy()
     with tempfile.TemporaryDirectory() as scratch:
-        click.echo(f"Writing {' and '.join(map(str, pair))} test images as PNG files…", err=True)
+        options.say(f"Writing {' and '.join(map(str, pair))} test images as PNG files…")
         folders = write_folders(images, Path(scratch), pair)
-        click.echo(f"Timing {rounds} interleaved rounds…", err=True)
+        options.say(f"Timing {rounds} interleaved rounds…")
         report = measure(model or default_model("onnxruntime"), folders, rounds)
-    _finish(report, markdown(report), as_json, out_dir, "files")
+    _finish(report, markdown(report), as_json, output, "files")
 
 
 @main.command("int8")
-@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True, help="Interleaved rounds.")
+@options.rounds(5, "Interleaved rounds.")
 @click.option(
     "--calibration",
     type=click.IntRange(10, 60_000),
@@ -404,7 +368,7 @@ def files_cmd(
 @_data_dir_option
 @_out_dir_option
 @_json_option
-def int8_cmd(rounds: int, calibration: int, data_dir: Path | None, out_dir: Path | None, as_json: bool) -> None:
+def int8_cmd(rounds: int, calibration: int, data_dir: Path | None, output: Path | None, as_json: bool) -> None:
     """Dynamic int8 (shipped) vs static QDQ int8 calibrated on training images: accuracy and speed."""
     from fmnist_deploy.benchmarks.int8 import markdown, measure
     from fmnist_deploy.models import default_model
@@ -418,11 +382,11 @@ def int8_cmd(rounds: int, calibration: int, data_dir: Path | None, out_dir: Path
         rounds=rounds,
         calibration_count=calibration,
     )
-    _finish(report, markdown(report), as_json, out_dir, "int8")
+    _finish(report, markdown(report), as_json, output, "int8")
 
 
 @main.command("serve")
-@click.option("--seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Per cell.")
+@options.seconds(3.0, "Seconds of load per cell.")
 @click.option(
     "--concurrency",
     "concurrencies",
@@ -430,12 +394,12 @@ def int8_cmd(rounds: int, calibration: int, data_dir: Path | None, out_dir: Path
     show_default=True,
     help="Comma-separated numbers of closed-loop clients.",
 )
-@click.option("--sizes", default="1,32", show_default=True, help="Comma-separated images per request.")
+@options.sizes("1,32", "Comma-separated images per request.")
 @_data_dir_option
 @_out_dir_option
 @_json_option
 def serve_cmd(
-    seconds: float, concurrencies: str, sizes: str, data_dir: Path | None, out_dir: Path | None, as_json: bool
+    seconds: float, concurrencies: str, sizes: str, data_dir: Path | None, output: Path | None, as_json: bool
 ) -> None:
     """Load on fmnist-serve (batching on and off) against a naive FastAPI peer, as perf_analyzer measures."""
     try:
@@ -445,11 +409,10 @@ def serve_cmd(
     from fmnist_deploy.models import default_model
 
     concurrency_list, size_list = _csv_ints(concurrencies), _csv_ints(sizes)
-    if 64 not in concurrency_list or not {1, 32} <= set(size_list):
-        raise click.BadParameter(
-            "the targets compare cells at concurrency 64 with 1 and 32 images per request",
-            param_hint="--concurrency/--sizes",
-        )
+    if max(size_list) > 64:
+        raise click.BadParameter(f"at most 64 images per request, got {max(size_list)}", param_hint="--sizes")
+    if seconds != max(1, round(seconds)):
+        options.say(f"note: wrk times whole seconds: each cell runs {max(1, round(seconds))} s")
     images = _test_set(data_dir).test_images.numpy()[:64]
     try:
         report = measure(
@@ -457,7 +420,7 @@ def serve_cmd(
         )
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
-    _finish(report, to_markdown(report), as_json, out_dir, "serve", {".png": lambda path: plot(report, path)})
+    _finish(report, to_markdown(report), as_json, output, "serve", {".png": lambda path: plot(report, path)})
 
 
 @main.command("coldstart")
@@ -468,22 +431,20 @@ def serve_cmd(
     default=None,
     help="The image each fresh process classifies [default: the packaged sample 0000_ankle_boot.png].",
 )
-@click.option("--repetitions", type=click.IntRange(min=1), default=5, show_default=True)
+@options.rounds(5, "Fresh processes per row.", aliases=("--repetitions",))
 @_out_dir_option
 @_json_option
-def coldstart_cmd(
-    artifacts: Path | None, image: Path | None, repetitions: int, out_dir: Path | None, as_json: bool
-) -> None:
+def coldstart_cmd(artifacts: Path | None, image: Path | None, rounds: int, output: Path | None, as_json: bool) -> None:
     """Wall time of a fresh `fmnist-predict` process on one image, ONNX vs the torch backends."""
     from fmnist_deploy.benchmarks.coldstart import ColdStartError, measure, to_markdown
 
     artifacts = artifacts or models_dir()
     image = image or models_dir() / SAMPLES_DIR / "0000_ankle_boot.png"
     try:
-        report = measure(artifacts, image, repetitions)
+        report = measure(artifacts, image, rounds)
     except ColdStartError as exc:
         raise click.ClickException(str(exc)) from None
-    _finish(report, to_markdown(report), as_json, out_dir, "coldstart")
+    _finish(report, to_markdown(report), as_json, output, "coldstart")
 
 
 if __name__ == "__main__":

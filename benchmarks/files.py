@@ -102,7 +102,9 @@ def measure(model: Path, folders: dict[int, Path], rounds: int = 5) -> dict[str,
         name: {
             "marginal_us_per_image": statistics.median(marginal[name]),
             "marginal_us_min_max": [min(marginal[name]), max(marginal[name])],
-            "images_per_s": 1e6 / statistics.median(marginal[name]),
+            # A round whose larger folder took no longer than the smaller one measured noise, not a cost.
+            "noise": min(marginal[name]) <= 0,
+            "images_per_s": 1e6 / statistics.median(marginal[name]) if statistics.median(marginal[name]) > 0 else None,
             "startup_s": statistics.median(startup[name]),
             "cost_vs_plain": statistics.median(ratios[name]),
             "cost_vs_plain_min_max": [min(ratios[name]), max(ratios[name])],
@@ -133,14 +135,31 @@ def markdown(report: dict[str, Any]) -> str:
         "| way | µs / image | images/s | start-up s | cost vs plain |",
         "|---|---:|---:|---:|---:|",
     ]
+    noisy = []
     for name, row in report["ways"].items():
         low, high = row["marginal_us_min_max"]
         rlow, rhigh = row["cost_vs_plain_min_max"]
+        if row.get("noise", low <= 0):
+            noisy.append(name)
+            lines.append(f"| {name} | noise [{low:.1f} to {high:.1f}] | — | — | — |")
+            continue
         lines.append(
             f"| {name} | {row['marginal_us_per_image']:.1f} [{low:.1f}-{high:.1f}] | {row['images_per_s']:,.0f} | "
             f"{row['startup_s']:.3f} | {row['cost_vs_plain']:.2f} [{rlow:.2f}-{rhigh:.2f}] |"
         )
     env = report["environment"]
+    if noisy:
+        lines += [
+            "",
+            f"noise: in at least one round the {large}-image folder took no longer than the {small}-image one for "
+            f"{', '.join(noisy)}, so the difference measured the machine's noise, not a cost per image; "
+            "run more --rounds or further apart --sizes.",
+        ]
+    if report["rounds"] < 3:
+        lines += [
+            "",
+            f"{report['rounds']} round(s): too few for the medians and ranges to mean much (9 is the default).",
+        ]
     lines += [
         "",
         f"Same answers as plain: {report['same_answers_as_plain']}. "

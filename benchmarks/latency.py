@@ -534,15 +534,22 @@ def _toolkit_vs_rival(scores: dict[str, float], unit: str) -> dict[str, Any] | N
 
 
 def _fastest_per_batch(cells: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per batch size on the CPU: the toolkit's fastest float32 backend and the fastest rival, and who wins."""
+    """Per batch size on the CPU: the toolkit's fastest float32 backend and the fastest rival, and who wins.
+
+    Rows are ranked by their median call (images/s at p50: a mean is one slow call away from another
+    verdict), and a winner is `decided` only where the spread allows it: one side's p90 below the other's p50.
+    """
     model = [c for c in cells if c["mode"] == "model" and c["device"] == "cpu"]
     out = {}
     for batch in sorted({c["batch"] for c in model}):
-        entry = _toolkit_vs_rival(
-            {c["backend"]: c["images_per_s"] for c in model if c["batch"] == batch}, "images_per_s"
-        )
-        if entry is not None:
-            out[str(batch)] = entry
+        row = {c["backend"]: c for c in model if c["batch"] == batch}
+        entry = _toolkit_vs_rival({b: batch / (c["p50_us"] / 1e6) for b, c in row.items()}, "images_per_s")
+        if entry is None:
+            continue
+        if "rival" in entry:
+            ours, rival = row[entry["toolkit"]], row[entry["rival"]]
+            entry["decided"] = ours["p90_us"] < rival["p50_us"] or rival["p90_us"] < ours["p50_us"]
+        out[str(batch)] = entry
     return out
 
 

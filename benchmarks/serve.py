@@ -19,9 +19,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from fmnist_deploy.machine import environment
 
@@ -126,7 +129,7 @@ def _cell(
             "wrk",
             "-t1",
             f"-c{concurrency}",
-            f"-d{max(1, round(seconds))}s",
+            f"-d{seconds:g}s",
             "--latency",
             "--timeout",
             "30s",
@@ -243,7 +246,11 @@ def measure(
     sizes: tuple[int, ...] = (1, 32),
     seconds: float = 3.0,
 ) -> dict[str, Any]:
-    """Every server x concurrency x request size; observed batch sizes and a time profile from /metrics."""
+    """Every server x concurrency x request size; observed batch sizes and a time profile from /metrics.
+
+    wrk counts its duration in whole seconds: `seconds` is rounded to them (at least 1), and the report
+    records the duration each cell really ran."""
+    seconds = max(1, round(seconds))
     if shutil.which("wrk") is None:
         raise FileNotFoundError("the serving benchmark drives load with wrk: apt-get install wrk")
     with tempfile.TemporaryDirectory() as folder:
@@ -271,7 +278,16 @@ def _measure(
     for label, (options, encodings) in servers.items():
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "fmnist_deploy.serving.cli", str(model), "--port", str(port), *options]
+        command = [
+            sys.executable,
+            "-m",
+            "fmnist_deploy.serving.cli",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            *options,
+        ]
         with _process(command, f"{base}/v2/health/ready"):
             for encoding in encodings:
                 for size in sizes:
@@ -344,38 +360,53 @@ def _summary(
 
 
 def _targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
-    def cell(server: str, encoding: str, size: int, concurrency: int) -> dict[str, Any]:
+    """The ratios the targets are stated in, for the cells this grid has (64 clients with 1 and with 32
+    images per request, binary, JSON and gRPC); a smaller grid gets the ratios it can."""
+
+    def cell(server: str, encoding: str, size: int, concurrency: int) -> dict[str, Any] | None:
         return next(
-            c
-            for c in cells
-            if c["server"].startswith(server)
-            and c["encoding"] == encoding
-            and c["images_per_request"] == size
-            and c["concurrency"] == concurrency
+            (
+                c
+                for c in cells
+                if c["server"].startswith(server)
+                and c.get("encoding", "binary") == encoding
+                and c["images_per_request"] == size
+                and c["concurrency"] == concurrency
+            ),
+            None,
         )
 
     on, off, naive = "fmnist-serve (dynamic", "fmnist-serve (batching off", "naive"
+    summary: dict[str, Any] = {}
     ours, peer = cell(on, "binary", 1, 64), cell(naive, "json", 1, 64)
-    json_32 = cell(on, "json", 32, 64)
+    if ours and peer:
+        summary |= {
+            "server_over_peer_images_per_s_c64_b1": ours["images_per_s"] / peer["images_per_s"],
+            "server_p99_ms_c64_b1": ours["p99_ms"],
+            "peer_p99_ms_c64_b1": peer["p99_ms"],
+        }
     ratios = [
-        cell(on, "binary", c["images_per_request"], c["concurrency"])["images_per_s"] / c["images_per_s"]
+        batched["images_per_s"] / c["images_per_s"]
         for c in cells
         if c["server"].startswith(off)
+        and (batched := cell(on, "binary", c["images_per_request"], c["concurrency"])) is not None
     ]
-    return {
-        "server_over_peer_images_per_s_c64_b1": ours["images_per_s"] / peer["images_per_s"],
-        "server_p99_ms_c64_b1": ours["p99_ms"],
-        "peer_p99_ms_c64_b1": peer["p99_ms"],
-        "batching_over_off_min": min(ratios),
-        "batching_over_off_c64_b32": cell(on, "binary", 32, 64)["images_per_s"]
-        / cell(off, "binary", 32, 64)["images_per_s"],
-        "json_images_per_s_c64_b32": json_32["images_per_s"],
-        "json_p99_ms_c64_b32": json_32["p99_ms"],
-        "json_over_peer_images_per_s_c64_b32": json_32["images_per_s"] / cell(naive, "json", 32, 64)["images_per_s"],
-        "binary_over_json_images_per_s_c64_b32": cell(on, "binary", 32, 64)["images_per_s"] / json_32["images_per_s"],
-        "grpc_images_per_s_c64_b32": cell(on, "grpc", 32, 64)["images_per_s"],
-        "grpc_p99_ms_c64_b32": cell(on, "grpc", 32, 64)["p99_ms"],
-    }
+    if ratios:
+        summary["batching_over_off_min"] = min(ratios)
+    binary_32, off_32 = cell(on, "binary", 32, 64), cell(off, "binary", 32, 64)
+    if binary_32 and off_32:
+        summary["batching_over_off_c64_b32"] = binary_32["images_per_s"] / off_32["images_per_s"]
+    json_32, peer_32, grpc_32 = cell(on, "json", 32, 64), cell(naive, "json", 32, 64), cell(on, "grpc", 32, 64)
+    if json_32 and peer_32 and binary_32:
+        summary |= {
+            "json_images_per_s_c64_b32": json_32["images_per_s"],
+            "json_p99_ms_c64_b32": json_32["p99_ms"],
+            "json_over_peer_images_per_s_c64_b32": json_32["images_per_s"] / peer_32["images_per_s"],
+            "binary_over_json_images_per_s_c64_b32": binary_32["images_per_s"] / json_32["images_per_s"],
+        }
+    if grpc_32:
+        summary |= {"grpc_images_per_s_c64_b32": grpc_32["images_per_s"], "grpc_p99_ms_c64_b32": grpc_32["p99_ms"]}
+    return summary
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -383,7 +414,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     env, s = report["environment"], report["summary"]
     lines = [
         f"Serving load ({env['cpu']}, {env['usable_cores']} cores shared by clients and servers; "
-        f"{report['seconds_per_cell']:.0f} s per cell, closed loop)",
+        f"{report['seconds_per_cell']:g} s per cell, closed loop)",
         "",
         "| server | encoding | images/request | concurrency | requests/s | images/s | p50 ms | p90 ms | p99 ms "
         "| mean batch | failures |",
@@ -397,18 +428,40 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{c['images_per_s']:,.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['p99_ms']:.2f} | {batch} "
             f"| {c['failures']} |"
         )
-    lines += [
-        "",
-        f"- server / naive peer, images/s at 64 single-image clients: **{s['server_over_peer_images_per_s_c64_b1']:.2f}×** "
-        f"(p99 {s['server_p99_ms_c64_b1']:.1f} ms vs {s['peer_p99_ms_c64_b1']:.1f} ms)",
-        f"- dynamic batching / batching off: at least **{s['batching_over_off_min']:.2f}×** over every cell; "
-        f"**{s['batching_over_off_c64_b32']:.2f}×** at 64 clients x 32 images",
-        f"- JSON at 64 clients x 32 images: **{s['json_images_per_s_c64_b32']:,.0f} images/s**, p99 "
-        f"{s['json_p99_ms_c64_b32']:.1f} ms ({s['json_over_peer_images_per_s_c64_b32']:.2f}× the naive peer's JSON); "
-        f"the binary extension carries {s['binary_over_json_images_per_s_c64_b32']:.2f}× the images/s of JSON, "
-        f"gRPC {s['grpc_images_per_s_c64_b32']:,.0f} images/s (p99 {s['grpc_p99_ms_c64_b32']:.1f} ms; its load "
-        "comes from a Python client, heavier than wrk, on the same cores)",
-    ]
+    lines.append("")
+    if "server_over_peer_images_per_s_c64_b1" in s:
+        lines.append(
+            f"- server / naive peer, images/s at 64 single-image clients: "
+            f"**{s['server_over_peer_images_per_s_c64_b1']:.2f}×** "
+            f"(p99 {s['server_p99_ms_c64_b1']:.1f} ms vs {s['peer_p99_ms_c64_b1']:.1f} ms)"
+        )
+    else:
+        lines.append(
+            "- no comparison with the naive peer at 64 single-image clients: this grid has no such cell "
+            "(--concurrency with 64, --sizes with 1)"
+        )
+    if "batching_over_off_min" in s:
+        at_64x32 = (
+            f"; **{s['batching_over_off_c64_b32']:.2f}×** at 64 clients x 32 images"
+            if "batching_over_off_c64_b32" in s
+            else ""
+        )
+        lines.append(
+            f"- dynamic batching / batching off: at least **{s['batching_over_off_min']:.2f}×** over every cell{at_64x32}"
+        )
+    if "json_images_per_s_c64_b32" in s:
+        grpc = (
+            f", gRPC {s['grpc_images_per_s_c64_b32']:,.0f} images/s (p99 {s['grpc_p99_ms_c64_b32']:.1f} ms; its load "
+            "comes from a Python client, heavier than wrk, on the same cores)"
+            if "grpc_images_per_s_c64_b32" in s
+            else ""
+        )
+        lines.append(
+            f"- JSON at 64 clients x 32 images: **{s['json_images_per_s_c64_b32']:,.0f} images/s**, p99 "
+            f"{s['json_p99_ms_c64_b32']:.1f} ms ({s['json_over_peer_images_per_s_c64_b32']:.2f}× the naive peer's "
+            f"JSON); the binary extension carries {s['binary_over_json_images_per_s_c64_b32']:.2f}× the images/s "
+            f"of JSON{grpc}"
+        )
     profile = next(
         (
             c["server_us"]
@@ -426,12 +479,10 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
+def figure(report: dict[str, Any]) -> Figure:
     """Images/s and p99 against concurrency, one line per server and encoding, for each request size; the x
-    ticks are the measured concurrencies and both y axes start at 0."""
+    ticks are the measured concurrencies, both y axes start at 0, and the title names the machine."""
     from matplotlib.figure import Figure
-
-    from fmnist_deploy.atomic import atomic_path
 
     sizes = sorted({c["images_per_request"] for c in report["cells"]})
     concurrencies = sorted({c["concurrency"] for c in report["cells"]})
@@ -460,8 +511,23 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.minorticks_off()
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
+    env = report["environment"]
+    seconds = report.get("seconds_per_cell")
+    fig.suptitle(
+        f"fmnist-serve under closed-loop load — {env.get('cpu', '?')}, {env.get('usable_cores', '?')} cores shared "
+        "by clients and servers" + (f", {seconds:g} s per point" if seconds else ""),
+        fontsize=10,
+    )
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.86))
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.95), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.84))
+    return fig
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """`figure(report)` as a PNG, written atomically."""
+    from fmnist_deploy.atomic import atomic_path
+
+    fig = figure(report)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})

@@ -9,19 +9,19 @@ import warnings
 from pathlib import Path
 
 import click
-from click.core import ParameterSource
 
-from fmnist_deploy import launch
+from fmnist_deploy import launch, options
 from fmnist_deploy.contract import GOLDEN_NAME, SAMPLES_DIR, WEIGHTS_NAME, sidecar_path
 from fmnist_deploy.export.gate import report_path
 from fmnist_deploy.export.onnx_format import DEFAULT_OPSET, MAX_OPSET, NATIVE_OPSET
+from fmnist_deploy.models import models_dir
 from fmnist_deploy.trust import Trust, trust_options
 
 FORMAT_CHOICES = ("onnx", "torchscript", "pt2", "all", "triton", "aoti")
 DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
 
 
-@click.command(cls=launch.Command, context_settings={"help_option_names": ["-h", "--help"]})
+@options.command("fmnist-export")
 @click.option(
     "--format",
     "fmt",
@@ -34,12 +34,14 @@ DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
 @click.option(
     "--weights",
     type=click.Path(path_type=Path, dir_okay=False),
-    default=DEFAULT_WEIGHTS,
-    show_default=True,
-    help="Weights file written by fmnist-train.",
+    default=None,
+    help=f"Weights file written by fmnist-train [default: {DEFAULT_WEIGHTS} when this folder has one, "
+    "else the weights installed with the package].",
 )
-@click.option(
-    "--out-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("artifacts"), show_default=True
+@options.output_folder(
+    "Folder for the exported files (for --format triton: the model repository).",
+    default=Path("artifacts"),
+    aliases=("--out-dir",),
 )
 @click.option(
     "--opset",
@@ -91,14 +93,13 @@ DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
     "<file>.sig, verified by --trusted-key PUB where the file is loaded.",
 )
 @trust_options
-@click.option("--json", "as_json", is_flag=True, help="Print the full gate report(s) as JSON.")
-@click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
+@options.as_json("Print the full gate report(s) as JSON.")
 @click.pass_context
 def main(
     ctx: click.Context,
     fmt: str,
-    weights: Path,
-    out_dir: Path,
+    weights: Path | None,
+    output: Path,
     opset: int | None,
     quantize: str | None,
     data_dir: Path | None,
@@ -119,8 +120,12 @@ def main(
     from fmnist_deploy.export.checks import GateError
     from fmnist_deploy.export.gate import write_report
 
+    out_dir = output
     # Every input is checked before any work or write.
-    weights_given = ctx.get_parameter_source("weights") == ParameterSource.COMMANDLINE
+    weights_given = weights is not None
+    if weights is None:
+        weights = DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else models_dir() / WEIGHTS_NAME
+        options.detail(f"weights: {weights}")
     if (weights_given or verify_path is None) and not weights.is_file():
         raise click.BadParameter(f"{weights}: no such file", param_hint="--weights")
     if verify_path is None and (golden_path is not None or report_to is not None):
@@ -135,7 +140,7 @@ def main(
 
     def progress(step: str) -> None:
         if not as_json:
-            click.echo(f"[{time.perf_counter() - started:5.1f}s] {step}", err=True)
+            options.say(f"[{time.perf_counter() - started:5.1f}s] {step}")
 
     try:
         if verify_path is not None:
@@ -152,7 +157,7 @@ def main(
             _echo_reports([report], as_json)  # the verdict first, then anything written
             if report_to is not None:
                 write_report(report_to, report)
-                click.echo(f"report written to {report_to}", err=True)
+                options.say(f"report written to {report_to}")
             if not report.passed:
                 raise GateError(report)
             return
@@ -175,7 +180,13 @@ def main(
     except GateError as exc:  # the reports first, then the one error line
         if verify_path is None:
             _echo_reports(exc.reports, as_json)
-        raise
+        # Each failed check's detail was printed with its report above: the error line only names them.
+        failed = "; ".join(
+            f"{r.file} failed the export gate: {', '.join(c.name for c in r.failures)}" for r in exc.reports
+        )
+        failure = click.ClickException(f"{failed} (the details are above)")
+        failure.exit_code = exc.exit_code
+        raise failure from None
     except OSError as exc:
         raise click.ClickException(f"cannot write to {exc.filename or out_dir}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
@@ -184,7 +195,7 @@ def main(
         )
         sys.exit(130)
     for note in sorted({str(w.message).splitlines()[0] for w in caught}):
-        click.echo(f"note: {note}", err=True)  # TorchScript's deprecation, once instead of at every call
+        options.say(f"note: {note}")  # TorchScript's deprecation, once instead of at every call
     _echo_reports([r.report for r in results], as_json)
     if not as_json:
         _echo_written([r.path for r in results])
@@ -238,8 +249,11 @@ def _echo_written(paths: list[Path]) -> None:
         for written in (path, sidecar_path(path), report_path(path)):
             click.echo(f"  {written.resolve()}  ({written.stat().st_size:,} bytes)")
     first = paths[0].resolve()
+    for golden in (first.parent / GOLDEN_NAME, (first.parent / GOLDEN_NAME).with_suffix(".json")):
+        if golden.is_file():
+            click.echo(f"  {golden}  ({golden.stat().st_size:,} bytes)")
     samples = sorted((first.parent / SAMPLES_DIR).glob("*.png"))
-    click.echo(f"  {first.parent / GOLDEN_NAME} and {len(samples)} sample images in {first.parent / SAMPLES_DIR}")
+    click.echo(f"  {first.parent / SAMPLES_DIR}/  ({len(samples)} sample images)")
     image = samples[0] if samples else "IMAGE.png"
     if FORMATS[format_of(first)].NATIVE_CODE:  # an AOTInductor package: the runtime does not load one
         click.echo(

@@ -72,7 +72,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(__all__)  # the public names only: no imports or helpers of this module
 
 
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])

@@ -42,7 +42,10 @@ class ModelError(FmnistError):
 
 
 class DeviceError(FmnistError):
-    """The requested device cannot be used (no silent fallback to the CPU)."""
+    """The requested device cannot be used (no silent fallback to the CPU). A usage error (exit 2): it is
+    known before any work is done, and the same command with another --device runs."""
+
+    exit_code = 2
 
 
 class IntegrityError(FmnistError, ValueError):

@@ -11,8 +11,8 @@ test runner.
   the command's own handling is in place.
 - Standard output that cannot be written (a full disk, a device error) ends the command with
   one line, `Error: cannot write to standard output: ...`, and exit 1, instead of a traceback
-  or an error blamed on the command's own files. A closed pipe (`| head`) stays click's
-  quiet exit 1.
+  or an error blamed on the command's own files. A closed pipe (`| head`) ends the command
+  quietly with status 0: the reader had what it wanted.
 - ONNX Runtime's usage telemetry is off (`ORT_DISABLE_TELEMETRY=1`) unless the user set that
   variable: since 1.29 ONNX Runtime on Linux keeps a device id and an event store under
   ~/.cache/Microsoft and uploads events, which a deployment tool should not do on its
@@ -110,7 +110,11 @@ class _GuardedOutput(io.BufferedIOBase):
         try:
             return call()
         except BrokenPipeError:
-            raise  # click's own handling: `fmnist-predict ... | head` ends quietly
+            # The reader is gone (`fmnist-predict ... | head -1`): that is how a pipeline ends, not a failure of
+            # this command, so it stops quietly with status 0 (a `set -o pipefail` script goes on). Later writes,
+            # the interpreter's own flush at exit included, go to /dev/null.
+            _discard_standard_output(self._inner)
+            raise click.exceptions.Exit(0) from None
         except OSError as exc:
             raise StandardOutputError(exc.strerror or str(exc)) from None
 
@@ -134,6 +138,11 @@ class _GuardedOutput(io.BufferedIOBase):
 
     def isatty(self) -> bool:
         return self._inner is not None and self._inner.isatty()
+
+
+def _discard_standard_output(stream: io.BufferedIOBase | None) -> None:
+    if stream is not None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def guard_standard_output() -> None:
@@ -166,9 +175,11 @@ def run(command: Callable[[], None]) -> None:
         failure = as_click(exc)
         failure.show()
         sys.exit(failure.exit_code)
-    except BrokenPipeError:
+    except click.exceptions.Exit as exc:  # the reader closed the pipe at the flush (see _GuardedOutput._guard)
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:  # standard output not guarded (replaced by someone else): the same rule
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        sys.exit(1)
+        sys.exit(0)
 
 
 def _prepare_process() -> None:
@@ -176,22 +187,36 @@ def _prepare_process() -> None:
     catch_ctrl_c()
 
 
-def _entry(module: str) -> Callable[[], None]:
+MODULES = {
+    "train": "fmnist_deploy.training.cli",
+    "export": "fmnist_deploy.export.cli",
+    "predict": "fmnist_deploy.runtime.cli",
+    "bench": "fmnist_deploy.benchmarks.cli",
+    "batch": "fmnist_deploy.scaleout.cli",
+    "serve": "fmnist_deploy.serving.cli",
+}
+
+
+def command(name: str) -> click.Command:
+    """The click command `fmnist-<name>`, imported after the process is prepared (see the module's docstring)."""
+    _prepare_process()
+    try:
+        return importlib.import_module(MODULES[name]).main
+    except KeyboardInterrupt:
+        print("interrupted while starting; nothing was done", file=sys.stderr)
+        sys.exit(130)
+
+
+def _entry(name: str) -> Callable[[], None]:
     def entry() -> None:
-        _prepare_process()
-        try:
-            command = importlib.import_module(module).main
-        except KeyboardInterrupt:
-            print("interrupted while starting; nothing was done", file=sys.stderr)
-            sys.exit(130)
-        run(command)
+        run(command(name))
 
     return entry
 
 
-train = _entry("fmnist_deploy.training.cli")
-export = _entry("fmnist_deploy.export.cli")
-predict = _entry("fmnist_deploy.runtime.cli")
-bench = _entry("fmnist_deploy.benchmarks.cli")
-batch = _entry("fmnist_deploy.scaleout.cli")
-serve = _entry("fmnist_deploy.serving.cli")
+train = _entry("train")
+export = _entry("export")
+predict = _entry("predict")
+bench = _entry("bench")
+batch = _entry("batch")
+serve = _entry("serve")

@@ -15,9 +15,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from fmnist_deploy.contract import sidecar_path
+from fmnist_deploy.contract import SUFFIXES, sidecar_path
 from fmnist_deploy.integrity import IntegrityError, IntegrityWarning, sidecar_check
-from fmnist_deploy.runtime.base import Backend, FilesPrediction, Prediction, Predictor, TorchBackend
+from fmnist_deploy.models import DEFAULT_FILES, default_model
+from fmnist_deploy.runtime.base import (
+    KIND_BACKEND,
+    KIND_DESCRIPTION,
+    Backend,
+    FilesPrediction,
+    Prediction,
+    Predictor,
+    TorchBackend,
+    file_kind,
+)
 from fmnist_deploy.runtime.eager_backend import EagerBackend
 from fmnist_deploy.runtime.errors import DeviceError, InputError, ModelError, OptionError, RuntimeFailure
 from fmnist_deploy.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -46,19 +56,30 @@ def backend_for(path: Path) -> str:
 
 
 def load(
-    path: str | Path, backend: str = "auto", device: str = "cpu", *, trust: Trust | None = None, **options: Any
+    path: str | Path | None = None,
+    backend: str = "auto",
+    device: str = "cpu",
+    *,
+    trust: Trust | None = None,
+    **options: Any,
 ) -> Predictor:
     """Load a model file and return its Predictor.
+
+    path: the model file; None loads the file installed with the package for `backend`
+    (`fmnist_mlp.onnx` for auto), as the commands do without --model.
 
     A TorchScript or .pt2 file carries code: it loads only when `trust` says so (a trusted
     signature, a pinned sha256, or `Trust(code=True)`) or it is a file packaged with the toolkit;
     see `fmnist_deploy.trust`. ONNX and .pt weights are data and load without it.
 
-    backend: "auto" (from the suffix) or one of BACKENDS; device: "cpu" or "cuda"
+    backend: "auto" (from the suffix) or one of BACKENDS, which then reads the file whatever its
+    suffix (its bytes are still checked); device: "cpu" or "cuda"
     (an error, not a CPU fallback, when CUDA cannot really be used). Options go to the
     backend: for onnxruntime `threads`, `optimization` ("all", "extended", "basic",
     "disabled") and `spinning`; for openvino `threads` and `hint` ("latency", "throughput").
     """
+    if path is None:
+        path = default_model("onnxruntime" if backend == "auto" or backend not in DEFAULT_FILES else backend)
     path = Path(path)
     if device not in DEVICES:
         raise DeviceError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
@@ -69,7 +90,7 @@ def load(
         raise ModelError(f"{path}: no such model file")
     cls = BACKENDS[name]
     if path.suffix not in cls.suffixes:
-        raise ModelError(f"{path}: the {name} backend reads {', '.join(cls.suffixes)} files")
+        _check_named_backend(path, name, cls)
     unknown = sorted(set(options) - set(cls.options))
     if unknown:
         takes = ", ".join(cls.options) if cls.options else "none"
@@ -88,7 +109,16 @@ def load(
         backend_instance = cls(path, device, **options)
     if side:
         _check_sidecar_metadata(path, side, backend_instance.metadata)
-    return Predictor(backend_instance)
+    return Predictor(backend_instance, path)
+
+
+def _check_named_backend(path: Path, name: str, cls: type[Backend]) -> None:
+    """A backend named explicitly reads the file whatever its suffix, once its bytes say it can."""
+    readable = {kind for kind, suffix in SUFFIXES.items() if suffix in cls.suffixes}
+    kind = file_kind(path)
+    if kind is not None and kind not in readable:
+        reader = f"use --backend {KIND_BACKEND[kind]}" if kind in KIND_BACKEND else "no backend loads it"
+        raise ModelError(f"{path}: this is {KIND_DESCRIPTION[kind]}, which the {name} backend does not read; {reader}")
 
 
 def _check_sidecar_metadata(path: Path, side: dict[str, Any], meta: dict[str, Any]) -> None:

@@ -207,15 +207,28 @@ class TorchBackend(Backend):
 
     reader: ClassVar[str]  # the torch function that reads the file, named in errors
     kind: ClassVar[str]  # the file_kind() this backend reads
+    # threads: torch's intra-op threads. torch keeps one such setting per process, so a value given here
+    # applies to every torch model of the process; None leaves it as it is.
     # On CUDA (runtime.torch_cuda): graphs per batch size, how many are kept, the largest captured, chunk size.
-    options: ClassVar[tuple[str, ...]] = ("cuda_graphs", "graph_cache", "max_graph_batch", "chunk_rows")
+    options: ClassVar[tuple[str, ...]] = ("threads", "cuda_graphs", "graph_cache", "max_graph_batch", "chunk_rows")
     module: Any
     torch_device: Any  # torch.device
     runner: Any = None  # a torch_cuda.CudaRunner on CUDA
+    threads: int  # torch's intra-op threads once loaded
 
-    def __init__(self, path: Path, device: str = "cpu", *, trust: Trust | None = None, **cuda_options: Any) -> None:
+    def __init__(
+        self,
+        path: Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        *,
+        trust: Trust | None = None,
+        **cuda_options: Any,
+    ) -> None:
         import pickle
         import zipfile
+
+        import torch
 
         from fmnist_deploy.bounds import MAX_MODEL_BYTES, check_zip
         from fmnist_deploy.exportset import read_current
@@ -223,7 +236,12 @@ class TorchBackend(Backend):
 
         if device != "cuda" and cuda_options:
             raise OptionError(f"{', '.join(cuda_options)}: CUDA options, for device cuda (device is {device})")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise OptionError(f"threads {threads!r}: expected a whole number >= 1")
         self.torch_device = torch_device(device)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()
         try:
             # Read once, bounded; every check below and the loader itself see these same bytes.
             data = read_current(path, MAX_MODEL_BYTES, "model file")
@@ -332,10 +350,16 @@ class Description:
 class Predictor:
     """A backend plus the class names and contract read from the model file itself."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, path: Path | None = None) -> None:
         self.backend = backend
+        self.path = path  # the model file, when loaded from one
         self.metadata = backend.metadata
         self.class_names: tuple[str, ...] = tuple(backend.metadata["class_names"])
+
+    def __repr__(self) -> str:
+        threads = getattr(self.backend, "threads", None)
+        extra = f", threads={threads}" if threads is not None else ""
+        return f"Predictor(file={str(self.path) if self.path else None!r}, backend={self.backend_name!r}, device={self.device!r}{extra})"
 
     @property
     def backend_name(self) -> str:

@@ -9,31 +9,26 @@ fmnist-predict's fast, torch-free start should not pay for.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from fmnist_deploy import launch
+from fmnist_deploy import launch, options
 from fmnist_deploy.models import default_model
 
 
-@click.command(cls=launch.Command, context_settings={"help_option_names": ["-h", "--help"]})
+@options.command("fmnist-batch")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--output",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Results, one row per image: a .parquet or .jsonl file (written atomically), or a folder (a name "
+@options.output_file(
+    "Results, one row per image: a .parquet or .jsonl file (written atomically), or a folder (a name "
     "without suffix) of Parquet files, one per unit of work, that Arrow and Ray read back in input order.",
+    required=True,
+    folder_ok=True,
 )
-@click.option(
-    "--model",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="An .onnx file [default: the packaged fmnist_mlp.onnx].",
-)
+@options.model("An .onnx file [default: the packaged fmnist_mlp.onnx].")
 @click.option(
     "--address",
     default=None,
@@ -53,17 +48,12 @@ from fmnist_deploy.models import default_model
     show_default=True,
     help="Images per unit of work: per model call and per part file.",
 )
-@click.option("--top-k", type=click.IntRange(1, 10), default=3, show_default=True)
-@click.option("--invert", is_flag=True, help="Inputs are dark-on-light (photos, scans).")
-@click.option("--resume", is_flag=True, help="Continue a killed job: skip the units whose part files it wrote.")
-@click.option(
-    "--image-column",
-    default="image",
-    show_default=True,
-    help="The image-bytes column of Parquet / Arrow inputs (binary, or Hugging Face's {bytes, path} struct).",
-)
+@options.top_k()
+@options.invert()
+@options.resume("Continue a killed job: skip the units whose part files it wrote.")
+@options.overwrite("Start over where a killed job left part files (deletes them).")
+@options.image_column()
 @click.option("--id-column", default=None, help="A column of Parquet / Arrow inputs to carry into every answer.")
-@click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
 def main(
     inputs: tuple[Path, ...],
     output: Path,
@@ -76,6 +66,7 @@ def main(
     resume: bool,
     image_column: str,
     id_column: str | None,
+    overwrite: bool,
 ) -> None:
     """Classify INPUTS (image files, folders, .npy / IDX batch files, Parquet / Arrow files of image bytes,
     or .txt files listing paths) on Ray.
@@ -86,11 +77,29 @@ def main(
     usage error.
     """
     try:
-        from fmnist_deploy.scaleout.ray_job import JobConfig, check_job, run_job, start_ray
+        from fmnist_deploy.scaleout.ray_job import (
+            OUTPUT_SUFFIXES,
+            JobConfig,
+            check_job,
+            parts_folder,
+            run_job,
+            start_ray,
+        )
     except ImportError as exc:
         raise click.ClickException(
             f"fmnist-batch needs Ray: pip install 'fmnist-deploy[scale]' ({exc.name} missing)"
         ) from None
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other; give one")
+    if model is not None and not model.is_file():
+        raise click.BadParameter(f"{model}: no such file", param_hint="--model")
+    if output.suffix and output.suffix not in OUTPUT_SUFFIXES and not output.is_dir():
+        raise click.BadParameter(
+            f"{output}: expected a {' or '.join(OUTPUT_SUFFIXES)} file, or a folder name (no suffix)",
+            param_hint="--output",
+        )
+    if not output.parent.is_dir():
+        raise click.BadParameter(f"{output}: the folder {output.parent} does not exist", param_hint="--output")
     config = JobConfig(
         model=model or default_model("onnxruntime"),
         output=output,
@@ -103,6 +112,9 @@ def main(
         image_column=image_column,
         id_column=id_column,
     )
+    if overwrite and parts_folder(config).is_dir():
+        shutil.rmtree(parts_folder(config))
+        options.say(f"removed {parts_folder(config)}, left by an earlier job")
     check_job(config)  # before Ray starts: a bad model or output name costs nothing
     started = time.perf_counter()
     try:
@@ -119,7 +131,7 @@ def main(
     summary = {**counts, "output": str(output), "ray_start_s": round(ray_seconds, 2), "job_s": round(seconds, 2)}
     click.echo(json.dumps(summary))
     if counts["failed"]:
-        click.echo(f"{counts['failed']} input(s) failed: see the error column of {output}", err=True)
+        options.say(f"{counts['failed']} input(s) failed: see the error column of {output}")
         sys.exit(1)
 
 

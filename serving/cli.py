@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from fmnist_deploy import launch
+from fmnist_deploy import launch, options
 from fmnist_deploy.models import default_model
-from fmnist_deploy.runtime import BACKENDS, DEVICES
+from fmnist_deploy.runtime import BACKENDS
 
 ACCEPTED_GRACE_S = 0.5  # at shutdown, how long a connection already accepted has to send its request
 
@@ -58,8 +58,11 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-@click.command(cls=launch.Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", required=False, type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@options.command("fmnist-serve")
+@options.old_argument("old_model", "--model", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@options.model(
+    "The model file to serve [default: the packaged file for --backend; fmnist_mlp.onnx for auto].", exists=True
+)
 @click.option(
     "--model-repository",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
@@ -68,8 +71,8 @@ def _listen(host: str, port: int) -> socket.socket:
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True)
-@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@options.backend(BACKENDS)
+@options.device()
 @click.option(
     "--max-batch",
     type=click.IntRange(min=1),
@@ -152,8 +155,8 @@ def _listen(host: str, port: int) -> socket.socket:
     show_default=True,
     help="The server's log level (--access-log lines are logged at info, and shown whatever this says).",
 )
-@click.version_option(package_name="fmnist-deploy", message="%(prog)s %(version)s")
 def main(
+    old_model: Path | None,
     model: Path | None,
     model_repository: Path | None,
     host: str,
@@ -173,19 +176,22 @@ def main(
     access_log: bool,
     log_level: str,
 ) -> None:
-    """Serve MODEL (default: the packaged fmnist_mlp.onnx) at http://HOST:PORT/v2/models/fmnist_mlp/infer,
+    """Serve --model (default: the packaged fmnist_mlp.onnx) at http://HOST:PORT/v2/models/fmnist_mlp/infer,
     or every model of a Triton model repository (each under its folder's name, the latest version by default).
 
     SIGTERM or Ctrl-C stops accepting, answers every request already accepted, then exits.
     """
-    from fmnist_deploy.runtime import RuntimeFailure
     from fmnist_deploy.serving.app import ServeConfig, config_to_environment, create_app
     from fmnist_deploy.serving.limits import LimitedConfig, Limits
     from fmnist_deploy.serving.repository import RepositoryError, scan
     from fmnist_deploy.serving.stats import MULTIPROCESS_ENV
 
+    if old_model is not None:
+        if model is not None:
+            raise click.UsageError(f"give the model once: --model {model} or {old_model}, not both")
+        model = old_model
     if model is not None and model_repository is not None:
-        raise click.UsageError("give MODEL or --model-repository, not both")
+        raise click.UsageError("give --model or --model-repository, not both")
     if grpc_port == 0 and workers > 1:
         raise click.BadParameter("each worker would get its own port; give a port number", param_hint="--grpc-port")
     if model_repository is not None:
@@ -215,10 +221,7 @@ def main(
         grpc_host=host,
         grpc_port=grpc_port,
     )
-    try:
-        app = create_app(config)  # load (and check) every model before listening
-    except RuntimeFailure as exc:
-        raise click.ClickException(str(exc)) from None
+    app = create_app(config)  # load (and check) every model before listening; its errors exit as their kind
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     where = f"[{bound_host}]" if sock.family == socket.AF_INET6 else bound_host
@@ -234,13 +237,13 @@ def main(
         body_timeout_s=body_timeout,
         idle_timeout_s=idle_timeout,
     )
-    options = {"log_level": log_level, "access_log": access_log, "timeout_graceful_shutdown": 30, "limits": limits}
+    settings = {"log_level": log_level, "access_log": access_log, "timeout_graceful_shutdown": 30, "limits": limits}
     if workers == 1:
-        server = _server_class()(LimitedConfig(app, **options))
+        server = _server_class()(LimitedConfig(app, **settings))
         server.run(sockets=[sock])
         if not server.started:
             raise click.ClickException("the server did not start; see the error above")
-        click.echo("stopped: every accepted request was answered", err=True)
+        options.say("stopped: every accepted request was answered")
     else:
         import tempfile
 
@@ -251,7 +254,7 @@ def main(
             os.environ[MULTIPROCESS_ENV] = shared
             os.environ.update(config_to_environment(config))
             target = "fmnist_deploy.serving.app:from_environment"
-            Multiprocess(LimitedConfig(target, factory=True, workers=workers, **options), sockets=[sock]).run()
+            Multiprocess(LimitedConfig(target, factory=True, workers=workers, **settings), sockets=[sock]).run()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ WEIGHTS = ARTIFACTS / "fmnist_mlp.pt"
 def _export(out: Path, data) -> CliRunner:
     result = CliRunner().invoke(
         export_cli,
-        ["--format", "aoti", "--weights", str(WEIGHTS), "--out-dir", str(out), "--data-dir", str(data.root)],
+        ["--format", "aoti", "--weights", str(WEIGHTS), "--output", str(out), "--data-dir", str(data.root)],
     )
     assert result.exit_code == 0, result.output
     return result
@@ -83,8 +83,8 @@ def test_the_runtime_refuses_a_package_in_one_line(package: Path) -> None:
 
 def test_latency_grid_with_the_peers(package: Path, tmp_path: Path, data) -> None:
     require_backend("openvino")
-    args = ["latency", "--batches", "1,8", "--budget", "0.01", "--min-repetitions", "2", "--e2e-max-batch", "0"]
-    args += ["--ceiling-rounds", "0", "--aoti-package", str(package), "--out-dir", str(tmp_path), "--json"]
+    args = ["latency", "--sizes", "1,8", "--seconds", "0.01", "--min-calls", "2", "--e2e-max-batch", "0"]
+    args += ["--ceiling-rounds", "0", "--aoti-package", str(package), "--output", str(tmp_path), "--json"]
     for backend in ("onnxruntime", "openvino", "torch-compile", "aoti"):
         args += ["--backend", backend]
     result = CliRunner().invoke(bench_cli, args)

@@ -83,15 +83,15 @@ def test_latency_cli_writes_every_report(tmp_path: Path, data) -> None:
             "onnxruntime-int8",
             "--device",
             "cpu",
-            "--batches",
+            "--sizes",
             "1,8",
-            "--budget",
+            "--seconds",
             "0.01",
-            "--min-repetitions",
+            "--min-calls",
             "3",
             "--e2e-max-batch",
             "1",
-            "--out-dir",
+            "--output",
             str(tmp_path),
             "--data-dir",
             str(data.root),
@@ -113,8 +113,8 @@ def test_latency_cli_writes_every_report(tmp_path: Path, data) -> None:
 def test_latency_cli_rejects_bad_options(tmp_path: Path) -> None:
     runner = CliRunner()
     assert runner.invoke(bench_cli, ["latency", "--backend", "tflite"]).exit_code == 2
-    assert runner.invoke(bench_cli, ["latency", "--batches", "1,x"]).exit_code == 2
-    assert runner.invoke(bench_cli, ["latency", "--batches", "0"]).exit_code == 2
+    assert runner.invoke(bench_cli, ["latency", "--sizes", "1,x"]).exit_code == 2
+    assert runner.invoke(bench_cli, ["latency", "--sizes", "0"]).exit_code == 2
     missing = runner.invoke(bench_cli, ["latency", "--artifacts", str(tmp_path)])
     assert missing.exit_code == 1 and "run `make export` first" in missing.output
 
@@ -234,7 +234,7 @@ def test_every_latency_target_has_its_file_committed() -> None:
 
 def test_parity_cli(tmp_path: Path, data) -> None:
     result = CliRunner().invoke(
-        bench_cli, ["parity", "--device", "cpu", "--out-dir", str(tmp_path), "--data-dir", str(data.root)]
+        bench_cli, ["parity", "--device", "cpu", "--output", str(tmp_path), "--data-dir", str(data.root)]
     )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "parity.json").read_text())
@@ -279,7 +279,7 @@ def test_parity_fails_for_a_wrong_model(tmp_path: Path, data) -> None:
             str(tmp_path),
             "--device",
             "cpu",
-            "--out-dir",
+            "--output",
             str(tmp_path),
             "--data-dir",
             str(data.root),
@@ -319,7 +319,7 @@ def test_coldstart_with_a_missing_model_is_one_line(tmp_path: Path) -> None:
     image = ARTIFACTS / "samples" / "0000_ankle_boot.png"
     result = CliRunner().invoke(
         bench_cli,
-        ["coldstart", "--artifacts", str(tmp_path), "--image", str(image), "--out-dir", str(tmp_path / "out")],
+        ["coldstart", "--artifacts", str(tmp_path), "--image", str(image), "--output", str(tmp_path / "out")],
     )
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
@@ -342,7 +342,7 @@ def test_the_bench_module_runs_as_a_script() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_parity_cuda_without_gpu_is_a_usage_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(bench_cli, ["parity", "--device", "cuda", "--out-dir", str(tmp_path)])
+    result = CliRunner().invoke(bench_cli, ["parity", "--device", "cuda", "--output", str(tmp_path)])
     assert result.exit_code == 2 and "no CUDA device" in result.output and "FAIL" not in result.output
     assert not list(tmp_path.iterdir())
 
@@ -361,7 +361,7 @@ def test_parity_counts_a_model_that_is_not_a_file_as_a_failing_row(tmp_path: Pat
             "parity",
             "--artifacts",
             str(models),
-            "--out-dir",
+            "--output",
             str(tmp_path / "out"),
             "--data-dir",
             str(data.root),
@@ -385,9 +385,9 @@ def test_quick_runs_never_touch_the_committed_reports(tmp_path: Path, data, monk
             "latency",
             "--backend",
             "onnxruntime",
-            "--batches",
+            "--sizes",
             "1",
-            "--budget",
+            "--seconds",
             "0.01",
             "--e2e-max-batch",
             "0",
@@ -405,7 +405,7 @@ def test_a_read_only_report_folder_keeps_the_printed_result(tmp_path: Path, data
     blocked = tmp_path / "file-not-folder"
     blocked.write_text("")  # a file where the report folder should be: every write fails
     result = CliRunner().invoke(
-        bench_cli, ["parity", "--device", "cpu", "--out-dir", str(blocked / "reports"), "--data-dir", str(data.root)]
+        bench_cli, ["parity", "--device", "cpu", "--output", str(blocked / "reports"), "--data-dir", str(data.root)]
     )
     assert result.exit_code == 1
     assert "**PASS**" in result.stdout
@@ -416,7 +416,7 @@ def test_a_read_only_report_folder_keeps_the_printed_result(tmp_path: Path, data
 
 def test_formats_table(tmp_path: Path, data) -> None:
     result = CliRunner().invoke(
-        bench_cli, ["formats", "--budget", "0.02", "--out-dir", str(tmp_path), "--data-dir", str(data.root)]
+        bench_cli, ["formats", "--seconds", "0.02", "--output", str(tmp_path), "--data-dir", str(data.root)]
     )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "formats.json").read_text())
@@ -438,7 +438,7 @@ def test_formats_table(tmp_path: Path, data) -> None:
 def test_batch_benchmark_small(tmp_path: Path, data) -> None:
     pytest.importorskip("ray", reason="the batch benchmark needs the optional ray package")
     result = CliRunner().invoke(
-        bench_cli, ["batch", "--images", "300", "--out-dir", str(tmp_path), "--data-dir", str(data.root)]
+        bench_cli, ["batch", "--images", "300", "--output", str(tmp_path), "--data-dir", str(data.root)]
     )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "batch.json").read_text())
@@ -463,7 +463,7 @@ def test_serve_benchmark_small(tmp_path: Path, data) -> None:
             "1,64",
             "--sizes",
             "1,32",
-            "--out-dir",
+            "--output",
             str(tmp_path),
             "--data-dir",
             str(data.root),
@@ -518,7 +518,7 @@ CUDA_SCRIPT = REPO / "benchmarks" / "cuda.sh"
 def test_cuda_script_dry_run_lists_every_step_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "reports"
     done = subprocess.run(
-        ["bash", str(CUDA_SCRIPT), "--dry-run", "--quick", "--out", str(out)], capture_output=True, text=True
+        ["bash", str(CUDA_SCRIPT), "--dry-run", "--quick", "--output", str(out)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     steps = [line for line in done.stderr.splitlines() if line.startswith("[")]
@@ -548,7 +548,7 @@ def test_cuda_script_dry_run_lists_every_step_and_writes_nothing(tmp_path: Path)
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="checks the no-GPU refusal")
 def test_cuda_script_without_a_gpu_stops_before_anything(tmp_path: Path) -> None:
-    done = subprocess.run(["bash", str(CUDA_SCRIPT), "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    done = subprocess.run(["bash", str(CUDA_SCRIPT), "--output", str(tmp_path / "r")], capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.strip() == "cuda.sh: no NVIDIA GPU here (nvidia-smi is missing or lists none); nothing was run"
     assert not (tmp_path / "r").exists()

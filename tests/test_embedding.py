@@ -168,5 +168,78 @@ def test_the_web_page_in_chromium_answers_like_fmnist_predict(tmp_path: Path) ->
     checks = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.returncode == 0, result.stdout + result.stderr
     assert [c["label"] for c in checks if c["check"] == "image"] == [e["label"] for e in expected]
-    assert all(c["ok"] for c in checks) and {c["check"] for c in checks} == {"image", "text file", "offline"}
+    assert all(c["ok"] for c in checks) and {c["check"] for c in checks} == {"image", "text file", "offline", "queued"}
     assert (tmp_path / "page.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@needs_node
+@needs_node_packages
+def test_node_command_walks_folders_and_has_help(tmp_path: Path) -> None:
+    folder = _node("classify.mjs", str(ARTIFACTS / "samples"))
+    assert folder.returncode == 0, folder.stderr
+    assert folder.stdout.splitlines() == _predict_lines([ARTIFACTS / "samples"])
+    (tmp_path / "empty").mkdir()
+    empty = _node("classify.mjs", str(tmp_path / "empty"))
+    assert empty.returncode == 1 and "no PNG or JPEG images found under this folder" in empty.stderr
+    usage = _node("classify.mjs", "--help")
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: node classify.mjs") and usage.stderr == ""
+    crlf = _node("classify.mjs", "-", stdin=f"{SAMPLES[2]}\r\n")
+    assert crlf.stdout.splitlines() == _predict_lines([SAMPLES[2]])
+
+
+@needs_node
+@needs_node_packages
+def test_node_examples_leave_no_telemetry_files(tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env["HOME"] = str(tmp_path)
+    for args in (
+        ["classify.mjs", str(SAMPLES[0])],
+        ["predict.mjs", str(ARTIFACTS / "fmnist_mlp.onnx"), str(ARTIFACTS / "golden.json")],
+    ):
+        done = subprocess.run(["node", *args], cwd=NODE_EXAMPLE, capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr
+    assert list(tmp_path.rglob("*")) == [], "ONNX Runtime wrote its telemetry store under ~/.cache/Microsoft"
+
+
+@needs_node
+def test_the_page_server_serves_the_page_and_the_model_only() -> None:
+    import urllib.error
+    import urllib.request
+
+    server = subprocess.Popen(
+        ["node", "serve.mjs", "0", "--for", "60"], cwd=WEB_EXAMPLE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        url = server.stdout.readline().split(" at ")[1].strip().removesuffix("/examples/web/")
+
+        def status(path: str) -> int:
+            try:
+                with urllib.request.urlopen(url + path, timeout=10) as response:
+                    return response.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        for path in (
+            "/examples/web/",
+            "/examples/web/app.mjs",
+            "/artifacts/fmnist_mlp.onnx",
+            "/artifacts/fmnist_mlp.onnx.json",
+        ):
+            assert status(path) == 200, path
+        for path in (
+            "/.git/config",
+            "/artifacts/checkpoint.pt",
+            "/artifacts/fmnist_mlp.pt",
+            "/README.md",
+            "/examples/web/serve.mjs",
+            "/examples/web/package.json",
+            "/examples/web/../../.git/config",
+            "/examples/web/%2e%2e/%2e%2e/.git/config",
+            "/artifacts/",
+        ):
+            assert status(path) == 404, path
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

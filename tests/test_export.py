@@ -298,9 +298,7 @@ def test_gate_catches_other_weights(tmp_path: Path, exported, source) -> None:
 
 
 def test_cli_missing_weights_is_a_usage_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        export_cli, ["--weights", str(tmp_path / "none.pt"), "--out-dir", str(tmp_path / "out")]
-    )
+    result = CliRunner().invoke(export_cli, ["--weights", str(tmp_path / "none.pt"), "--output", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert (
         result.output.strip().splitlines()[-1]
@@ -313,7 +311,7 @@ def test_cli_missing_weights_is_a_usage_error(tmp_path: Path) -> None:
 def test_cli_not_a_checkpoint_is_one_line(tmp_path: Path, content: bytes) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
-    result = CliRunner().invoke(export_cli, ["--weights", str(bad), "--out-dir", str(tmp_path / "out")])
+    result = CliRunner().invoke(export_cli, ["--weights", str(bad), "--output", str(tmp_path / "out")])
     assert result.exit_code == 1 and result.stdout == ""
     lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("[")]  # progress lines
     assert len(lines) == 1 and "not a readable torch checkpoint (not a zip archive" in lines[0]
@@ -322,7 +320,7 @@ def test_cli_not_a_checkpoint_is_one_line(tmp_path: Path, content: bytes) -> Non
 def test_cli_other_torch_file_is_refused(tmp_path: Path) -> None:
     other = tmp_path / "state.pt"
     torch.save(FashionMLP().state_dict(), other)  # a bare state_dict: no recipe, no metadata
-    result = CliRunner().invoke(export_cli, ["--weights", str(other), "--out-dir", str(tmp_path / "out")])
+    result = CliRunner().invoke(export_cli, ["--weights", str(other), "--output", str(tmp_path / "out")])
     assert result.exit_code == 1 and "expected a fmnist-deploy/weights file" in result.output
 
 
@@ -382,7 +380,7 @@ def test_make_export_reproduces_the_committed_files_byte_for_byte(tmp_path: Path
             "int8",
             "--weights",
             str(ARTIFACTS / "fmnist_mlp.pt"),
-            "--out-dir",
+            "--output",
             str(tmp_path),
             "--data-dir",
             str(data.root),
@@ -537,7 +535,7 @@ def test_cli_export_json_is_one_document(exported, tmp_path: Path, data) -> None
             "all",
             "--weights",
             str(exported / "weights.pt"),
-            "--out-dir",
+            "--output",
             str(tmp_path),
             "--data-dir",
             str(data.root),
@@ -552,9 +550,9 @@ def test_cli_export_json_is_one_document(exported, tmp_path: Path, data) -> None
 # --- fmnist-export as a tool ---------------------------------------------------------------
 
 
-def test_export_without_weights_writes_nothing_where_it_runs(tmp_path: Path, monkeypatch) -> None:
+def test_export_with_a_missing_weights_file_writes_nothing_where_it_runs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(export_cli, ["--format", "onnx"])
+    result = CliRunner().invoke(export_cli, ["--format", "onnx", "--weights", "artifacts/fmnist_mlp.pt"])
     assert result.exit_code == 2 and "artifacts/fmnist_mlp.pt: no such file" in result.output
     assert list(tmp_path.iterdir()) == []
 
@@ -583,7 +581,7 @@ def test_export_says_what_it_wrote_and_what_to_run_next(exported, tmp_path: Path
             "int8",
             "--weights",
             str(exported / "weights.pt"),
-            "--out-dir",
+            "--output",
             str(tmp_path),
             "--data-dir",
             str(data.root),
@@ -613,7 +611,7 @@ def test_ctrl_c_during_export_is_one_line(exported, tmp_path: Path, data) -> Non
             "onnx",
             "--weights",
             str(exported / "weights.pt"),
-            "--out-dir",
+            "--output",
             str(tmp_path),
             "--data-dir",
             str(data.root),

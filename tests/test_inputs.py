@@ -178,7 +178,7 @@ def test_predict_files_matches_predict_on_the_same_pixels(tmp_path: Path, data) 
 
 def test_files_benchmark_small(tmp_path: Path, data) -> None:
     result = CliRunner().invoke(
-        bench_cli, ["files", "--rounds", "1", "--sizes", "100,300", "--out-dir", str(tmp_path), "--json"]
+        bench_cli, ["files", "--rounds", "1", "--sizes", "100,300", "--output", str(tmp_path), "--json"]
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -186,7 +186,7 @@ def test_files_benchmark_small(tmp_path: Path, data) -> None:
     assert set(report["ways"]) == {"plain", "sequential", "predict_files", "fmnist-predict"}
     assert report["ways"]["plain"]["cost_vs_plain"] == 1.0
     assert (tmp_path / "files.md").is_file()
-    bad = CliRunner().invoke(bench_cli, ["files", "--sizes", "300,100", "--out-dir", str(tmp_path)])
+    bad = CliRunner().invoke(bench_cli, ["files", "--sizes", "300,100", "--output", str(tmp_path)])
     assert bad.exit_code == 2 and "two increasing sizes" in bad.output
 
 

@@ -201,7 +201,9 @@ def test_load_errors_are_clear(tmp_path: Path) -> None:
         load(tmp_path / "missing.onnx")
     with pytest.raises(ModelError, match="cannot tell the backend from the suffix '.tflite'"):
         load(tmp_path / "model.tflite")
-    with pytest.raises(ModelError, match="the pt2 backend reads .pt2 files"):
+    with pytest.raises(
+        ModelError, match="this is an ONNX file, which the pt2 backend does not read; use --backend onnxruntime"
+    ):
         load(ARTIFACTS / "fmnist_mlp.onnx", backend="pt2")
     with pytest.raises(DeviceError, match="expected one of cpu, cuda"):
         load(ARTIFACTS / "fmnist_mlp.onnx", device="tpu")
@@ -482,9 +484,11 @@ def test_unknown_option_values_are_typed_errors_naming_what_is_accepted() -> Non
         load(ARTIFACTS / "fmnist_mlp.onnx", threads=0)
     with pytest.raises(
         OptionError,
-        match="the pt2 backend does not take threads; its options: cuda_graphs, graph_cache, max_graph_batch, chunk_rows",
+        match="the pt2 backend does not take spinning; its options: threads, cuda_graphs, graph_cache, max_graph_batch, chunk_rows",
     ):
-        load(ARTIFACTS / "fmnist_mlp.pt2", threads=2)
+        load(ARTIFACTS / "fmnist_mlp.pt2", spinning=False)
+    with pytest.raises(OptionError, match="threads 0: expected a whole number >= 1"):
+        load(ARTIFACTS / "fmnist_mlp.pt2", threads=0)
     with pytest.raises(
         OptionError,
         match="the onnxruntime backend does not take device_id; its options: threads, optimization, spinning",

@@ -92,7 +92,7 @@ def _same_answers(rows: list[dict], expected: list[dict]) -> None:
 @pytest.mark.parametrize("suffix", [".parquet", ""])  # .jsonl: the resume test
 def test_rows_equal_fmnist_predict_row_for_row(local_ray, png_folder: Path, tmp_path: Path, suffix: str) -> None:
     output = tmp_path / f"answers{suffix}"
-    args = [str(png_folder), "--output", str(output), "--actors", "2", "--batch-size", "300"]
+    args = [str(png_folder), "--output", str(output), "--actors", "2", "--batch-size", "300", "--top-k", "3"]
     result = CliRunner().invoke(batch_cli, args)
     assert result.exit_code == 1, result.output  # the bad files are rows with errors, not a failed job
     assert "2 input(s) failed" in result.stderr
@@ -236,7 +236,7 @@ def test_a_parquet_table_of_image_bytes_gets_fmnist_predicts_answers_with_its_id
     pq.write_table(table.slice(0, 600), dataset / "a.parquet", row_group_size=250)  # 3 row groups: 3 units
     pq.write_table(table.slice(600), dataset / "b.parquet", row_group_size=250)
     output = tmp_path / "answers"
-    args = [str(dataset), "--output", str(output), "--image-column", "picture", "--id-column", "id"]
+    args = [str(dataset), "--output", str(output), "--image-column", "picture", "--id-column", "id", "--top-k", "3"]
     result = CliRunner().invoke(batch_cli, args)
     assert result.exit_code == 1 and "2 input(s) failed" in result.stderr, result.output
     assert len(list(output.glob("part-*.parquet"))) == 3 + 2

@@ -404,7 +404,7 @@ def test_triton_repository_serves_and_its_manifest_parses(tmp_path: Path, data, 
 
     repository = tmp_path / "model_repository"
     result = CliRunner().invoke(
-        export_cli, ["--format", "triton", "--out-dir", str(repository), "--data-dir", str(data.root)]
+        export_cli, ["--format", "triton", "--output", str(repository), "--data-dir", str(data.root)]
     )
     assert result.exit_code == 0, result.output
     assert "ok   triton_config: config.pbtxt parses as tritonclient's ModelConfig" in result.stdout

@@ -113,7 +113,7 @@ def test_resume_refuses_a_different_recipe_or_fewer_epochs(data, tmp_path: Path)
 
 def test_cli_train_then_resume_writes_every_artifact(data, tmp_path: Path) -> None:
     runner = CliRunner()
-    args = ["--limit", "1000", "--device", "cpu", "--out", str(tmp_path), "--data-dir", str(data.root)]
+    args = ["--limit", "1000", "--device", "cpu", "--output", str(tmp_path), "--data-dir", str(data.root)]
     first = runner.invoke(train_cli, [*args, "--epochs", "1"])
     assert first.exit_code == 0, first.output
     assert "Epoch   1/1" in first.output
@@ -154,22 +154,22 @@ def test_cli_train_then_resume_writes_every_artifact(data, tmp_path: Path) -> No
     ],
 )
 def test_cli_rejects_bad_options(args: list[str], needle: str, tmp_path: Path) -> None:
-    result = CliRunner().invoke(train_cli, [*args, "--out", str(tmp_path)])
+    result = CliRunner().invoke(train_cli, [*args, "--output", str(tmp_path)])
     assert result.exit_code == 2
     assert needle in result.output
     assert "Traceback" not in result.output
 
 
 def test_cli_resume_without_a_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
-    result = CliRunner().invoke(train_cli, ["--resume", "--out", str(tmp_path)])
+    result = CliRunner().invoke(train_cli, ["--resume", "--output", str(tmp_path)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"Error: {tmp_path / 'checkpoint.pt'}: no such file"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cli_cuda_without_gpu_fails_clearly(tmp_path: Path) -> None:
-    result = CliRunner().invoke(train_cli, ["--device", "cuda", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "torch.cuda.is_available() is False" in result.output
+    result = CliRunner().invoke(train_cli, ["--device", "cuda", "--output", str(tmp_path)])
+    assert result.exit_code == 2 and "torch.cuda.is_available() is False" in result.output  # a usage error
 
 
 # --- the data set -------------------------------------------------------------------------
@@ -229,7 +229,9 @@ def test_a_truncated_gzip_is_refused(data, tmp_path: Path) -> None:
 def test_cli_refuses_bad_data_with_one_line(data, tmp_path: Path) -> None:
     folder = _copy_raw(data, tmp_path / "raw")
     (folder / "train-images-idx3-ubyte").write_bytes((folder / "train-images-idx3-ubyte").read_bytes()[:1000])
-    result = CliRunner().invoke(train_cli, ["--data-dir", str(folder), "--epochs", "1", "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        train_cli, ["--data-dir", str(folder), "--epochs", "1", "--output", str(tmp_path / "out")]
+    )
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:") and "truncated or altered" in lines[0]
@@ -336,14 +338,14 @@ def test_resume_from_a_checkpoint_with_an_unknown_recipe_key_is_one_line(tmp_pat
     payload["recipe"]["warmup_epochs"] = 3
     payload[CONTENT_KEY] = content_digest(payload)  # intact, but from an unknown recipe
     torch.save(payload, tmp_path / "checkpoint.pt")
-    result = CliRunner().invoke(train_cli, ["--out", str(tmp_path), "--resume", "--epochs", "101"])
+    result = CliRunner().invoke(train_cli, ["--output", str(tmp_path), "--resume", "--epochs", "101"])
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "unknown recipe keys ['warmup_epochs']" in lines[0], result.output
 
 
 def test_cli_resume_with_fewer_epochs_is_a_usage_error(data, tmp_path: Path) -> None:
-    args = ["--limit", "300", "--out", str(tmp_path), "--data-dir", str(data.root), "--device", "cpu"]
+    args = ["--limit", "300", "--output", str(tmp_path), "--data-dir", str(data.root), "--device", "cpu"]
     assert CliRunner().invoke(train_cli, [*args, "--epochs", "2"]).exit_code == 0
     result = CliRunner().invoke(train_cli, [*args, "--epochs", "1", "--resume"])
     assert result.exit_code == 2
@@ -366,7 +368,7 @@ def test_ctrl_c_during_training_names_the_epoch_and_the_resume_command(data, tmp
             "500",
             "--epochs",
             "100000",
-            "--out",
+            "--output",
             str(tmp_path),
             "--data-dir",
             str(data.root),
@@ -387,7 +389,10 @@ def test_ctrl_c_during_training_names_the_epoch_and_the_resume_command(data, tmp
     assert proc.returncode == 130, stderr
     last = stderr.strip().splitlines()[-1]
     epoch = int(last.split("interrupted after epoch ")[1].split(";")[0])
-    assert last == f"interrupted after epoch {epoch}; resume with: fmnist-train --out {tmp_path} --resume"
+    assert last == (
+        f"interrupted after epoch {epoch}; resume with: fmnist-train --output {tmp_path} --resume "
+        f"--data-dir {data.root} --device cpu"
+    )
     assert "Traceback" not in stderr and f"Epoch {epoch:3d}/100000" in stdout
     assert load_checkpoint(tmp_path / "checkpoint.pt").epoch >= epoch
 
@@ -404,7 +409,7 @@ def test_training_from_another_folder_writes_nothing_there(tmp_path: Path, monke
     monkeypatch.chdir(work)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     result = CliRunner().invoke(
-        train_cli, ["--epochs", "1", "--limit", "200", "--out", str(tmp_path / "run"), "--device", "cpu"]
+        train_cli, ["--epochs", "1", "--limit", "200", "--output", str(tmp_path / "run"), "--device", "cpu"]
     )
     assert result.exit_code == 0, result.output
     assert list(work.iterdir()) == []

@@ -140,7 +140,11 @@ def locate(data_dir: Path | None = None, *, root: Path | None = None, download: 
                 return data_dir
             _materialise(files, root)
             return root
-        raise DataError(f"--data-dir {data_dir}: the four Fashion-MNIST IDX files are not there; {HOW_TO_GET}")
+        raise DataError(
+            f"--data-dir {data_dir}: the four Fashion-MNIST IDX files ({', '.join(SHA256)}, plain or .gz) are "
+            f"not there nor under {raw_dir(data_dir)}; point --data-dir at the folder that holds them, "
+            "or leave it out to use the copy `make data` installs"
+        )
 
     local = _find_in(raw_dir(LOCAL_ROOT))
     if local is not None and all(p.suffix != ".gz" for p in local.values()):

@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from fmnist_deploy.errors import FmnistError
+from fmnist_deploy.errors import DeviceError, FmnistError
 from fmnist_deploy.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fmnist_deploy.training.config import Recipe
 from fmnist_deploy.training.data import FashionMNIST
@@ -275,7 +275,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda: torch.cuda.is_available() is False on this machine; use --device cpu")
+        raise DeviceError("--device cuda: torch.cuda.is_available() is False on this machine; use --device cpu")
     return torch.device(name)
 
 

@@ -1,35 +1,81 @@
 // Classify image files from Node.js with the exported ONNX file and its JSON sidecar, nothing else:
-//   node classify.mjs [--model FILE.onnx] [--top-k K] [--invert] IMAGE... (`-`: more paths on stdin)
-// Prints `path: Class (p)` per image, exactly as `fmnist-predict` does; a problem with an input is
-// one line on stderr (the others are still answered, exit 1); a model that is missing, damaged or
-// does not match its sidecar is one line on stderr and exit 2.
+//   node classify.mjs [--model FILE.onnx] [--top-k K] [--invert] IMAGE|FOLDER... (`-`: more paths on stdin)
+// Prints `path: Class (p)` per image, exactly as `fmnist-predict` does; a folder is walked in sorted
+// order for its PNG and JPEG files; a problem with an input is one line on stderr (the others are still
+// answered, exit 1); a model that is missing, damaged or does not match its sidecar is one line on
+// stderr and exit 2. ONNX Runtime's usage telemetry (since 1.29 it keeps a device id and an event store
+// under ~/.cache/Microsoft) stays off unless ORT_DISABLE_TELEMETRY is set, as with the Python commands.
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { dirname, extname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import jpeg from "jpeg-js";
-import ort from "onnxruntime-node";
 import { PNG } from "pngjs";
 import { SIZE, toModelInput, topK } from "../web/preprocess.mjs";
+
+process.env.ORT_DISABLE_TELEMETRY ??= "1"; // read when ONNX Runtime's native library loads: before the import
+const { default: ort } = await import("onnxruntime-node");
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const CHUNK = 256;
 
+const USAGE = `usage: node classify.mjs [--model FILE.onnx] [--top-k 1-10] [--invert] IMAGE|FOLDER|- ...
+
+Classify PNG and JPEG images (folders are walked in sorted order; \`-\` reads more paths from standard
+input, one per line) with the exported ONNX file and its sidecar. One line per image on stdout:
+\`path: Class (p)\`, as fmnist-predict prints it. Exit 1 if an input failed, 2 for a usage or model error.
+
+  --model FILE.onnx  the model [default: artifacts/fmnist_mlp.onnx of this checkout]
+  --top-k K          classes per image, 1-10 [default: 1]
+  --invert           the images are dark-on-light (photos, scans)
+  -h, --help         this text`;
+
 function parseArgs(argv) {
   const options = { model: join(HERE, "..", "..", "artifacts", "fmnist_mlp.onnx"), topK: 1, invert: false, images: [] };
   for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === "--model") options.model = argv[++i];
+    if (argv[i] === "-h" || argv[i] === "--help") {
+      console.log(USAGE);
+      process.exit(0);
+    } else if (argv[i] === "--model") options.model = argv[++i];
     else if (argv[i] === "--top-k") options.topK = Number(argv[++i]);
     else if (argv[i] === "--invert") options.invert = true;
-    else if (argv[i] === "-") options.images.push(...readFileSync(0, "utf8").split("\n").filter((line) => line.trim()));
-    else options.images.push(argv[i]);
+    else if (argv[i] === "-") {
+      options.images.push(...readFileSync(0, "utf8").split("\n").map((line) => line.replace(/\r$/, "")).filter((line) => line.trim()));
+    } else if (argv[i].startsWith("-") && argv[i] !== "-") {
+      console.error(`error: unknown option ${argv[i]}\n${USAGE.split("\n")[0]}`);
+      process.exit(2);
+    } else options.images.push(argv[i]);
   }
-  if (!options.images.length || !(options.topK >= 1 && options.topK <= 10)) {
-    console.error("usage: node classify.mjs [--model FILE.onnx] [--top-k 1-10] [--invert] IMAGE...");
+  if (!options.images.length || !(options.topK >= 1 && options.topK <= 10) || !options.model) {
+    console.error(USAGE.split("\n")[0]);
     process.exit(2);
   }
   return options;
+}
+
+const IMAGE_SUFFIXES = new Set([".png", ".jpg", ".jpeg"]);
+
+// A folder -> its PNG and JPEG files, recursively, in sorted order (as fmnist-predict walks one);
+// anything else stands for itself (a missing file is reported when it is decoded).
+function expand(path) {
+  let stat;
+  try {
+    stat = statSync(path);
+  } catch {
+    return [path];
+  }
+  if (!stat.isDirectory()) return [path];
+  const found = [];
+  const walk = (folder) => {
+    for (const name of readdirSync(folder).sort()) {
+      const child = join(folder, name);
+      if (statSync(child).isDirectory()) walk(child);
+      else if (IMAGE_SUFFIXES.has(extname(name).toLowerCase())) found.push(child);
+    }
+  };
+  walk(path);
+  return found.length ? found : [{ folder: path }];
 }
 
 class ModelError extends Error {}
@@ -120,7 +166,12 @@ async function main() {
   }
   const good = [];
   let failed = 0;
-  for (const path of options.images) {
+  for (const path of options.images.flatMap(expand)) {
+    if (path.folder !== undefined) {
+      failed++;
+      console.error(`error: ${path.folder}: no PNG or JPEG images found under this folder`);
+      continue;
+    }
     try {
       const { rgba, width, height } = decode(path);
       good.push({ path, pixels: toModelInput(rgba, width, height, { invert: options.invert }) });

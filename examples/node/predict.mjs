@@ -3,7 +3,9 @@
 // Checks every golden image's logits against the reference in golden.json (a float64 forward pass
 // rounded to float32, written by fmnist-export), within the tolerance stored beside it; exit 1 otherwise.
 import { readFileSync } from "node:fs";
-import ort from "onnxruntime-node";
+
+process.env.ORT_DISABLE_TELEMETRY ??= "1"; // ONNX Runtime's usage telemetry off, as in classify.mjs
+const { default: ort } = await import("onnxruntime-node");
 
 const [modelPath, goldenPath] = process.argv.slice(2);
 if (!modelPath || !goldenPath) {

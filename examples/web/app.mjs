@@ -73,15 +73,24 @@ function showResults(name, ranked) {
 }
 
 async function classify(file) {
-  if (!model) return;
+  let loaded = model;
+  if (!loaded) {
+    // Picked (or dropped) before the model arrived: answer it once the model is ready.
+    say(`The model is still loading: ${file.name} will be classified as soon as it is ready.`);
+    try {
+      loaded = await modelReady;
+    } catch {
+      return; // the page already says why the model could not be loaded
+    }
+  }
   try {
     const { rgba, width, height } = await decode(file);
     const pixels = toModelInput(rgba, width, height, { invert: $("invert").checked });
     $("original").src = URL.createObjectURL(file);
     showInput(pixels);
-    const { inputs, outputs, class_names: classNames } = model.sidecar;
+    const { inputs, outputs, class_names: classNames } = loaded.sidecar;
     const feeds = { [inputs[0].name]: new ort.Tensor("uint8", pixels, [1, SIZE, SIZE]) };
-    const probabilities = (await model.session.run(feeds))[outputs[1].name].data;
+    const probabilities = (await loaded.session.run(feeds))[outputs[1].name].data;
     showResults(file.name, topK(probabilities, classNames, 3));
     say(`${file.name}: ${classNames[probabilities.indexOf(Math.max(...probabilities))]}`);
   } catch (error) {
@@ -102,9 +111,10 @@ drop.addEventListener("drop", (event) => {
   if (event.dataTransfer.files[0]) classify(event.dataTransfer.files[0]);
 });
 
+const modelReady = loadModel();
 try {
-  model = await loadModel();
-  say("Model ready: pick or drop an image.");
+  model = await modelReady;
+  if ($("results").dataset.input === undefined) say("Model ready: pick or drop an image.");
   document.body.dataset.ready = "true";
 } catch (error) {
   say(`The model could not be loaded: ${error.message}`, true);

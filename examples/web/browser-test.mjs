@@ -53,6 +53,25 @@ try {
   console.log(JSON.stringify({ check: "text file", message, ok }));
   failures += external.length > 0;
   console.log(JSON.stringify({ check: "offline", external, ok: external.length === 0 }));
+  // An image picked before the model has arrived (a slow connection: the model's response held back 2 s)
+  // is answered once the model is ready, not dropped.
+  const slow = await browser.newPage();
+  await slow.route("**/fmnist_mlp.onnx", async (route) => {
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    await route.continue();
+  });
+  await slow.goto(`http://127.0.0.1:${server.address().port}/examples/web/`);
+  await slow.waitForSelector("#file");
+  const first = expected[0];
+  await slow.setInputFiles("#file", first.file);
+  const early = await slow.evaluate(() => document.body.dataset.ready ?? "loading");
+  const waiting = await slow.textContent("#message");
+  await slow.waitForFunction((n) => document.getElementById("results").dataset.input === n, first.file.split("/").pop(),
+    { timeout: 60_000 });
+  const queued = await slow.evaluate(() => document.getElementById("results").dataset.label);
+  const queuedOk = early === "loading" && waiting.startsWith("The model is still loading") && queued === first.label;
+  failures += !queuedOk;
+  console.log(JSON.stringify({ check: "queued", early, message: waiting, label: queued, ok: queuedOk }));
 } catch (error) {
   failures++;
   console.log(JSON.stringify({ check: "page", error: error.message.split("\n")[0], ok: false }));

@@ -110,7 +110,7 @@ def _export(work: Path, data: Path) -> tuple:
     return export_cli, [
         "--weights",
         str(work / "fmnist_mlp.pt"),
-        "--out-dir",
+        "--output",
         str(work),
         "--format",
         "onnx",
@@ -138,7 +138,7 @@ CASES = [
             "train --resume": lambda work, data: (
                 train_cli,
                 [
-                    "--out",
+                    "--output",
                     str(work),
                     "--resume",
                     "--epochs",
@@ -159,7 +159,7 @@ CASES = [
             "train": lambda work, data: (
                 train_cli,
                 [
-                    "--out",
+                    "--output",
                     str(work / "run"),
                     "--epochs",
                     "1",
@@ -188,7 +188,7 @@ def template(tmp_path_factory, data) -> Path:
     result = CliRunner().invoke(
         train_cli,
         [
-            "--out",
+            "--output",
             str(work / "run"),
             "--epochs",
             "2",
@@ -290,7 +290,7 @@ def test_hostile_files_without_a_sidecar_run_no_code(name: str, tmp_path: Path, 
                 (predict_cli, [str(SAMPLE), "--model", str(work / name)]),
                 (
                     export_cli,
-                    ["--weights", str(work / name), "--out-dir", str(work / "out"), "--data-dir", str(data.root)],
+                    ["--weights", str(work / name), "--output", str(work / "out"), "--data-dir", str(data.root)],
                 ),
             ]
         else:

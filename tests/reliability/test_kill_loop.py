@@ -28,7 +28,7 @@ def _command(out: Path, data_root: Path, resume: bool, epochs: int) -> list[str]
         sys.executable,
         "-m",
         "fmnist_deploy.training.cli",
-        "--out",
+        "--output",
         str(out),
         "--epochs",
         str(epochs),
