@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CSV_FIELDS = (
     "backend",
@@ -140,7 +143,7 @@ def latency_markdown(report: dict[str, Any]) -> str:
         for key, v in sorted(fractions.items(), key=lambda item: -item[1]["median"]):
             lines.append(f"| {key} | {100 * v['median']:.0f} | {100 * v['min']:.0f} | {100 * v['max']:.0f} |")
         lines.append("")
-    if "fastest_cpu_per_batch" in summary:
+    if any("rival" in f for f in summary.get("fastest_cpu_per_batch", {}).values()):
         lines += [
             "",
             "Grid cells (one measurement each; images/s at the median call; a winner only where one side's p90 is "
@@ -186,37 +189,70 @@ def latency_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def latency_plot(report: dict[str, Any], path: Path) -> None:
-    """p50 latency and throughput against batch size, one line per backend and device, as a PNG."""
+# The plot's rows, one per way of timing a call.
+MODE_TITLES = {
+    "model": "model call alone",
+    "resident": "model call, images already on the GPU",
+    "end_to_end": "end to end from PNG files (decode + model)",
+}
+
+
+def latency_figure(report: dict[str, Any]) -> Figure:
+    """p50 latency and throughput against batch size, one line per backend and device: the model call alone
+    (top, with the arithmetic ceiling) apart from end to end from PNG files (bottom); the title names the machine."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
 
-    from fmnist_deploy.atomic import atomic_path
-
-    fig = Figure(figsize=(14, 5.2))
-    ax_lat, ax_thr = fig.subplots(1, 2)
-    series: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for c in report["cells"]:
-        series.setdefault((c["backend"], c["device"], c["mode"]), []).append(c)
-    # One colour per backend (its model-call and from-file lines share it), from a 20-colour cycle.
+    present = {c["mode"] for c in report["cells"]}
+    modes = [m for m in (*MODE_TITLES, *sorted(present - set(MODE_TITLES))) if m in present]
+    fig = Figure(figsize=(14, 4.6 * len(modes)))
+    grid = fig.subplots(len(modes), 2, squeeze=False)
+    # One colour per backend, the same in every panel, from a 16-colour cycle.
     palette = [f"C{i}" for i in range(10)] + ["#393b79", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#31a354"]
     colours = {b: palette[i % len(palette)] for i, b in enumerate(dict.fromkeys(c["backend"] for c in report["cells"]))}
-    for (backend, device, mode), cells in sorted(series.items()):
-        cells.sort(key=lambda c: c["batch"])
-        batches = [c["batch"] for c in cells]
-        # model call: solid (CPU) or dashed (CUDA); end to end from PNG files: dotted
-        style = {"end_to_end": ":", "resident": "-."}.get(mode, "--" if device == "cuda" else "-")
-        label = f"{backend} / {device}" + {"end_to_end": " (from PNG files)", "resident": " (GPU-resident)"}.get(
-            mode, ""
-        )
-        colour = colours[backend]
-        ax_lat.plot(batches, [c["p50_us"] for c in cells], style, color=colour, marker="o", ms=3, label=label)
-        ax_thr.plot(batches, [c["images_per_s"] for c in cells], style, color=colour, marker="o", ms=3, label=label)
-    ax_thr.axhline(report["ceiling"]["images_per_s"], color="black", lw=0.8, ls=":", label="arithmetic ceiling (CPU)")
-    ax_lat.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency per call (µs)", title="Latency")
-    ax_thr.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images / s", title="Throughput")
-    for ax in (ax_lat, ax_thr):
-        ax.grid(alpha=0.3, which="both")
-    ax_thr.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
+    for row, mode in enumerate(modes):
+        batches = sorted({c["batch"] for c in report["cells"] if c["mode"] == mode})
+        ax_lat, ax_thr = grid[row]
+        series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for c in report["cells"]:
+            if c["mode"] == mode:
+                series.setdefault((c["backend"], c["device"]), []).append(c)
+        for (backend, device), cells in sorted(series.items()):
+            cells.sort(key=lambda c: c["batch"])
+            x = [c["batch"] for c in cells]
+            style = "--" if device == "cuda" else "-"
+            label = f"{backend} / {device}"
+            colour = colours[backend]
+            ax_lat.plot(x, [c["p50_us"] for c in cells], style, color=colour, marker="o", ms=3, label=label)
+            ax_thr.plot(x, [c["images_per_s"] for c in cells], style, color=colour, marker="o", ms=3, label=label)
+        what = MODE_TITLES.get(mode, mode)
+        if mode == "model":  # the ceiling bounds the arithmetic of a model call, not decoding files
+            ax_thr.axhline(
+                report["ceiling"]["images_per_s"], color="black", lw=0.8, ls=":", label="arithmetic ceiling (CPU)"
+            )
+        ax_lat.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency per call (µs)")
+        ax_lat.set_title(f"Latency, {what}", fontsize=10)
+        ax_thr.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images / s")
+        ax_thr.set_title(f"Throughput, {what}", fontsize=10)
+        for ax in (ax_lat, ax_thr):
+            ax.set_xticks(batches, [f"{b:,}" for b in batches])
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.grid(alpha=0.3, which="both")
+        ax_thr.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    env = report["environment"]
+    fig.suptitle(
+        f"Latency and throughput — {env.get('cpu', '?')}, {env.get('usable_cores', '?')} cores; "
+        f"onnxruntime {env.get('packages', {}).get('onnxruntime', '?')}, torch {env.get('packages', {}).get('torch', '?')}",
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    return fig
+
+
+def latency_plot(report: dict[str, Any], path: Path) -> None:
+    """`latency_figure(report)` as a PNG, written atomically."""
+    from fmnist_deploy.atomic import atomic_path
+
+    fig = latency_figure(report)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})

@@ -518,7 +518,7 @@ CUDA_SCRIPT = REPO / "benchmarks" / "cuda.sh"
 def test_cuda_script_dry_run_lists_every_step_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "reports"
     done = subprocess.run(
-        ["bash", str(CUDA_SCRIPT), "--dry-run", "--quick", "--output", str(out)], capture_output=True, text=True
+        ["bash", str(CUDA_SCRIPT), "--dry-run", "--quick", "--out", str(out)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     steps = [line for line in done.stderr.splitlines() if line.startswith("[")]
@@ -548,7 +548,7 @@ def test_cuda_script_dry_run_lists_every_step_and_writes_nothing(tmp_path: Path)
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="checks the no-GPU refusal")
 def test_cuda_script_without_a_gpu_stops_before_anything(tmp_path: Path) -> None:
-    done = subprocess.run(["bash", str(CUDA_SCRIPT), "--output", str(tmp_path / "r")], capture_output=True, text=True)
+    done = subprocess.run(["bash", str(CUDA_SCRIPT), "--out", str(tmp_path / "r")], capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.strip() == "cuda.sh: no NVIDIA GPU here (nvidia-smi is missing or lists none); nothing was run"
     assert not (tmp_path / "r").exists()

@@ -28,7 +28,7 @@ def _epoch_line(stats: EpochStats, total: int) -> str:
     return (
         f"Epoch {stats.epoch:3d}/{total}  "
         f"train loss {stats.train_loss:.4f} acc {stats.train_acc:.4f}  "
-        f"valid loss {stats.valid_loss:.4f} acc {stats.valid_acc:.4f}  "
+        f"test loss {stats.valid_loss:.4f} acc {stats.valid_acc:.4f}  "
         f"{stats.seconds:.2f}s"
     )
 
