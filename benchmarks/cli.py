@@ -206,7 +206,8 @@ def latency_cmd(
         ) as bar:
             yield from bar
 
-    report = measure(config, images, progress=progress)
+    with options.upstream_notes():
+        report = measure(config, images, progress=progress)
     stem = "latency" if config.devices == ("cpu",) else "latency_" + "_".join(config.devices)
     extra = {
         ".csv": lambda path: write_text_atomic(path, latency_csv(report)),
@@ -248,7 +249,10 @@ def parity_cmd(
         raise click.ClickException(f"{artifacts / WEIGHTS_NAME}: no such file (the eager reference)")
     data = _test_set(data_dir)
     try:
-        report = measure(artifacts, data.test_images.numpy(), data.test_labels.numpy(), devices or available_devices())
+        with options.upstream_notes():
+            report = measure(
+                artifacts, data.test_images.numpy(), data.test_labels.numpy(), devices or available_devices()
+            )
     except RuntimeFailure as exc:
         raise click.ClickException(f"the eager reference: {exc}") from None
     _finish(report, to_markdown(report), as_json, output, "parity")
@@ -280,7 +284,8 @@ def formats_cmd(
     if not (artifacts / WEIGHTS_NAME).is_file():
         raise click.ClickException(f"{artifacts / WEIGHTS_NAME}: no such file (the eager reference)")
     data = _test_set(data_dir)
-    report = measure(artifacts, data.test_images.numpy(), data.test_labels.numpy(), budget_s=seconds, fp16=fp16)
+    with options.upstream_notes():
+        report = measure(artifacts, data.test_images.numpy(), data.test_labels.numpy(), budget_s=seconds, fp16=fp16)
     _finish(report, to_markdown(report), as_json, output, "formats", {".png": lambda path: plot(report, path)})
 
 
@@ -374,14 +379,15 @@ def int8_cmd(rounds: int, calibration: int, data_dir: Path | None, output: Path 
     from fmnist_deploy.models import default_model
 
     data = _test_set(data_dir)
-    report = measure(
-        default_model("onnxruntime"),
-        data.train_images.numpy(),
-        data.test_images.numpy(),
-        data.test_labels.numpy(),
-        rounds=rounds,
-        calibration_count=calibration,
-    )
+    with options.upstream_notes():
+        report = measure(
+            default_model("onnxruntime"),
+            data.train_images.numpy(),
+            data.test_images.numpy(),
+            data.test_labels.numpy(),
+            rounds=rounds,
+            calibration_count=calibration,
+        )
     _finish(report, markdown(report), as_json, output, "int8")
 
 

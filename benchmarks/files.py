@@ -102,8 +102,8 @@ def measure(model: Path, folders: dict[int, Path], rounds: int = 5) -> dict[str,
         name: {
             "marginal_us_per_image": statistics.median(marginal[name]),
             "marginal_us_min_max": [min(marginal[name]), max(marginal[name])],
-            # A round whose larger folder took no longer than the smaller one measured noise, not a cost.
-            "noise": min(marginal[name]) <= 0,
+            # The median round's larger folder took no longer than the smaller one: noise, not a cost.
+            "noise": statistics.median(marginal[name]) <= 0,
             "images_per_s": 1e6 / statistics.median(marginal[name]) if statistics.median(marginal[name]) > 0 else None,
             "startup_s": statistics.median(startup[name]),
             "cost_vs_plain": statistics.median(ratios[name]),
@@ -130,30 +130,41 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Marginal cost per image = (t{large} - t{small}) / {large - small} over PNG folders of test images; "
         f"start-up = t{small} - {small} x marginal. Medians of {report['rounds']} interleaved rounds "
-        "(min-max in brackets). cost vs plain = marginal / plain's marginal, per round.",
+        "(min to max in brackets). cost vs plain = marginal / plain's marginal, per round.",
         "",
         "| way | µs / image | images/s | start-up s | cost vs plain |",
         "|---|---:|---:|---:|---:|",
     ]
-    noisy = []
+    noise, noisy = [], []
     for name, row in report["ways"].items():
         low, high = row["marginal_us_min_max"]
         rlow, rhigh = row["cost_vs_plain_min_max"]
-        if row.get("noise", low <= 0):
-            noisy.append(name)
+        if row["marginal_us_per_image"] <= 0:  # the median round measured no cost: nothing to report
+            noise.append(name)
             lines.append(f"| {name} | noise [{low:.1f} to {high:.1f}] | — | — | — |")
             continue
+        mark = ""
+        if low <= 0:  # some round measured no cost: the median stands, but inside the noise
+            noisy.append(name)
+            mark = "*"
+        startup = f"{row['startup_s']:.3f}" if row["startup_s"] > 0 else "≈ 0"  # an intercept below 0 is noise
         lines.append(
-            f"| {name} | {row['marginal_us_per_image']:.1f} [{low:.1f}-{high:.1f}] | {row['images_per_s']:,.0f} | "
-            f"{row['startup_s']:.3f} | {row['cost_vs_plain']:.2f} [{rlow:.2f}-{rhigh:.2f}] |"
+            f"| {name} | {row['marginal_us_per_image']:.1f}{mark} [{low:.1f} to {high:.1f}] | "
+            f"{row['images_per_s']:,.0f} | {startup} | {row['cost_vs_plain']:.2f} [{rlow:.2f} to {rhigh:.2f}] |"
         )
     env = report["environment"]
+    if noise:
+        lines += [
+            "",
+            f"noise: for {', '.join(noise)} the larger folder took no longer than the smaller one in the median round, "
+            "so the difference measured the machine's noise, not a cost per image; run more --rounds or further "
+            "apart --sizes.",
+        ]
     if noisy:
         lines += [
             "",
-            f"noise: in at least one round the {large}-image folder took no longer than the {small}-image one for "
-            f"{', '.join(noisy)}, so the difference measured the machine's noise, not a cost per image; "
-            "run more --rounds or further apart --sizes.",
+            f"\\* {', '.join(noisy)}: at least one round measured no cost at all, so this median is within the "
+            "machine's noise.",
         ]
     if report["rounds"] < 3:
         lines += [

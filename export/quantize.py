@@ -37,11 +37,13 @@ SETTINGS: dict[str, Any] = {
 
 # ONNX Runtime logs this on the root logger for every model it quantises; the model here is
 # three Gemms whose shapes are all known, which is what its pre-processing would establish.
-PREPROCESSING_ADVICE = "Please consider to run pre-processing before quantization"
+# ONNX Runtime's advice, worded two ways ("Please consider to run pre-processing before quantization" from
+# quantize_dynamic, "Please consider pre-processing before quantization" from quantize_static).
+PREPROCESSING_ADVICE = "pre-processing before quantization"
 
 
 def _without_preprocessing_advice() -> AbstractContextManager[None]:
-    return quiet_logger(None, drop=lambda record: str(record.msg).startswith(PREPROCESSING_ADVICE))
+    return quiet_logger(None, drop=lambda record: PREPROCESSING_ADVICE in str(record.msg))
 
 
 def quantize_dynamic_int8(fp32_path: Path, int8_path: Path) -> None:

@@ -20,7 +20,9 @@ are left out of `--help`, and say their new name once on stderr.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +207,17 @@ def detail(message: str) -> None:
     """A line on stderr only with --verbose."""
     if verbosity() > 0:
         click.echo(message, err=True)
+
+
+@contextmanager
+def upstream_notes() -> Iterator[None]:
+    """Warnings that libraries raise while the block runs (torch's TorchScript deprecation, ...) become one
+    `note:` line each on stderr at its end, once, without the file path and source line Python prints."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for message in sorted({str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()}):
+        say(f"note: {message}")
 
 
 # --- the shared options ---------------------------------------------------------------------------
@@ -419,5 +432,6 @@ __all__ = [
     "sizes",
     "threads",
     "top_k",
+    "upstream_notes",
     "verbosity",
 ]

@@ -117,8 +117,10 @@ def main(
         options.say(f"removed {parts_folder(config)}, left by an earlier job")
     check_job(config)  # before Ray starts: a bad model or output name costs nothing
     started = time.perf_counter()
+    options.say(f"starting Ray: {'joining ' + address if address else 'a local instance'}…")
     try:
-        start_ray(address)
+        with options.upstream_notes():  # Ray's own UserWarnings become one note line each
+            start_ray(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise click.ClickException(f"cannot reach Ray at {address or 'a local instance'}: {exc}") from None
     ray_seconds = time.perf_counter() - started

@@ -97,8 +97,9 @@ def test_every_public_error_descends_from_one_root() -> None:
         errors.OutputError,
     )
     assert all(issubclass(kind, fmnist_deploy.FmnistError) for kind in kinds)
-    assert errors.UsageError.exit_code == 2
-    assert {kind.exit_code for kind in kinds[1:]} == {1}
+    # a device that cannot be used is known before any work, like a usage error (the README's exit-code table)
+    assert errors.UsageError.exit_code == 2 and errors.DeviceError.exit_code == 2
+    assert {kind.exit_code for kind in kinds if kind not in (errors.UsageError, errors.DeviceError)} == {1}
     public = [getattr(fmnist_deploy, name) for name in fmnist_deploy.__all__]
     raised = [
         obj for obj in public if isinstance(obj, type) and issubclass(obj, Exception) and not issubclass(obj, Warning)

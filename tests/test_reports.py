@@ -74,12 +74,20 @@ def test_files_says_noise_instead_of_a_negative_cost() -> None:
             "cost_vs_plain_min_max": [1.0, 1.0],
         }
     }
+    rows["fmnist-predict"] = rows["plain"] | {
+        "marginal_us_per_image": 26.4,
+        "marginal_us_min_max": [-5.0, 62.2],
+        "noise": False,
+        "images_per_s": 37_842.0,
+        "startup_s": -0.004,
+    }
     text = files.markdown(
         {"sizes": [20, 40], "rounds": 1, "ways": rows, "same_answers_as_plain": True, "environment": ENV}
     )
     assert "| plain | noise [-3.0 to -3.0] | — |" in text
-    assert "measured the machine's noise" in text and "too few" in text
-    assert "-3.0 [" not in text
+    assert "| fmnist-predict | 26.4* [-5.0 to 62.2] | 37,842 | ≈ 0 |" in text
+    assert "measured the machine's noise" in text and "within the machine's noise" in text and "too few" in text
+    assert "-3.0 [" not in text and "-0.004" not in text
 
 
 def _serve_cell(server: str, size: int, concurrency: int, images_per_s: float) -> dict:
@@ -146,7 +154,7 @@ def test_serve_plot_ticks_at_the_measured_points_and_starts_at_zero(tmp_path: Pa
 
 def test_latency_plot_splits_model_calls_from_end_to_end_and_names_the_machine() -> None:
     cells = [_cell(b, n, [10.0 * n] * 5) for b in ("onnxruntime", "eager") for n in (1, 100)]
-    cells += [_cell("onnxruntime", n, [50.0 * n] * 5, mode="e2e") for n in (1, 100)]
+    cells += [_cell("onnxruntime", n, [50.0 * n] * 5, mode="end_to_end") for n in (1, 100)]
     figure = report.latency_figure(_latency_report(cells, 1e7))
     titles = [ax.get_title() for ax in figure.axes]
     assert titles == [
@@ -173,3 +181,37 @@ def test_training_curves_call_the_test_set_the_test_set(tmp_path: Path, monkeypa
     labels = [line.get_label() for ax in drawn[0].axes for line in ax.get_lines()]
     assert labels == ["Training set loss", "Test set loss", "Training set accuracy", "Test set accuracy"]
     assert (tmp_path / "curves.png").is_file()
+
+
+def test_both_wordings_of_onnx_runtimes_quantisation_advice_are_kept_quiet(caplog) -> None:
+    """quantize_dynamic says "Please consider to run pre-processing...", quantize_static "Please consider
+    pre-processing..." (the line `fmnist-bench int8` printed)."""
+    import logging
+
+    from fmnist_deploy.export.quantize import _without_preprocessing_advice
+
+    with caplog.at_level(logging.WARNING), _without_preprocessing_advice():
+        logging.warning("Please consider to run pre-processing before quantization. Refer to example: ...")
+        logging.warning("Please consider pre-processing before quantization. See ...")
+        logging.warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]
+
+
+def test_library_warnings_become_one_note_each() -> None:
+    import warnings
+
+    import click
+    from click.testing import CliRunner
+
+    from fmnist_deploy import options
+
+    @options.command("fmnist-demo")
+    def demo() -> None:
+        with options.upstream_notes():
+            for _ in range(3):
+                warnings.warn("`torch.jit.load` is deprecated.\nsecond line", FutureWarning, stacklevel=1)
+        click.echo("done")
+
+    result = CliRunner().invoke(demo, [])
+    assert result.stdout == "done\n" and result.stderr == "note: `torch.jit.load` is deprecated.\n"
+    assert CliRunner().invoke(demo, ["-q"]).stderr == ""
