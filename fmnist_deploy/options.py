@@ -61,23 +61,18 @@ class Option(click.Option):
 
 
 class OldArgument(click.Argument):
-    """A positional argument kept for a release as the old spelling of an option: parsed, left out of the usage
-    line, and announced (see `old_argument`)."""
+    """A positional argument kept for a release as the old spelling of an option: parsed, and left out of the
+    usage line (see `old_argument`)."""
 
     def get_usage_pieces(self, ctx: click.Context) -> list[str]:
         """Nothing: the option is the documented spelling."""
         return []
 
 
-def old_argument(name: str, option: str, **kwargs: Any) -> Decorator:
-    """A hidden positional argument standing for `option` (fmnist-serve's MODEL for --model)."""
-
-    def note(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        if value is not None and not ctx.resilient_parsing:
-            say(f"note: a bare {name.upper()} argument is now {option} (the old form still works in this release)")
-        return value
-
-    return click.argument(name, cls=OldArgument, required=False, callback=note, **kwargs)
+def old_argument(name: str, **kwargs: Any) -> Decorator:
+    """A hidden positional argument standing for an option (fmnist-serve's MODEL for --model). It stays silent:
+    a server's first line on stderr is its address, which scripts read."""
+    return click.argument(name, cls=OldArgument, required=False, **kwargs)
 
 
 def _alias_notes(command: click.Command, args: Sequence[str]) -> list[str]:

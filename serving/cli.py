@@ -59,7 +59,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 @options.command("fmnist-serve")
-@options.old_argument("old_model", "--model", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@options.old_argument("old_model", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @options.model(
     "The model file to serve [default: the packaged file for --backend; fmnist_mlp.onnx for auto].", exists=True
 )
