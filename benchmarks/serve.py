@@ -359,6 +359,12 @@ def _summary(
     }
 
 
+def _encoding(cell: dict[str, Any]) -> str:
+    """A cell's request encoding; reports from before the encoding column: the naive peer spoke JSON, the
+    server binary."""
+    return cell.get("encoding") or ("json" if cell["server"].startswith("naive") else "binary")
+
+
 def _targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """The ratios the targets are stated in, for the cells this grid has (64 clients with 1 and with 32
     images per request, binary, JSON and gRPC); a smaller grid gets the ratios it can."""
@@ -369,7 +375,7 @@ def _targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
                 c
                 for c in cells
                 if c["server"].startswith(server)
-                and c.get("encoding", "binary") == encoding
+                and _encoding(c) == encoding
                 and c["images_per_request"] == size
                 and c["concurrency"] == concurrency
             ),
@@ -423,7 +429,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     for c in report["cells"]:
         batch = f"{c['mean_batch_images']:.1f}" if c["mean_batch_images"] else "—"
         lines.append(
-            f"| {c['server']} | {c['encoding']} | {c['images_per_request']} | {c['concurrency']} | "
+            f"| {c['server']} | {_encoding(c)} | {c['images_per_request']} | {c['concurrency']} | "
             f"{c['requests_per_s']:,.0f} | "
             f"{c['images_per_s']:,.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['p99_ms']:.2f} | {batch} "
             f"| {c['failures']} |"
@@ -467,7 +473,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             c["server_us"]
             for c in report["cells"]
             if c["server"].startswith("fmnist-serve (dynamic")
-            and c["encoding"] == "binary"
+            and _encoding(c) == "binary"
             and c["images_per_request"] == 1
             and c["concurrency"] == 64
         ),
@@ -489,12 +495,12 @@ def figure(report: dict[str, Any]) -> Figure:
     fig = Figure(figsize=(13, 5))
     axes = fig.subplots(1, 2 * len(sizes))
     for k, size in enumerate(sizes):
-        for server, encoding in dict.fromkeys((c["server"], c["encoding"]) for c in report["cells"]):
+        for server, encoding in dict.fromkeys((c["server"], _encoding(c)) for c in report["cells"]):
             cells = sorted(
                 (
                     c
                     for c in report["cells"]
-                    if c["server"] == server and c["encoding"] == encoding and c["images_per_request"] == size
+                    if c["server"] == server and _encoding(c) == encoding and c["images_per_request"] == size
                 ),
                 key=lambda c: c["concurrency"],
             )
