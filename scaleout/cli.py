@@ -116,6 +116,7 @@ def main(
         shutil.rmtree(parts_folder(config))
         options.say(f"removed {parts_folder(config)}, left by an earlier job")
     check_job(config)  # before Ray starts: a bad model or output name costs nothing
+    options.detail(f"job: {config}")
     started = time.perf_counter()
     options.say(f"starting Ray: {'joining ' + address if address else 'a local instance'}…")
     try:

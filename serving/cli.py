@@ -231,6 +231,7 @@ def main(
         "(Ctrl-C or SIGTERM stops)",
         err=True,
     )
+    options.detail(f"configuration: {config}")  # after the address line, which scripts read first
     limits = Limits(
         max_connections=max_connections,
         header_timeout_s=header_timeout,

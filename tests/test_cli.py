@@ -358,3 +358,17 @@ def test_commands_leave_no_file_where_they_run(tmp_path: Path) -> None:
         env={**os.environ, "FMNIST_PREDICT_INVERT": "1"},
     )
     assert done.returncode == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_shell_completion_works_as_the_readme_says() -> None:
+    env = {
+        **os.environ,
+        "COMP_WORDS": "fmnist-predict --to",
+        "COMP_CWORD": "1",
+        "_FMNIST_PREDICT_COMPLETE": "bash_complete",
+    }
+    done = subprocess.run([console_script("fmnist-predict")], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["plain,--top-k"], done.stderr
+    env |= {"COMP_WORDS": "fmnist-bench lat", "_FMNIST_BENCH_COMPLETE": "bash_complete"}
+    done = subprocess.run([console_script("fmnist-bench")], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["plain,latency"], done.stderr
