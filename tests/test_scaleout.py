@@ -64,6 +64,12 @@ def _read(output: Path) -> list[dict]:
     return read_answers(output).to_pylist()
 
 
+@pytest.fixture(scope="module")
+def predicted(png_folder: Path) -> list[dict]:
+    """fmnist-predict --json --top-k 3 on the PNG folder, run once for the module."""
+    return _predict_json(png_folder)
+
+
 def _predict_json(folder: Path) -> list[dict]:
     result = subprocess.run(
         [sys.executable, "-m", "fmnist_deploy.runtime.cli", str(folder), "--json", "--top-k", "3"],
@@ -90,13 +96,15 @@ def _same_answers(rows: list[dict], expected: list[dict]) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ""])  # .jsonl: the resume test
-def test_rows_equal_fmnist_predict_row_for_row(local_ray, png_folder: Path, tmp_path: Path, suffix: str) -> None:
+def test_rows_equal_fmnist_predict_row_for_row(
+    local_ray, png_folder: Path, predicted: list[dict], tmp_path: Path, suffix: str
+) -> None:
     output = tmp_path / f"answers{suffix}"
     args = [str(png_folder), "--output", str(output), "--actors", "2", "--batch-size", "300", "--top-k", "3"]
     result = CliRunner().invoke(batch_cli, args)
     assert result.exit_code == 1, result.output  # the bad files are rows with errors, not a failed job
     assert "2 input(s) failed" in result.stderr
-    rows, expected = _read(output), _predict_json(png_folder)
+    rows, expected = _read(output), predicted
     assert [r["input"] for r in rows] == [e["input"] for e in expected] and len(rows) == 2002
     for row, want in zip(rows, expected, strict=True):
         if "error" in want:
@@ -130,7 +138,9 @@ def test_accuracy_on_the_idx_file_equals_the_recorded_one(local_ray, data, tmp_p
     assert abs(accuracy - recorded) * 10_000 <= ACCURACY_SLACK_IMAGES + 1e-9
 
 
-def test_a_killed_actor_is_restarted_and_every_input_answered_once(local_ray, png_folder: Path, tmp_path: Path) -> None:
+def test_a_killed_actor_is_restarted_and_every_input_answered_once(
+    local_ray, png_folder: Path, predicted: list[dict], tmp_path: Path
+) -> None:
     pids = tmp_path / "pids"
     pids.mkdir()
     output = tmp_path / "answers.jsonl"
@@ -161,7 +171,7 @@ def test_a_killed_actor_is_restarted_and_every_input_answered_once(local_ray, pn
         killed_at = 1 << 30
     thread.join(timeout=300)
     assert "error" not in outcome, outcome.get("error")
-    rows, expected = _read(output), _predict_json(png_folder)
+    rows, expected = _read(output), predicted
     assert [r["input"] for r in rows] == [e["input"] for e in expected]
     assert [r["class"] for r in rows] == [e.get("class") for e in expected]
     if killed_at < len(expected):  # the kill landed before the last row: Ray must have started a new actor
@@ -226,7 +236,7 @@ def _image_table(png_folder: Path, hugging_face: bool):
 
 @pytest.mark.parametrize("hugging_face", [False, True])
 def test_a_parquet_table_of_image_bytes_gets_fmnist_predicts_answers_with_its_ids(
-    local_ray, png_folder: Path, tmp_path: Path, hugging_face: bool
+    local_ray, png_folder: Path, predicted: list[dict], tmp_path: Path, hugging_face: bool
 ) -> None:
     import pyarrow.parquet as pq
 
@@ -244,7 +254,7 @@ def test_a_parquet_table_of_image_bytes_gets_fmnist_predicts_answers_with_its_id
     assert [r["id"] for r in rows] == table.column("id").to_pylist()
     assert [r["index"] for r in rows] == list(range(600)) + list(range(402))
     assert rows[0]["input"] == f"{dataset / 'a.parquet'}[0]" and rows[600]["path"] == str(dataset / "b.parquet")
-    expected = _predict_json(png_folder)[:1000]
+    expected = predicted[:1000]
     for row, want in zip(rows[:1000], expected, strict=True):
         assert (row["class"], row["probability"], row["top_k"]) == (want["class"], want["probability"], want["top_k"])
     assert rows[1000]["error"].endswith("[400]: no image bytes (null)") and rows[1000]["class"] is None
@@ -352,7 +362,7 @@ def test_an_arrow_ipc_table_is_read_a_record_batch_at_a_time(png_folder: Path, t
 
 
 def test_a_unit_that_killed_its_actor_is_decoded_an_image_a_process_the_next_time(
-    local_ray, png_folder: Path, tmp_path: Path, monkeypatch
+    local_ray, png_folder: Path, predicted: list[dict], tmp_path: Path, monkeypatch
 ) -> None:
     from dataclasses import asdict
 
@@ -381,7 +391,7 @@ def test_a_unit_that_killed_its_actor_is_decoded_an_image_a_process_the_next_tim
     assert (summary["rows"][0], summary["failed"][0]) == (40, 1)
     rows = read_answers(folder / part_name(3)).to_pylist()
     assert rows[7]["error"] == f"{files[7]}: the image decoder crashed on this input" and rows[7]["class"] is None
-    expected = {e["input"]: e for e in _predict_json(png_folder)}
+    expected = {e["input"]: e for e in predicted}
     assert all(r["top_k"] == expected[r["input"]]["top_k"] for i, r in enumerate(rows) if i != 7)
     assert not (folder / ".attempt-00000003").exists()
 
