@@ -280,6 +280,7 @@ class Classifier:
 
     def __init__(self, model: bytes, sidecar: bytes | None, model_name: str, folder: str, config: dict[str, Any],
                  id_type: Any = None, pid_folder: str | None = None) -> None:  # fmt: skip
+        started = time.time()  # the process already runs and this module is imported: the rest is loading
         from fmnist_deploy.runtime import load
 
         # The model arrives as bytes: a cluster's nodes need not see the driver's file. load() checks them as
@@ -303,10 +304,13 @@ class Classifier:
         if pid_folder:  # lets a test find and kill this actor's process, or its node
             Path(pid_folder, f"{os.getpid()}.pid").write_text(f"{os.getpid()} {self.node}")
         self.ready = time.time()  # wall clock: compared with the driver's, to report the pool's start-up apart
+        self.init_seconds = self.ready - started
 
     def __call__(self, units: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Units -> their part files; returns per unit its number, rows, failed rows and seconds per stage."""
-        summary: dict[str, list[Any]] = {key: [] for key in ("unit", "rows", "failed", "ready", "node", *STAGES)}
+        summary: dict[str, list[Any]] = {
+            key: [] for key in ("unit", "rows", "failed", "ready", "init", "node", *STAGES)
+        }
         for i in range(len(units["unit"])):
             self.seconds = dict.fromkeys(STAGES, 0.0)
             n, bad = self._write_part({key: units[key][i] for key in units})
@@ -315,6 +319,7 @@ class Classifier:
                 ("rows", n),
                 ("failed", bad),
                 ("ready", self.ready),
+                ("init", self.init_seconds),
                 ("node", self.node),
             )
             for key, value in (*done, *self.seconds.items()):
@@ -672,9 +677,10 @@ def run_job(
         )
         finished: dict[int, tuple[int, int]] = {}
         stages = dict.fromkeys(STAGES, 0.0)
-        executing, executing_wall, first_ready = time.perf_counter(), time.time(), float("inf")
+        executing, executing_wall, first_ready, init = time.perf_counter(), time.time(), float("inf"), 0.0
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             first_ready = min(first_ready, float(batch["ready"].min()))
+            init = max(init, float(batch["init"].max()))
             for i, number in enumerate(batch["unit"]):
                 finished[int(number)] = (int(batch["rows"][i]), int(batch["failed"][i]))
                 nodes[str(batch["node"][i])] = nodes.get(str(batch["node"][i]), 0) + 1
@@ -683,8 +689,10 @@ def run_job(
                 if progress is not None:
                     progress(int(batch["rows"][i]))
         timing["execute_s"] = time.perf_counter() - executing
+        timing["prepare_s"] = executing - began - timing["plan_s"]  # manifest, resume check, the dataset's plan
         # Start-up apart: until the first actor held its model; then answering, until the last part was written.
         timing["pool_start_s"] = max(0.0, first_ready - executing_wall)
+        timing["actor_init_s"] = init  # of it, an actor loading its session (the rest: Ray starting the process)
         timing["answer_s"] = timing["execute_s"] - timing["pool_start_s"]
         timing |= {f"actor_{stage}_s": seconds for stage, seconds in stages.items()}
         missing = [unit["unit"] for unit in todo if not (folder / part_name(unit["unit"])).is_file()]
