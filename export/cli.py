@@ -124,7 +124,10 @@ def main(
     # Every input is checked before any work or write.
     weights_given = weights is not None
     if weights is None:
-        weights = DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else models_dir() / WEIGHTS_NAME
+        # An export starts from the packaged weights where this folder has none; --verify compares a file with
+        # the weights it came from, which only the user knows: there the packaged ones would be a guess.
+        packaged = models_dir() / WEIGHTS_NAME
+        weights = DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() or verify_path is not None else packaged
         options.detail(f"weights: {weights}")
     if (weights_given or verify_path is None) and not weights.is_file():
         raise click.BadParameter(f"{weights}: no such file", param_hint="--weights")
