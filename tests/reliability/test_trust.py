@@ -317,3 +317,40 @@ def test_zip_bombs_are_refused_under_the_memory_cap(tmp_path: Path, name: str) -
     peak_mb, outcome = done.stdout.strip().splitlines()[-2:]
     assert "refused as a zip bomb" in outcome, done.stdout + done.stderr
     assert int(peak_mb) < RSS_CAP_MB, f"peak RSS {peak_mb} MB"
+
+
+def test_export_sign_then_predict_with_the_trusted_key(tmp_path: Path, data) -> None:
+    from fmnist_deploy.export.cli import main as export_cli
+    from tests.test_export import random_weights
+
+    priv, pub = _keys(tmp_path)
+    weights = random_weights(tmp_path / "weights.pt")
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = CliRunner().invoke(
+            export_cli,
+            [
+                "--format",
+                "torchscript",
+                "--weights",
+                str(weights),
+                "--out-dir",
+                str(out),
+                "--data-dir",
+                str(data.root),
+                "--sign",
+                str(priv),
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    model = out / "fmnist_mlp.torchscript"
+    assert signature_path(model).is_file()
+    manifest = json.loads((out / MANIFEST_NAME).read_text())["files"]
+    assert manifest == {"fmnist_mlp.torchscript": {"sha256": sha256_file(model)}}
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "no staging folder or journal left"
+    assert "not trusted" in _one_line_error(_predict("--model", str(model)))
+    assert _predict("--model", str(model), "--trusted-key", str(pub)).exit_code == 0
+    _, other = _keys(tmp_path, "other")
+    line = _one_line_error(_predict("--model", str(model), "--trusted-key", str(other)))
+    assert "does not verify against any trusted key" in line, line
