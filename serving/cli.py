@@ -146,14 +146,21 @@ def _listen(host: str, port: int) -> socket.socket:
     "--access-log/--no-access-log",
     default=False,
     show_default=True,
-    help="One line per request on standard error (uvicorn's access log).",
+    help="One line per request on standard output (uvicorn's access log).",
+)
+@click.option(
+    "--access-log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="The access log as uvicorn's text lines or as JSON lines (time, client, method, path, status).",
 )
 @click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="warning",
     show_default=True,
-    help="The server's log level (--access-log lines are logged at info, and shown whatever this says).",
+    help="The server's log level (--access-log lines are shown whatever this says).",
 )
 def main(
     old_model: Path | None,
@@ -174,6 +181,7 @@ def main(
     body_timeout: float,
     idle_timeout: float,
     access_log: bool,
+    access_log_format: str,
     log_level: str,
 ) -> None:
     """Serve --model (default: the packaged fmnist_mlp.onnx) at http://HOST:PORT/v2/models/fmnist_mlp/infer,
@@ -238,7 +246,13 @@ def main(
         body_timeout_s=body_timeout,
         idle_timeout_s=idle_timeout,
     )
-    settings = {"log_level": log_level, "access_log": access_log, "timeout_graceful_shutdown": 30, "limits": limits}
+    settings = {
+        "log_level": log_level,
+        "access_log": access_log,
+        "access_log_format": access_log_format,
+        "timeout_graceful_shutdown": 30,
+        "limits": limits,
+    }
     if workers == 1:
         server = _server_class()(LimitedConfig(app, **settings))
         server.run(sockets=[sock])

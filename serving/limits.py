@@ -11,8 +11,10 @@ with those limits added; `LimitedConfig` carries them to every worker process.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
+import orjson
 import uvicorn
 from starlette.requests import ClientDisconnect, Request
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -102,12 +104,43 @@ class LimitedProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-class LimitedConfig(uvicorn.Config):
-    """uvicorn's configuration with `Limits`: the protocol above, and the idle timeout as keep-alive."""
+class JsonAccessFormatter(logging.Formatter):
+    """The access log as JSON lines: time, client, method, path, HTTP version, status."""
 
-    def __init__(self, app, *, limits: Limits, **kwargs) -> None:
+    def format(self, record: logging.LogRecord) -> str:
+        """One request as one JSON object."""
+        client, method, path, version, status = record.args  # type: ignore[misc] - uvicorn's access record
+        return orjson.dumps(
+            {
+                "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+                "client": client,
+                "method": method,
+                "path": path,
+                "http_version": version,
+                "status": int(status),
+            }
+        ).decode()
+
+
+class LimitedConfig(uvicorn.Config):
+    """uvicorn's configuration with `Limits`: the protocol above, the idle timeout as keep-alive, and the
+    access log (when on) shown at any --log-level, as text or JSON lines on standard output."""
+
+    def __init__(self, app, *, limits: Limits, access_log_format: str = "text", **kwargs) -> None:
+        self.access_log_format = access_log_format
         super().__init__(app, http=LimitedProtocol, timeout_keep_alive=limits.idle_timeout_s, **kwargs)
         self.limits = limits
+
+    def configure_logging(self) -> None:
+        """uvicorn's logging, then the access logger at INFO (uvicorn gives it the --log-level, which would
+        hide every access line below INFO) with the chosen format."""
+        super().configure_logging()
+        if self.access_log:
+            access = logging.getLogger("uvicorn.access")
+            access.setLevel(logging.INFO)
+            if getattr(self, "access_log_format", "text") == "json":
+                for handler in access.handlers:
+                    handler.setFormatter(JsonAccessFormatter())
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:

@@ -813,3 +813,16 @@ def test_grpc_answers_bit_for_bit_what_http_answers(images, reference) -> None:
             g.infer(MODEL, [bad])
         with pytest.raises(grpc.InferenceServerException, match="unknown model 'nope'"):
             g.get_model_metadata("nope")
+
+
+def test_access_log_as_json_lines_on_standard_output(images) -> None:
+    with serving("--access-log", "--access-log-format", "json") as (url, proc):
+        assert httpx.post(f"http://{url}/v2/models/{MODEL}/infer", json=_one_image_logits(images[0])).status_code == 200
+        assert httpx.get(f"http://{url}/v2/models/nope").status_code == 404
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    wanted = [(r["method"], r["path"], r["status"]) for r in lines if r["path"] != "/v2/health/ready"]
+    assert wanted == [("POST", f"/v2/models/{MODEL}/infer", 200), ("GET", "/v2/models/nope", 404)], lines
+    assert all(r["client"].startswith("127.0.0.1:") and r["time"] for r in lines)
+
