@@ -382,6 +382,8 @@ async def infer(request: Request) -> Response:
             answer = await served.batcher.infer(parsed.images)
         except QueueFull as exc:
             return failed("REJECTED", f"server overloaded: {exc}; retry later", 503)
+        except Exception as exc:  # noqa: BLE001 - a failing model is the server's fault: 500, counted, one line
+            return failed("BACKEND", f"the model failed: {type(exc).__name__}: {exc}", 500)
         encode_started = time.perf_counter()
         payload, split = encode_infer(
             served.name, served.version, parsed, answer.logits, answer.probabilities, served.predictor.class_names

@@ -193,6 +193,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         except QueueFull as exc:
             metrics.failed(served.name, served.version, "REJECTED", time.perf_counter() - arrived)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"server overloaded: {exc}; retry later")
+        except Exception as exc:  # noqa: BLE001 - a failing model: INTERNAL, counted, one line
+            metrics.failed(served.name, served.version, "BACKEND", time.perf_counter() - arrived)
+            await context.abort(grpc.StatusCode.INTERNAL, f"the model failed: {type(exc).__name__}: {exc}")
         encode_started = time.perf_counter()
         response = pb.ModelInferResponse(model_name=served.name, model_version=served.version, id=request.id)
         for want in parsed.outputs:

@@ -826,3 +826,22 @@ def test_access_log_as_json_lines_on_standard_output(images) -> None:
     assert wanted == [("POST", f"/v2/models/{MODEL}/infer", 200), ("GET", "/v2/models/nope", 404)], lines
     assert all(r["client"].startswith("127.0.0.1:") and r["time"] for r in lines)
 
+
+def test_a_failing_model_is_one_json_500_counted_as_backend(images) -> None:
+    from starlette.testclient import TestClient
+
+    from fmnist_deploy.serving.app import ServeConfig, create_app
+
+    app = create_app(ServeConfig(model=str(ARTIFACTS / "fmnist_mlp.onnx"), max_delay_ms=0))
+    with TestClient(app, raise_server_exceptions=False) as client:
+
+        def broken(x: np.ndarray):
+            raise RuntimeError("device lost")
+
+        app.state.store.find(MODEL, None).batcher.model = broken
+        response = client.post(f"/v2/models/{MODEL}/infer", json=_one_image_logits(images[0]))
+        assert response.status_code == 500 and response.json() == {
+            "error": "the model failed: RuntimeError: device lost"
+        }
+        metrics = client.get("/metrics").text
+        assert 'nv_inference_request_failure{model="fmnist_mlp",reason="BACKEND",version="1"} 1.0' in metrics
