@@ -228,13 +228,15 @@ def _parse_wrk(output: str) -> dict[str, float]:
 
 
 def _metric_sums(base: str) -> dict[str, float]:
+    """Each counter of /metrics summed over its labels: Triton's nv_inference_* and the per-batch-size ones."""
     import httpx
 
-    sums = {}
+    sums: dict[str, float] = {}
     for line in httpx.get(f"{base}/metrics").text.splitlines():
-        if line.startswith("fmnist_") and ("_sum " in line or "_count " in line):
-            name, value = line.split()
-            sums[name] = float(value)
+        if line.startswith(("nv_inference_", "fmnist_batch_")):
+            name, value = line.rsplit(" ", 1)
+            key = name.split("{")[0]
+            sums[key] = sums.get(key, 0.0) + float(value)
     return sums
 
 
@@ -332,16 +334,17 @@ def _summary(
 ) -> dict[str, Any]:
     delta = {k: after[k] - before.get(k, 0.0) for k in after}
     per_request = {}
-    for part, metric in (
-        ("parse", "fmnist_parse_duration_seconds"),
-        ("queue", "fmnist_queue_duration_seconds"),
-        ("serialise", "fmnist_serialise_duration_seconds"),
-    ):
-        if delta.get(f"{metric}_count"):
-            per_request[part] = 1e6 * delta[f"{metric}_sum"] / delta[f"{metric}_count"]
-    executions = delta.get("fmnist_batch_size_count", 0)
+    answered = delta.get("nv_inference_request_success", 0)
+    if answered:
+        for part, metric in (
+            ("read_and_parse", "nv_inference_compute_input_duration_us"),
+            ("queue", "nv_inference_queue_duration_us"),
+            ("serialise", "nv_inference_compute_output_duration_us"),
+        ):
+            per_request[part] = delta[metric] / answered
+    executions = delta.get("nv_inference_exec_count", 0)
     if executions:
-        per_request["model_per_batch"] = 1e6 * delta["fmnist_compute_duration_seconds_sum"] / executions
+        per_request["model_per_batch"] = delta["fmnist_batch_compute_infer_duration_us"] / executions
     return {
         "server": label,
         "encoding": encoding,
@@ -354,7 +357,7 @@ def _summary(
         "p50_ms": stats["p50_ms"],
         "p90_ms": stats.get("p90_ms", float("nan")),
         "p99_ms": stats["p99_ms"],
-        "mean_batch_images": delta["fmnist_batch_size_sum"] / executions if executions else None,
+        "mean_batch_images": delta["nv_inference_count"] / executions if executions else None,
         "server_us": per_request,
     }
 

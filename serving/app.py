@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ class ServeConfig:
     grpc_host: str = "127.0.0.1"
     grpc_port: int | None = None  # Triton's gRPC service on this port too (0: the system picks one)
 
-    @property
+    @cached_property
     def body_limit(self) -> int:
         """Bytes of a request body at most: the largest request in JSON, digits at their widest, plus slack."""
         return self.max_request_images * (IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * 4 + 64) + (1 << 20)
@@ -356,7 +357,7 @@ async def infer(request: Request) -> Response:
         metrics.failed(served.name, served.version, reason, time.perf_counter() - arrived)
         return _error(message, status, headers)
 
-    pending = metrics.pending.labels(served.name, served.version)
+    pending = metrics.bound(served.name, served.version).pending
     pending.inc()
     served.arriving += 1  # until it is queued: the batcher may wait for it
     try:
@@ -377,7 +378,6 @@ async def infer(request: Request) -> Response:
         finally:
             served.arriving -= 1
         parsed_at = time.perf_counter()
-        metrics.parse.observe(parsed_at - arrived)
         try:
             answer = await served.batcher.infer(parsed.images)
         except QueueFull as exc:
@@ -389,7 +389,6 @@ async def infer(request: Request) -> Response:
             served.name, served.version, parsed, answer.logits, answer.probabilities, served.predictor.class_names
         )
         done = time.perf_counter()
-        metrics.serialise.observe(done - encode_started)
         metrics.succeeded(
             served.name,
             served.version,
@@ -431,7 +430,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 MODEL = "/v2/models/{model}"
 VERSION = "/v2/models/{model}/versions/{version}"
-ROUTES = [
+ROUTES = [  # the infer routes first: every route before them is a regex tried on every request
+    Route(f"{MODEL}/infer", infer, methods=["POST"]),
+    Route(f"{VERSION}/infer", infer, methods=["POST"]),
     Route("/v2/health/live", live),
     Route("/v2/health/ready", ready),
     Route("/v2", server_metadata),
@@ -447,7 +448,6 @@ ROUTES = [
             Route(f"{base}/ready", model_ready),
             Route(f"{base}/config", model_config),
             Route(f"{base}/stats", model_stats),
-            Route(f"{base}/infer", infer, methods=["POST"]),
         )
     ),
     Route("/metrics", prometheus),

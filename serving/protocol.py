@@ -196,15 +196,15 @@ def _bytes_tensor(strings: list[str]) -> bytes:
 def output_tensor(
     want: Requested, logits: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...]
 ) -> tuple[str, list[int], bytes, list[Any]]:
-    """One requested output as (datatype, shape, raw little-endian bytes, values for JSON): FP32 scores, or the
-    classification extension's top k as BYTES "score:index:label" strings."""
+    """One requested output as (datatype, shape, raw little-endian bytes, values for JSON; empty for a binary
+    FP32 output): FP32 scores, or the classification extension's top k as BYTES "score:index:label" strings."""
     array = logits if want.name == OUTPUT_NAMES[0] else probabilities
     if want.classification:
         order = np.argsort(-array, axis=1, kind="stable")[:, : want.classification]
         strings = [f"{array[i, j]:f}:{j}:{class_names[j]}" for i in range(len(array)) for j in order[i]]
         return "BYTES", [len(array), want.classification], _bytes_tensor(strings), strings
     raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
-    return "FP32", list(array.shape), raw, array.reshape(-1).tolist()
+    return "FP32", list(array.shape), raw, [] if want.binary else array.reshape(-1).tolist()
 
 
 def encode_infer(

@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
@@ -85,66 +85,28 @@ class Metrics:
             )
             for part in ("compute_input", "compute_infer", "compute_output")
         }
-        # the time profile `fmnist-bench serve` reads: where a request's server time goes
-        self.queue = Histogram(
-            "fmnist_queue_duration_seconds",
-            "Time a request waited for its batch",
-            registry=r,
-            buckets=(1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1, 1),
-        )
-        self.compute = Histogram(
-            "fmnist_compute_duration_seconds",
-            "Model time per batch",
-            registry=r,
-            buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1),
-        )
-        self.parse = Histogram(
-            "fmnist_parse_duration_seconds",
-            "Time to read and parse a request body",
-            registry=r,
-            buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1),
-        )
-        self.serialise = Histogram(
-            "fmnist_serialise_duration_seconds",
-            "Time to encode a response",
-            registry=r,
-            buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1),
-        )
-        self.batch_size = Histogram(
-            "fmnist_batch_size",
-            "Images per model execution",
-            registry=r,
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-        )
+        self._bound: dict[tuple[str, str], ModelCounters] = {}
 
     def batch(self, model: str, version: str, stats: BatchStats) -> None:
         """Record one model execution."""
-        self.exec_count.labels(model, version).inc()
-        self.batch_size.observe(stats.images)
-        self.compute.observe(stats.compute_seconds)
-        for waited in stats.queue_seconds:
-            self.queue.observe(waited)
-        labels = (model, version, str(stats.images))
-        self.batch_exec.labels(*labels).inc()
-        for part, seconds in (
-            ("compute_input", stats.input_seconds),
-            ("compute_infer", stats.compute_seconds),
-            ("compute_output", stats.output_seconds),
-        ):
-            self.batch_us[part].labels(*labels).inc(seconds * 1e6)
+        self.bound(model, version).batch(stats)
 
     def succeeded(self, model: str, version: str, images: int, seconds: dict[str, float]) -> None:
         """One answered request: its images and its durations (keys of DURATIONS, in seconds)."""
-        self.success.labels(model, version).inc()
-        self.count.labels(model, version).inc(images)
-        for part, value in seconds.items():
-            self.durations[part].labels(model, version).inc(value * 1e6)
-        self.last_ms.labels(model, version).set(time.time() * 1000)
+        self.bound(model, version).succeeded(images, seconds)
 
     def failed(self, model: str, version: str, reason: str, seconds: float) -> None:
         """One request of a known model refused or failed: reason REJECTED, BACKEND or OTHER."""
         self.failure.labels(model, version, reason).inc()
         self.fail_us.labels(model, version).inc(seconds * 1e6)
+
+    def bound(self, model: str, version: str) -> ModelCounters:
+        """The counters of one model version, their labels resolved once (a labels() lookup costs more than the
+        increment it serves)."""
+        counters = self._bound.get((model, version))
+        if counters is None:
+            counters = self._bound[(model, version)] = ModelCounters(self, model, version)
+        return counters
 
     def collect(self) -> list[Any]:
         """Every metric family: this process's, or with `--workers N` the sum over all worker processes."""
@@ -191,6 +153,47 @@ class Metrics:
                 for name, version in wanted
             ]
         }
+
+
+class ModelCounters:
+    """One model version's counters with their labels bound."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        labels = (model, version)
+        self.labels = labels
+        self.metrics = metrics
+        self.success = metrics.success.labels(*labels)
+        self.count = metrics.count.labels(*labels)
+        self.exec_count = metrics.exec_count.labels(*labels)
+        self.durations = [(part, metrics.durations[part].labels(*labels)) for part in DURATIONS]
+        self.pending = metrics.pending.labels(*labels)
+        self.last_ms = metrics.last_ms.labels(*labels)
+        self.per_batch_size: dict[int, list[Any]] = {}
+
+    def succeeded(self, images: int, seconds: dict[str, float]) -> None:
+        """One answered request."""
+        self.success.inc()
+        self.count.inc(images)
+        for part, counter in self.durations:
+            counter.inc(seconds[part] * 1e6)
+        self.last_ms.set(time.time() * 1000)
+
+    def batch(self, stats: BatchStats) -> None:
+        """One model execution, counted under its batch size."""
+        self.exec_count.inc()
+        bound = self.per_batch_size.get(stats.images)
+        if bound is None:
+            labels = (*self.labels, str(stats.images))
+            bound = [self.metrics.batch_exec.labels(*labels)] + [
+                self.metrics.batch_us[part].labels(*labels)
+                for part in ("compute_input", "compute_infer", "compute_output")
+            ]
+            self.per_batch_size[stats.images] = bound
+        executions, inputs, infers, outputs = bound
+        executions.inc()
+        inputs.inc(stats.input_seconds * 1e6)
+        infers.inc(stats.compute_seconds * 1e6)
+        outputs.inc(stats.output_seconds * 1e6)
 
 
 def _duration(count: float, microseconds: float) -> dict[str, int]:
