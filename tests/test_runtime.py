@@ -669,3 +669,22 @@ def test_a_sidecar_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
     (tmp_path / "m.onnx.json").write_text("[]")
     with pytest.raises(ModelError, match=r"m.onnx.json: not a sidecar written by fmnist-export \(no file_sha256\)"):
         load(tmp_path / "m.onnx")
+
+
+def test_describe_names_what_actually_runs() -> None:
+    """Predictor.describe() is the one view the server and the benchmarks read: platform, backend, device,
+    provider, precision, threads and the file's contract."""
+    from fmnist_deploy.runtime import load as load_model
+
+    onnx = load_model(ARTIFACTS / "fmnist_mlp.onnx", threads=1).describe()
+    assert (onnx.platform, onnx.backend, onnx.device, onnx.provider) == (
+        "onnxruntime_onnx",
+        "onnxruntime",
+        "cpu",
+        "CPUExecutionProvider",
+    )
+    assert (onnx.precision, onnx.threads) == ("fp32", 1)
+    assert onnx.contract["inputs"][0]["name"] == "image" and len(onnx.contract["class_names"]) == 10
+    assert load_model(ARTIFACTS / "fmnist_mlp.int8.onnx").describe().precision == "int8"
+    eager = load_model(ARTIFACTS / "fmnist_mlp.pt").describe()
+    assert (eager.platform, eager.provider) == ("pytorch", "torch:cpu") and eager.threads >= 1
