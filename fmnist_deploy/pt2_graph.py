@@ -12,6 +12,7 @@ Pure Python: importing this module never imports torch.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from typing import Any
@@ -69,9 +70,30 @@ def check_expression(expr: Any, source: str) -> None:
         raise _refuse(source, f"holds a symbolic size that is not a short string ({str(expr)[:60]!r})")
     if _SYMBOL_REPR.fullmatch(expr):
         return
-    if _ARITHMETIC.fullmatch(expr) and "**" not in re.sub(r"\s", "", expr):
+    if _ARITHMETIC.fullmatch(expr) and _plain_arithmetic(expr):
         return
     raise _refuse(source, f"holds a symbolic size that is not plain symbol arithmetic: {expr[:60]!r}")
+
+
+def _plain_arithmetic(expr: str) -> bool:
+    """Whether `expr` parses as + - * of symbol names and integers only (no call, power, attribute...)."""
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except (SyntaxError, ValueError, RecursionError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Expression | ast.Add | ast.Sub | ast.Mult | ast.USub | ast.UAdd | ast.Load):
+            continue
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult):
+            continue
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            continue
+        if isinstance(node, ast.Name) and _SYMBOL_NAME.fullmatch(node.id):
+            continue
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            continue
+        return False
+    return True
 
 
 def check_graph_json(blob: bytes, source: str) -> None:

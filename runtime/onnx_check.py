@@ -89,8 +89,12 @@ def check_onnx(path: Path, data: bytes) -> None:
         for attribute in node.attribute:
             if attribute.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) or attribute.HasField("g"):
                 raise _refuse(path, f"node {node.name or node.op_type!r} holds a subgraph")
-            if attribute.HasField("t"):
-                _check_tensor(path, attribute.t, f"{node.op_type} constant", TensorProto)
+            if attribute.HasField("sparse_tensor") or len(attribute.sparse_tensors):
+                raise _refuse(path, f"node {node.name or node.op_type!r} holds a sparse tensor")
+            for tensor in [attribute.t] if attribute.HasField("t") else []:
+                _check_tensor(path, tensor, f"{node.op_type} constant", TensorProto)
+            for tensor in attribute.tensors:
+                _check_tensor(path, tensor, f"{node.op_type} constant", TensorProto)
     if len(graph.sparse_initializer):
         raise _refuse(path, "holds sparse initializers")
     for tensor in graph.initializer:

@@ -122,10 +122,19 @@ def _load_dict(path: Path, expected_format: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (not a zip archive: damaged or another format)")
+    from fmnist_deploy.bounds import MAX_MODEL_BYTES, check_zip, read_regular
+
+    try:  # read once, bounded; the archive's records are size-checked before torch expands them
+        data = read_regular(path, MAX_MODEL_BYTES, "torch file")
+        if data[:4] != b"PK\x03\x04":  # torch.save has written zip archives since torch 1.6
+            raise CheckpointError(
+                f"{path}: not a readable torch checkpoint (not a zip archive: damaged or another format)"
+            )
+        check_zip(data, path)
+    except IntegrityError as exc:
+        raise CheckpointError(str(exc)) from None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     # torch.load reports a foreign file through many types (a text file: KeyError).
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({first_line(exc, 160)})") from None

@@ -193,3 +193,11 @@ def test_output_streams_instead_of_holding_every_answer(tmp_path: Path) -> None:
     # holding 200 000 records costs ~230 MB more (measured 1.17 GB for 1 M); streamed, only one chunk's worth
     assert peak < 400, f"peak RSS {peak} MB for {n} answers"
     warnings.warn(f"--output of {n} answers: peak RSS {peak} MB", stacklevel=1)
+
+
+def test_a_zip_bomb_weights_file_is_refused_by_export_and_train(tmp_path: Path) -> None:
+    from tests.reliability.crafted import zip_bomb
+
+    bomb = zip_bomb(tmp_path, ARTIFACTS / "fmnist_mlp.pt")
+    with pytest.raises(CheckpointError, match="refused as a zip bomb"):
+        load_weights(bomb)

@@ -160,7 +160,9 @@ def test_crafted_pt2_is_refused_untrusted_and_even_trusted(tmp_path: Path) -> No
     assert not marker.exists(), "the command in the graph ran"
 
 
-@pytest.mark.parametrize("expr", ["9**9**9**9", "s40 ** 2", "s40.__class__", "Symbol('s40', positive=True)"])
+@pytest.mark.parametrize(
+    "expr", ["9**9**9**9", "s40 ** 2", "s40.__class__", "Symbol('s40', positive=True)", "s40(1)", "1(2)", "s40 / 0"]
+)
 def test_pt2_expressions_beyond_plain_arithmetic_are_refused(tmp_path: Path, expr: str) -> None:
     evil = evil_pt2(tmp_path, expr)
     with pytest.raises(ModelError, match="not plain symbol arithmetic"):
@@ -171,6 +173,13 @@ def test_pt2_with_an_absurd_size_is_one_line(tmp_path: Path) -> None:
     evil = pt2_with_size(tmp_path, 10**100)
     line = _one_line_error(_predict("--model", str(evil), "--trust-code"))
     assert "tensor dimension" in line or "beyond any sane size" in line, line
+
+
+def test_plain_arithmetic_of_the_batch_symbol_passes() -> None:
+    from fmnist_deploy.pt2_graph import check_expression
+
+    for expr in ["s40", "784*s40", "s40 + 1", "-(s0 - 2) * 3"]:
+        check_expression(expr, "x")
 
 
 def test_the_packaged_pt2_graph_passes_its_own_check() -> None:
@@ -233,6 +242,19 @@ def _constant_of_shape_model():
     return _contract_graph(nodes, init)
 
 
+def _sparse_constant_model():
+    """A Constant whose sparse value ONNX Runtime would densify: 2**40 zeros from a few bytes."""
+    values = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    indices = helper.make_tensor("i", TensorProto.INT64, [1], [0])
+    sparse = helper.make_sparse_tensor(values, indices, [2**20, 2**20])
+    nodes = [
+        helper.make_node("Constant", [], ["big"], sparse_value=sparse),
+        helper.make_node("Cast", ["image"], ["logits"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["image"], ["probabilities"], to=TensorProto.FLOAT),
+    ]
+    return _contract_graph(nodes)
+
+
 def _custom_op_model():
     nodes = [
         helper.make_node("Evil", ["image"], ["logits"], domain="com.attacker"),
@@ -256,8 +278,9 @@ def _external_data_model(tmp_path: Path):
         (lambda _: _constant_of_shape_model(), "ConstantOfShape node"),
         (lambda _: _custom_op_model(), "custom operator domain 'com.attacker'"),
         (_external_data_model, "external data"),
+        (lambda _: _sparse_constant_model(), "holds a sparse tensor"),
     ],
-    ids=["loop", "constant_of_shape", "custom_op", "external_data"],
+    ids=["loop", "constant_of_shape", "custom_op", "external_data", "sparse_constant"],
 )
 def test_onnx_graphs_off_the_contract_are_refused_in_one_line(tmp_path: Path, build, needle: str) -> None:
     path = tmp_path / "hostile.onnx"
