@@ -155,7 +155,8 @@ def open_target(config: Config, backend: str, device: str) -> Opened:
     from fmnist_deploy import runtime
 
     options = {"threads": config.threads} if runtime_backend in ("onnxruntime", "openvino") and config.threads else {}
-    predictor = runtime.load(path, backend=runtime_backend, device=device, **options)
+    # a benchmark measures the user's own exports (--artifacts): their TorchScript / .pt2 files are trusted
+    predictor = runtime.load(path, backend=runtime_backend, device=device, trust=runtime.Trust(code=True), **options)
     described = predictor.describe()  # what actually runs, as the loaded backend reports it
     provider = f"{described.provider} {described.precision}" if runtime_backend == "openvino" else described.provider
     opened = Opened(predictor.predict, {"provider": provider, "threads": described.threads or "default"})

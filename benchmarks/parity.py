@@ -64,7 +64,10 @@ def measure(artifacts: Path, images: np.ndarray, labels: np.ndarray, devices: tu
                     rows.append({**head, "skipped": reason})
                     continue
                 try:
-                    predictor = runtime.load(path, backend=backend, device=device, **options)
+                    # the user's own exports (--artifacts): TorchScript / .pt2 files are trusted
+                    predictor = runtime.load(
+                        path, backend=backend, device=device, trust=runtime.Trust(code=True), **options
+                    )
                 except runtime.DeviceError as exc:
                     rows.append({**head, "skipped": str(exc)})
                     continue
