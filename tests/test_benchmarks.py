@@ -27,11 +27,40 @@ def test_flop_count_of_the_network() -> None:
     assert FLOP_PER_IMAGE == 2 * 109_184 == 218_368
 
 
-def test_summarise_is_consistent() -> None:
+def test_summarise_against_values_worked_by_hand() -> None:
+    # 1, 2, 3, 4, 100 µs: mean 22 µs; percentiles interpolate linearly between ranks (p90: rank 3.6 -> 4 + 0.6 x 96);
+    # stdev with n - 1: sqrt((21² + 20² + 19² + 18² + 78²) / 4) = sqrt(1902.5); 10 images per 22 µs
     stats = summarise([1000, 2000, 3000, 4000, 100_000], batch=10)
-    assert stats["p50_us"] == 3.0 and stats["min_us"] == 1.0
-    assert stats["p50_us"] <= stats["p90_us"] <= stats["p99_us"] <= stats["p99_9_us"]
-    assert stats["images_per_s"] == pytest.approx(10 / (stats["mean_us"] / 1e6))
+    assert (stats["batch"], stats["repetitions"], stats["min_us"], stats["p50_us"]) == (10, 5, 1.0, 3.0)
+    assert stats["mean_us"] == pytest.approx(22.0, rel=1e-12)
+    assert stats["p90_us"] == pytest.approx(61.6, rel=1e-12)
+    assert stats["p99_us"] == pytest.approx(96.16, rel=1e-12)
+    assert stats["p99_9_us"] == pytest.approx(99.616, rel=1e-12)
+    assert stats["stdev_us"] == pytest.approx(43.617656975128, rel=1e-9)
+    assert stats["images_per_s"] == pytest.approx(454_545.454545, rel=1e-9)
+    assert summarise([5000], batch=1)["stdev_us"] == 0.0
+
+
+def test_time_calls_and_a_cell_with_a_known_clock(monkeypatch) -> None:
+    """A clock that moves 2 µs per reading: every call measures 2 µs, the budget (10 µs) ends the loop after the
+    minimum, and a batch of 8 per 2 µs is 4 000 000 images/s."""
+    from fmnist_deploy.benchmarks import latency
+
+    ticks = iter(range(0, 10**9, 2000))
+
+    class Clock:
+        @staticmethod
+        def perf_counter_ns() -> int:
+            return next(ticks)
+
+    monkeypatch.setattr(latency, "time", Clock)
+    calls = []
+    samples = latency.time_calls(lambda: calls.append(1), budget_s=1e-5, min_repetitions=3, warmup=2)
+    assert samples == [2000, 2000, 2000] and len(calls) == 5
+    cell = latency._cell("onnxruntime", "cpu", "model", 8, samples, 1.5, 0.5, {"provider": "CPUExecutionProvider"})
+    assert (cell["p50_us"], cell["p99_9_us"], cell["mean_us"], cell["stdev_us"]) == (2.0, 2.0, 2.0, 0.0)
+    assert cell["images_per_s"] == pytest.approx(4_000_000.0, rel=1e-12)
+    assert (cell["creation_ms"], cell["first_inference_ms"], cell["provider"]) == (1.5, 0.5, "CPUExecutionProvider")
 
 
 def test_numpy_reference_matches_the_golden_logits() -> None:
@@ -47,9 +76,11 @@ def _check_cells(report: dict, expected: set[tuple[str, str, str, int]]) -> None
         assert c["repetitions"] >= 3
         assert 0 < c["min_us"] <= c["p50_us"] <= c["p90_us"] <= c["p99_us"] <= c["p99_9_us"]
         assert c["mean_us"] > 0 and c["stdev_us"] >= 0 and c["creation_ms"] > 0 and c["first_inference_ms"] > 0
-        assert c["images_per_s"] == pytest.approx(c["batch"] / (c["mean_us"] / 1e6), rel=1e-9)
-        assert c["fraction_of_ceiling"] == pytest.approx(c["images_per_s"] / report["ceiling"]["images_per_s"])
-    assert report["ceiling"]["images_per_s"] == pytest.approx(report["ceiling"]["sgemm_gflops"] * 1e9 / FLOP_PER_IMAGE)
+        # the mean call is no faster than the fastest one (the cell's arithmetic is checked with a known clock above)
+        assert 0 < c["images_per_s"] <= c["batch"] / (c["min_us"] / 1e6) * (1 + 1e-9)
+        assert c["fraction_of_ceiling"] > 0
+    # 218 368 FLOP per image (test_flop_count_of_the_network): 1 GFLOP/s is 4 579.4 images/s
+    assert report["ceiling"]["images_per_s"] / report["ceiling"]["sgemm_gflops"] == pytest.approx(4579.4, rel=1e-4)
 
 
 def test_latency_small_grid(data) -> None:
@@ -297,9 +328,30 @@ def test_train_speed_small(data) -> None:
     s, r = report["seconds_per_epoch"], report["ratios"]
     assert all(v > 0 for v in s.values())
     assert s["reference_train"] <= s["reference_epoch"] and s["fast_train"] <= s["fast_epoch"]
-    assert r["reference_over_fast_epoch"] == pytest.approx(s["reference_epoch"] / s["fast_epoch"])
-    assert r["fast_train_over_bare"] == pytest.approx(s["fast_train"] / s["bare_train"])
+    assert set(r) == {"reference_over_fast_epoch", "reference_over_fast_train", "fast_train_over_bare"}
+    assert all(v > 0 for v in r.values())
     assert report["train_images"] == 500
+
+
+def test_train_speed_ratios_from_known_times(data, monkeypatch) -> None:
+    """Times the paths are made to report: reference 3 s of training in a 4 s epoch, fast 0.2 s in 0.25 s, the bare
+    loop 0.16 s; the ratios are 16, 15 and 1.25."""
+    times = iter(
+        [train_speed.EpochTimes(9.0, 9.0), train_speed.EpochTimes(0.2, 0.25), train_speed.EpochTimes(3.0, 4.0)]
+    )
+    monkeypatch.setattr(train_speed, "_time_epochs", lambda *args: next(times))  # warm-up, fast, reference
+    monkeypatch.setattr(train_speed, "_time_bare", lambda *args: 0.16)
+    report = train_speed.measure(data, device=torch.device("cpu"), reference_epochs=1, fast_epochs=1, limit=500)
+    assert report["seconds_per_epoch"] == {
+        "reference_train": 3.0,
+        "reference_epoch": 4.0,
+        "fast_train": 0.2,
+        "fast_epoch": 0.25,
+        "bare_train": 0.16,
+    }
+    assert report["ratios"] == pytest.approx(
+        {"reference_over_fast_epoch": 16.0, "reference_over_fast_train": 15.0, "fast_train_over_bare": 1.25}
+    )
 
 
 def test_coldstart_small() -> None:

@@ -14,8 +14,26 @@ from tests.conftest import ARTIFACTS, REPO, console_script
 
 
 def test_public_api_resolves_every_name() -> None:
+    # each name is the very object its defining module holds, under the same name (a function, class or table)
+    import importlib
+
+    defined_in = {
+        **dict.fromkeys(("BACKENDS", "OptionError", "Predictor", "Prediction", "FilesPrediction"), "runtime"),
+        **dict.fromkeys(("RuntimeFailure", "load"), "runtime"),
+        "read_image": "runtime.images",
+        **dict.fromkeys(("FmnistError", "UsageError", "InputError", "ModelError", "DeviceError"), "errors"),
+        **dict.fromkeys(("IntegrityError", "OutputError"), "errors"),
+        "IntegrityWarning": "integrity",
+        **dict.fromkeys(("run_export", "verify_file"), "export.api"),
+        **dict.fromkeys(("ExportError", "GateError", "GateReport"), "export.checks"),
+    }
     for name in fmnist_deploy.__all__:
-        assert getattr(fmnist_deploy, name) is not None, name
+        value = getattr(fmnist_deploy, name)
+        if name in defined_in:
+            assert value is getattr(importlib.import_module(f"fmnist_deploy.{defined_in[name]}"), name), name
+            assert callable(value) or isinstance(value, dict), name
+    assert fmnist_deploy.contract is importlib.import_module("fmnist_deploy.contract")
+    assert fmnist_deploy.__version__ == importlib.metadata.version("fmnist-deploy")
     assert fmnist_deploy.load is fmnist_deploy.runtime.load
     assert fmnist_deploy.contract.LOGIT_TOLERANCE == 1e-5
 
