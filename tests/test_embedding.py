@@ -70,7 +70,12 @@ def test_node_check_fails_for_the_wrong_model(tmp_path: Path) -> None:
     shutil.copy(ARTIFACTS / "fmnist_mlp.int8.onnx", tmp_path / "m.onnx")
     shutil.copy(ARTIFACTS / "fmnist_mlp.int8.onnx.json", tmp_path / "m.onnx.json")
     result = _node("predict.mjs", str(tmp_path / "m.onnx"), str(ARTIFACTS / "golden.json"))
-    assert result.returncode == 1
+    # the check ran to its verdict (a crash also exits 1, with a stack trace on stderr and no verdict line)
+    assert (result.returncode, result.stderr) == (1, ""), result.stderr
+    (line,) = result.stdout.splitlines()
+    assert line.startswith("100 golden images: max |dlogit| "), line
+    max_diff = float(line.split("max |dlogit| ")[1].split(",")[0])
+    assert max_diff > 1e-5, line
 
 
 def test_golden_json_is_the_npz_generated() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,11 +74,16 @@ def _hostile(name: str, original: bytes, marker: Path) -> dict[str, bytes]:
     return {}
 
 
+SEED = 26  # of the random cut; a failure names the cut it made (truncated_at_CUT_of_SIZE)
+
+
 def corruptions(name: str, original: bytes, marker: Path) -> dict[str, bytes | None]:
     """Every damaged or hostile version of a file; None stands for a directory in its place."""
-    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    # a fixed seed per file name (hash() of a str changes every run): the cut, named in the case, is reproducible
+    rng = np.random.default_rng([SEED, zlib.crc32(name.encode())])
+    cut = int(rng.integers(1, len(original)))
     return {
-        "truncated": original[: int(rng.integers(1, len(original)))],
+        f"truncated_at_{cut}_of_{len(original)}": original[:cut],
         "flipped_header": _flip(original, _header_offset(original)),
         "flipped_data": _flip(original, int(len(original) * 0.6)),
         "empty": b"",
