@@ -627,8 +627,7 @@ def test_ctrl_c_during_export_is_one_line(exported, tmp_path: Path, data) -> Non
         lines.append(line)
         if "exporting onnx" in line or not line:
             break
-    time.sleep(0.5)  # inside the ONNX capture
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # the export of the ONNX file has begun
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, "".join(lines) + stderr
     assert "Traceback" not in stderr
