@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test test-embed embed-deps bench-deps soak lint export train bench bench-cuda cuda-bundle test-gpu-packages clean
+.PHONY: setup data test test-embed embed-deps bench-deps soak mutate lint export train bench bench-cuda cuda-bundle test-gpu-packages clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,13 @@ test-embed: setup data embed-deps
 # The long reliability runs: 100 SIGKILLs, 200 000 fuzzed inputs, 3 000 examples per property.
 soak: setup data
 	$(BIN)/python -m pytest -q tests/reliability --soak
+
+# Mutation testing, opt-in (never part of `make test`): mutmut 3 over the critical modules' functions, each mutant
+# against the tests that guard them; resumable (results stay in .mutation/), report in artifacts/mutation/report.md.
+# About half an hour on 2 cores; `python tests/mutation/mutate.py --fresh` starts over.
+mutate: setup data
+	$(BIN)/pip install --quiet -e '.[mutation]'
+	nice -n 10 $(BIN)/python tests/mutation/mutate.py
 
 # ruff: pyflakes, pycodestyle, import order, bugbear, pyupgrade, docstrings (see pyproject.toml).
 lint: setup

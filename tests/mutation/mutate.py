@@ -1,0 +1,199 @@
+"""`make mutate`: mutation testing of the critical modules with mutmut 3, each against the tests that guard it.
+
+mutmut maps a file's path to its module name (`export/gate.py` -> `export.gate`), while this repository
+installs its stage folders under one namespace through setuptools' package-dir (`fmnist_deploy.export.gate`).
+So the run happens in a mirror of the tracked files laid out as the installed package
+(`.mutation/tree/fmnist_deploy/export/gate.py`), where paths and module names agree; mutmut copies that tree into
+`mutants/` and puts it first on sys.path, ahead of the editable install's finder. Subprocesses the tests start
+(the installed commands, `python -m ...`) find the mutated package through PYTHONPATH.
+
+Resumable: the mirror and mutmut's results stay in `.mutation/` (ignored by git); running again continues where a
+run stopped (`--fresh` starts over). The report goes to `artifacts/mutation/report.md` (`--report-only` rewrites it
+from the results so far). Opt-in, never part of `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = REPO / ".mutation"
+TREE = WORK / "tree"
+STAGES = ("training", "export", "runtime", "benchmarks", "scaleout", "serving")
+
+# The critical modules (as installed), the functions in scope (mutant-name globs: mutmut names a mutant of a
+# function f in module m `m.x_f__mutmut_N`), and the tests that guard them. For each mutant mutmut runs only the
+# tests of this selection that call the mutated function; a mutant no selected test calls counts as not killed.
+TARGETS = {
+    "fmnist_deploy/contract.py": ["contract_problems", "_dicts"],
+    "fmnist_deploy/export/gate.py": ["compare", "_parity", "_run_checks"],
+    "fmnist_deploy/runtime/base.py": ["check_images", "describe"],
+    "fmnist_deploy/runtime/__init__.py": ["_check_sidecar_metadata"],
+    "fmnist_deploy/runtime/images.py": [
+        "read_image",
+        "_fast_png",
+        "_read_with_pillow",
+        "read_batch",
+        "_check_file_size",
+        "_uncompressed_idx",
+        "_payload_mismatch",
+        "_idx_payload_bytes",
+    ],
+    "fmnist_deploy/serving/protocol.py": ["*"],
+    "fmnist_deploy/integrity.py": ["sidecar_check", "_feed", "content_digest", "check_content"],
+    "fmnist_deploy/atomic.py": ["*"],
+    "fmnist_deploy/launch.py": ["*"],
+}
+TESTS = ["tests/test_limits.py", "tests/test_protocol.py", "tests/test_ground_floor.py"]
+REPORT = REPO / "artifacts" / "mutation" / "report.md"
+
+# Survivors judged equivalent (no test can tell them apart from the original), with the reason; see the report.
+EQUIVALENT: dict[str, str] = {}
+
+
+def patterns() -> list[str]:
+    """mutmut's mutant-name globs for the functions in scope."""
+    globs = []
+    for file, functions in TARGETS.items():
+        module = file.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        globs += [f"{module}.x{'' if f == '*' else '_' + f}__mutmut_*" for f in functions]
+        if functions == ["*"]:
+            globs.append(f"{module}.xǁ*")  # methods: m.xǁClassǁmethod__mutmut_N
+    return globs
+
+
+def _tracked() -> list[str]:
+    return subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+
+
+def build_mirror() -> None:
+    """The tracked files, stage folders moved under fmnist_deploy/ as pyproject's package-dir maps them."""
+    if TREE.exists():
+        shutil.rmtree(TREE)
+    for name in _tracked():
+        top = name.split("/", 1)[0]
+        if top in STAGES:
+            target = TREE / "fmnist_deploy" / name
+        elif top in ("fmnist_deploy", "tests", "pyproject.toml"):
+            target = TREE / name
+        else:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    # mutmut runs pytest with its own sys.path: as a package, tests/ puts its parent (the mutated tree) on the path
+    # for `from tests.conftest import ...` (the reliability folder, with a conftest of its own, is not selected)
+    (TREE / "tests" / "__init__.py").write_text("")
+    (TREE / "artifacts").symlink_to(REPO / "artifacts")  # read only: the committed files the tests compare with
+    (TREE / "fmnist_deploy" / "artifacts").symlink_to(REPO / "artifacts")
+    selection = TESTS
+    config = "\n".join(
+        [
+            "",
+            "[tool.mutmut]",
+            f"source_paths = {json.dumps(['fmnist_deploy'])}",
+            f"only_mutate = {json.dumps(list(TARGETS))}",
+            f"pytest_add_cli_args_test_selection = {json.dumps(selection)}",
+            'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]',
+            'also_copy = ["tests", "artifacts", "pyproject.toml"]',
+            "timeout_multiplier = 5.0",
+            "timeout_constant = 10.0",
+            "",
+        ]
+    )
+    text = (TREE / "pyproject.toml").read_text()
+    # the tests import their helpers as `tests.conftest`: the mirror's root (mutmut's mutants/) is their parent
+    text = text.replace("[tool.pytest.ini_options]\n", '[tool.pytest.ini_options]\npythonpath = ["."]\n', 1)
+    (TREE / "pyproject.toml").write_text(text + config)
+
+
+def results() -> dict[str, int | None]:
+    """Exit code of every mutant in scope that mutmut made (None: not run yet)."""
+    codes: dict[str, int | None] = {}
+    for meta in (TREE / "mutants").rglob("*.py.meta"):
+        codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return {name: code for name, code in codes.items() if any(fnmatch.fnmatchcase(name, p) for p in patterns())}
+
+
+def write_report(machine: str, seconds: float | None) -> str:
+    """The report: counts per module, the score, and every survivor with its diff and its verdict."""
+    from mutmut.stats import status_by_exit_code
+
+    codes = results()
+    status = {name: status_by_exit_code[code] for name, code in codes.items()}
+    modules = sorted({name.split(".x")[0] for name in codes})
+    rows = []
+    for module in modules:
+        mine = [s for n, s in status.items() if n.split(".x")[0] == module]
+        counts = [mine.count(k) for k in ("killed", "survived", "no tests", "timeout")]
+        cells = " | ".join(str(c) for c in [len(mine), *counts, len(mine) - sum(counts)])
+        rows.append(f"| `{module}` | {cells} |")
+    killed = sum(1 for s in status.values() if s in ("killed", "timeout"))
+    not_run = sum(1 for s in status.values() if s == "not checked")
+    equivalent = [n for n, s in status.items() if s in ("survived", "no tests") and n in EQUIVALENT]
+    alive = sorted(n for n, s in status.items() if s in ("survived", "no tests", "suspicious", "segfault"))
+    scored = len(codes) - not_run - len(equivalent)
+    score = killed / scored if scored else 0.0
+    lines = [
+        "# Mutation score of the critical modules",
+        "",
+        f"Tool: mutmut {metadata.version('mutmut')} (`make mutate`, `tests/mutation/mutate.py`). Machine: {machine}."
+        + (f" Wall time of the last run: {seconds / 60:.0f} min." if seconds else ""),
+        f"Tests run against the mutants: {', '.join(f'`{t}`' for t in TESTS)}.",
+        "Functions in scope: " + "; ".join(f"`{f}`: {', '.join(fs)}" for f, fs in TARGETS.items()) + ".",
+        "",
+        "| module | mutants | killed | survived | no test calls it | timeout | other |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"**{killed} of {scored} non-equivalent mutants killed ({score:.1%})**; {len(equivalent)} survivors judged "
+        f"equivalent (below), {not_run} not run yet. A timeout counts as killed (the mutant hangs the tests).",
+        "",
+        "## Survivors",
+        "",
+    ]
+    for name in alive:
+        verdict = EQUIVALENT.get(name, "not killed")
+        diff = subprocess.run(
+            [sys.executable, "-m", "mutmut", "show", name], cwd=TREE, capture_output=True, text=True, check=False
+        ).stdout
+        changed = [ln for ln in diff.splitlines() if ln.startswith(("-", "+")) and not ln.startswith(("---", "+++"))]
+        lines += [f"- `{name}` ({status[name]}): {verdict}", "  ```diff", *[f"  {ln}" for ln in changed[:6]], "  ```"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fresh", action="store_true", help="start over: rebuild the mirror, forget results")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the results so far")
+    parser.add_argument("--max-children", type=int, default=1, help="mutants run at once (default 1)")
+    parser.add_argument("--machine", default=platform.node(), help="named in the report")
+    args = parser.parse_args()
+    if args.fresh and WORK.exists():
+        shutil.rmtree(WORK)
+    if not TREE.exists():
+        build_mirror()
+    env = {**os.environ, "PYTHONPATH": str(TREE / "mutants")}
+    seconds = None
+    if not args.report_only:
+        started = time.monotonic()
+        command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *patterns()]
+        subprocess.run(command, cwd=TREE, env=env, check=False)
+        seconds = time.monotonic() - started
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(write_report(args.machine, seconds))
+    print(f"wrote {REPORT}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
