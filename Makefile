@@ -8,11 +8,13 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
 setup: $(VENV)/.installed
 
+# setuptools warns on every editable install that a folder named like the package may shadow it: ours is the
+# package itself (package-dir maps it), so that one warning is left out of the setup's output.
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 needed, found " + sys.version)'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	PYTHONWARNINGS='ignore:Editable installation:UserWarning' $(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
 # The IDX files come from Debian's dataset-fashion-mnist package where apt exists;
