@@ -209,7 +209,11 @@ def upstream_notes() -> Iterator[None]:
     """Warnings that libraries raise while the block runs (torch's TorchScript deprecation, ...) become one
     `note:` line each on stderr at its end, once, without the file path and source line Python prints."""
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        # What Python shows users by default (DeprecationWarning is for a library's own developers, and Ray
+        # raises several for its internal settings), once per place it comes from.
+        warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
         yield
     for message in sorted({str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()}):
         say(f"note: {message}")

@@ -20,6 +20,17 @@ from fmnist_deploy import launch, options
 from fmnist_deploy.models import default_model
 
 
+def _quiet_ray_data() -> None:
+    """Ray Data's INFO lines (the execution plan, a progress block every 10 s) are for whoever debugs Ray;
+    the command prints its own summary. -v keeps them."""
+    import logging
+
+    import ray.data  # noqa: F401  # configures its loggers on import: their levels are set after it
+
+    for name in [n for n in logging.root.manager.loggerDict if n == "ray.data" or n.startswith("ray.data.")]:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @options.command("fmnist-batch")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @options.output_file(
@@ -125,8 +136,11 @@ def main(
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise click.ClickException(f"cannot reach Ray at {address or 'a local instance'}: {exc}") from None
     ray_seconds = time.perf_counter() - started
+    if options.verbosity() <= 0:
+        _quiet_ray_data()
     try:
-        counts = run_job(config, list(inputs))
+        with options.upstream_notes():  # Ray Data's UserWarnings (actor pool sizing) as one note line each
+            counts = run_job(config, list(inputs))
     except KeyboardInterrupt:
         click.echo("interrupted; finished rows are kept: resume with the same command and --resume", err=True)
         sys.exit(130)
