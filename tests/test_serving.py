@@ -845,3 +845,24 @@ def test_a_failing_model_is_one_json_500_counted_as_backend(images) -> None:
         }
         metrics = client.get("/metrics").text
         assert 'nv_inference_request_failure{model="fmnist_mlp",reason="BACKEND",version="1"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /v2/models/fmnist_mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        b"X" * 70_000,
+        b"GET /v2 HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\n\r\n",
+    ],
+)
+def test_requests_the_http_parser_refuses_answer_json_400(server: str, request_bytes: bytes) -> None:
+    host, port = server.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(request_bytes)
+        s.settimeout(30)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head, answer[:300]
+    assert json.loads(body)["error"].startswith("malformed HTTP request")
