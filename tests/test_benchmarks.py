@@ -492,7 +492,8 @@ def test_formats_table(tmp_path: Path, data) -> None:
 def test_batch_benchmark_small(tmp_path: Path, data) -> None:
     pytest.importorskip("ray", reason="the batch benchmark needs the optional ray package")
     result = CliRunner().invoke(
-        bench_cli, ["batch", "--images", "300", "--output", str(tmp_path), "--data-dir", str(data.root)]
+        bench_cli,
+        ["batch", "--images", "300", "--rounds", "1", "--output", str(tmp_path), "--data-dir", str(data.root)],
     )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "batch.json").read_text())
@@ -502,6 +503,20 @@ def test_batch_benchmark_small(tmp_path: Path, data) -> None:
         "fmnist-batch, Ray, 2 actor(s)",
     }
     assert all(r["exit"] == 0 and r["images_per_s"] > 0 for r in report["rows"]) and report["ray_start_s"] > 0
+    # start-up apart on both sides, the ratio past it, and each Ray job's profile
+    rows = {(r["path"], r["input"]): r for r in report["rows"]}
+    for (path, label), row in rows.items():
+        assert row["answer_s"] < row["seconds"]
+        single = rows[("fmnist-predict (one process)", label)]
+        if single["answer_s"] > 0 and row["answer_s"] > 0:  # 300 images may not outlast fmnist-predict's start-up
+            assert row["ratio"] == pytest.approx(row["answer_images_per_s"] / single["answer_images_per_s"])
+        else:
+            assert row["ratio"] is None
+        if path.startswith("fmnist-batch"):
+            assert row["answer_s"] > 0 and row["pool_start_s"] > row["actor_init_s"] > 0
+            assert all(us > 0 for us in row["actor_us_per_image"].values())
+    text = (tmp_path / "batch.md").read_text()
+    assert "| fmnist-batch, Ray, 2 actor(s) | idx file |" in text and "actor init s" in text
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="the serving benchmark needs wrk (make bench-deps)")

@@ -317,30 +317,6 @@ def test_tables_without_image_bytes_are_error_rows_and_limits_hold(local_ray, tm
         tables.decode_image(b"12345", "t[0]")
 
 
-def test_the_batch_benchmark_reports_start_up_apart_the_ratio_and_the_profile(local_ray, data, tmp_path) -> None:
-    from fmnist_deploy.benchmarks.batch import measure, to_markdown
-
-    images = data.test_images[:300].numpy()
-    idx = tmp_path / "three-hundred-idx3-ubyte"
-    idx.write_bytes(b"\x00\x00\x08\x03" + (300).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + images.tobytes())
-    report = measure(images, idx, MODEL, actors=(2,))
-    rows = {(r["path"], r["input"]): r for r in report["rows"]}
-    assert set(rows) == {(p, i) for p in ("fmnist-predict (one process)", "fmnist-batch, Ray, 2 actor(s)")
-                         for i in ("png files", "idx file")}  # fmt: skip
-    for (path, label), row in rows.items():
-        assert row["exit"] == 0 and row["answer_s"] < row["seconds"]
-        single = rows[("fmnist-predict (one process)", label)]
-        if single["answer_s"] > 0 and row["answer_s"] > 0:  # 300 images may not outlast fmnist-predict's start-up
-            assert row["ratio"] == pytest.approx(row["answer_images_per_s"] / single["answer_images_per_s"])
-        else:
-            assert row["ratio"] is None
-        if path.startswith("fmnist-batch"):
-            assert row["answer_s"] > 0 and row["pool_start_s"] > 0
-            assert all(us > 0 for us in row["actor_us_per_image"].values())
-    text = to_markdown(report)
-    assert "| fmnist-batch, Ray, 2 actor(s) | idx file |" in text and "decode µs" in text
-
-
 def test_an_arrow_ipc_table_is_read_a_record_batch_at_a_time(png_folder: Path, tmp_path: Path, monkeypatch) -> None:
     import pyarrow as pa
 
