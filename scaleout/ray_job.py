@@ -1,7 +1,7 @@
 """Batch inference over very large image sets on Ray Data, with exactly fmnist-predict's answers.
 
 The pipeline, and why it is shaped so (measured on 2 cores, 60 000 images; the figures are in
-benchmarks/batch.py's report):
+artifacts/bench/batch.md):
 
 - The driver plans **units of work** and nothing else: a unit is up to `batch_size` image
   files, a slice of a .npy / IDX file, or a row group of a Parquet file. The top of a
@@ -11,9 +11,10 @@ benchmarks/batch.py's report):
 - A pool of actors, each holding one ONNX Runtime session, takes one unit at a time: it
   decodes the unit's images with fmnist-predict's own functions (`runtime.images`,
   `runtime.inputs.decode_files`), classifies them in one call, and writes the answers as
-  one Parquet file, `part-<unit>.parquet`, atomically. Only a three-number summary goes
-  back through the object store: no image, no answer and no per-row Python on the driver,
-  whose cycles would be taken from the actors on a small machine.
+  one Parquet file, `part-<unit>.parquet`, atomically. Only a short summary per unit (rows,
+  failures, node, seconds per stage) goes back through the object store: no image, no
+  answer and no per-row Python on the driver, whose cycles would be taken from the actors
+  on a small machine.
 - Every part file is named by its unit, so a retried unit (a killed actor, a lost node)
   rewrites the same file, a killed job resumes with `--resume` by skipping the units whose
   part exists, and the folder reads back in input order (`pyarrow.parquet.read_table`,
@@ -89,11 +90,26 @@ def parts_folder(config: JobConfig) -> Path:
 # ---------------------------------------------------------------------------------------------- planning
 
 
-def _unit(kind: str, *, paths: list[str] | None = None, path: str = "", group: int = -1, start: int = -1,
-          stop: int = -1, error: str = "") -> dict[str, Any]:  # fmt: skip
+def _unit(
+    kind: str,
+    *,
+    paths: list[str] | None = None,
+    path: str = "",
+    group: int = -1,
+    start: int = -1,
+    stop: int = -1,
+    error: str = "",
+) -> dict[str, Any]:
     """One unit of work (a row of the job's input dataset; every unit has every field)."""
-    return {"kind": kind, "paths": paths or [], "path": path, "group": group, "start": start, "stop": stop,
-            "error": error}  # fmt: skip
+    return {
+        "kind": kind,
+        "paths": paths or [],
+        "path": path,
+        "group": group,
+        "start": start,
+        "stop": stop,
+        "error": error,
+    }
 
 
 class _Planner:
@@ -278,8 +294,16 @@ class _Rows:
 class Classifier:
     """Ray actor: one ONNX Runtime session; turns units into part files and returns a summary per unit."""
 
-    def __init__(self, model: bytes, sidecar: bytes | None, model_name: str, folder: str, config: dict[str, Any],
-                 id_type: Any = None, pid_folder: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: bytes,
+        sidecar: bytes | None,
+        model_name: str,
+        folder: str,
+        config: dict[str, Any],
+        id_type: Any = None,
+        pid_folder: str | None = None,
+    ) -> None:
         started = time.time()  # the process already runs and this module is imported: the rest is loading
         from fmnist_deploy.runtime import load
 
@@ -377,8 +401,9 @@ class Classifier:
             for i, item in enumerate(items):
                 if item.image is not None:
                     images[i] = item.image
-            yield _Rows([it.name for it in items], [path] * len(items), [-1] * len(items), images,
-                        [it.error for it in items])  # fmt: skip
+            yield _Rows(
+                [it.name for it in items], [path] * len(items), [-1] * len(items), images, [it.error for it in items]
+            )
         elif kind == "table":
             yield from self._table(path, int(unit["group"]), int(unit["start"]), int(unit["stop"]))
         else:
@@ -392,14 +417,29 @@ class Classifier:
         try:
             images = np.asarray(read_batch(Path(path), start, stop))  # of an IDX file, only this slice is read
         except InputError as exc:  # changed since it was planned
-            return _Rows(names, [path] * len(names), list(range(start, stop)),
-                         np.zeros((len(names), 28, 28), np.uint8), [str(exc)] * len(names))  # fmt: skip
+            return _Rows(
+                names,
+                [path] * len(names),
+                list(range(start, stop)),
+                np.zeros((len(names), 28, 28), np.uint8),
+                [str(exc)] * len(names),
+            )
         if len(images) != len(names):
             error = f"{path}: holds {start + len(images)} images, fewer than when the job was planned"
-            return _Rows(names, [path] * len(names), list(range(start, stop)),
-                         np.zeros((len(names), 28, 28), np.uint8), [error] * len(names))  # fmt: skip
-        return _Rows(names, [path] * len(names), list(range(start, stop)), 255 - images if self.invert else images,
-                     [None] * len(names))  # fmt: skip
+            return _Rows(
+                names,
+                [path] * len(names),
+                list(range(start, stop)),
+                np.zeros((len(names), 28, 28), np.uint8),
+                [error] * len(names),
+            )
+        return _Rows(
+            names,
+            [path] * len(names),
+            list(range(start, stop)),
+            255 - images if self.invert else images,
+            [None] * len(names),
+        )
 
     def _table(self, path: str, group: int, first: int, stop: int) -> Iterator[_Rows]:
         """A row group's images, `batch_size` rows at a time, reading only the image and id columns."""
@@ -423,8 +463,13 @@ class Classifier:
                 row += len(cells)
         except InputError as exc:  # damaged since it was planned: the rows not yet answered get the error
             names = [f"{path}[{i}]" for i in range(row, stop)]
-            yield _Rows(names, [path] * len(names), list(range(row, stop)), np.zeros((len(names), 28, 28), np.uint8),
-                        [str(exc)] * len(names))  # fmt: skip
+            yield _Rows(
+                names,
+                [path] * len(names),
+                list(range(row, stop)),
+                np.zeros((len(names), 28, 28), np.uint8),
+                [str(exc)] * len(names),
+            )
 
     def _answers(self, rows: _Rows) -> Any:
         """The rows' answers as an Arrow table: one model call, top k by the same numpy steps as Prediction.top_k."""
