@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_deploy.benchmarks.latency import TARGETS, time_calls
+from fmnist_deploy.benchmarks.latency import TARGETS, runtime_targets, time_calls
 from fmnist_deploy.benchmarks.stats import summarise
 from fmnist_deploy.contract import WEIGHTS_NAME
+from fmnist_deploy.kinds import KIND, READER, kind_named
 from fmnist_deploy.machine import environment
 
-ROWS = ("onnxruntime", "onnxruntime-int8", "torchscript", "pt2", "eager")  # labels of latency.TARGETS
+# labels of latency.TARGETS: every kind the runtime reads, with the backend `auto` picks for it
+ROWS = tuple(label for label, target in runtime_targets().items() if READER[target.backend].auto)
 FP16_LABEL = "onnxruntime-fp16 (not shipped)"
 
 
@@ -30,6 +32,22 @@ def _fp16_copy(onnx_path: Path, folder: Path) -> Path:
     path = folder / "fmnist_mlp.fp16.onnx"
     onnx.save(convert_float_to_float16(onnx.load(onnx_path), keep_io_types=True), path)
     return path
+
+
+def _file(artifacts: Path, name: str, scratch: Path) -> Path | None:
+    """The exported file, or for a kind whose bytes are not committed (the ONNX Runtime format) one made here
+    from the file it is made from; None when neither is there."""
+    path = artifacts / name
+    kind = kind_named(path)
+    if path.is_file() or kind.reproducible or kind.source is None:
+        return path if path.is_file() else None
+    source = artifacts / KIND[kind.source].file_name
+    if not source.is_file():
+        return None
+    from importlib import import_module
+
+    import_module(kind.exporter).derive(source, scratch / name)
+    return scratch / name
 
 
 def _row(
@@ -64,13 +82,16 @@ def measure(
 
     reference = runtime.load(artifacts / WEIGHTS_NAME, backend="eager").predict(images)
     rows = []
-    for label in ROWS:
-        target = TARGETS[label]
-        path = artifacts / target.file
-        if not path.is_file():
-            rows.append({"label": label, "file": target.file, "error": "no such file"})
-            continue
-        rows.append(_row(label, path, target.backend, images, labels, reference, budget_s))
+    with tempfile.TemporaryDirectory() as scratch:
+        for label in ROWS:
+            target = TARGETS[label]
+            path = _file(artifacts, target.file, Path(scratch))
+            if path is None:
+                rows.append({"label": label, "file": target.file, "error": "no such file"})
+                continue
+            if path.parent == Path(scratch):
+                label = f"{label} (converted here, not committed)"
+            rows.append(_row(label, path, target.backend, images, labels, reference, budget_s))
     if fp16 and (artifacts / TARGETS["onnxruntime"].file).is_file():
         with tempfile.TemporaryDirectory() as scratch:
             path = _fp16_copy(artifacts / TARGETS["onnxruntime"].file, Path(scratch))
@@ -100,7 +121,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         if "error" in r:
             lines.append(f"| {r['file']} | — | — | — | — | — | — | — | {r['error']} |")
             continue
-        name = r["file"] if "not shipped" not in r["label"] else f"{r['file']} (not shipped)"
+        name = r["file"] if "not " not in r["label"] else f"{r['file']} ({r['label'].split('(', 1)[1]}"
         lines.append(
             f"| {name} | {r['format']} | {r['precision']} | {r['size_bytes'] / 1024:,.0f} | {r['accuracy']:.4f} | "
             f"{r['max_abs_logit_diff']:.2e} | {r['predictions_differing_from_eager']} | {r['p50_us_batch_1']:,.1f} | "

@@ -48,7 +48,8 @@ from fmnist_deploy.benchmarks.stats import (
     sgemm_peak_gflops,
     summarise,
 )
-from fmnist_deploy.contract import INT8_ONNX_NAME, STEM, SUFFIXES, WEIGHTS_NAME
+from fmnist_deploy.contract import WEIGHTS_NAME
+from fmnist_deploy.kinds import KIND, KINDS, READER, kind_named
 from fmnist_deploy.machine import environment
 from fmnist_deploy.models import models_dir
 
@@ -62,14 +63,22 @@ class Target(NamedTuple):
     backend: str | None
 
 
-ONNX_FILE = STEM + SUFFIXES["onnx"]
+def runtime_targets() -> dict[str, Target]:
+    """One row per kind the runtime reads, from the registry: a backend's own kind under the backend's name
+    (onnxruntime, openvino, torchscript, pt2, eager), another kind as backend-kind (onnxruntime-int8)."""
+    targets: dict[str, Target] = {}
+    for kind in KINDS:
+        for backend in kind.readers:
+            if READER[backend].default_kind is kind:
+                targets[backend] = Target(kind.file_name, backend)
+            elif backend == kind.readers[0]:
+                targets[f"{backend}-{kind.name}"] = Target(kind.file_name, backend)
+    return targets
+
+
+ONNX_FILE = KIND["onnx"].file_name
 TARGETS: dict[str, Target] = {
-    "onnxruntime": Target(ONNX_FILE, "onnxruntime"),
-    "onnxruntime-int8": Target(INT8_ONNX_NAME, "onnxruntime"),
-    "torchscript": Target(STEM + SUFFIXES["torchscript"], "torchscript"),
-    "pt2": Target(STEM + SUFFIXES["pt2"], "pt2"),
-    "eager": Target(WEIGHTS_NAME, "eager"),
-    "openvino": Target(ONNX_FILE, "openvino"),
+    **runtime_targets(),
     "ort-session": Target(ONNX_FILE, None),  # bare InferenceSession.run: what the toolkit adds on top is visible
     "numpy": Target(WEIGHTS_NAME, None),  # the same network in plain numpy: the reference floor
     "torch-compile": Target(WEIGHTS_NAME, None),  # torch.compile (inductor) of the eager model: a peer
@@ -77,7 +86,19 @@ TARGETS: dict[str, Target] = {
 }
 PEERS = ("ort-session", "numpy", "torch-compile", "aoti")  # measured beside the toolkit, not part of it
 RIVALS = ("torch-compile", "aoti")  # the peers a user could deploy instead of the toolkit's backends
-CPU_ONLY = ("numpy", "openvino", "aoti")
+
+
+def _cuda(target: Target) -> bool:
+    kind = kind_named(target.file)
+    return target.backend is not None and "cuda" in READER[target.backend].devices and "cuda" in kind.devices
+
+
+# the numpy floor, the rows whose backend or kind has no CUDA path, and the AOTInductor peer (compiled for the CPU)
+CPU_ONLY = (
+    "numpy",
+    *(name for name, t in TARGETS.items() if t.backend is not None and not _cuda(t)),
+    *(name for name in PEERS if name in KIND and "cuda" not in KIND[name].devices),
+)
 
 Predict = Callable[[np.ndarray], Any]
 
@@ -245,7 +266,7 @@ def _build_aoti(weights: Path, folder: Path) -> Path:
     from fmnist_deploy.export.wrapper import from_weights
     from fmnist_deploy.training.checkpoint import load_weights
 
-    path = folder / f"{STEM}{aoti_format.SUFFIX}"
+    path = folder / KIND["aoti"].file_name
     weights_obj = load_weights(weights)
     aoti_format.export(from_weights(weights_obj), path, build_metadata(weights_obj, sha256_file(weights)))
     return path

@@ -7,21 +7,16 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_deploy.benchmarks.latency import TARGETS
+from fmnist_deploy.benchmarks.latency import runtime_targets
 from fmnist_deploy.contract import INT8_MAX_ACCURACY_DROP_POINTS, LOGIT_TOLERANCE, WEIGHTS_NAME
+from fmnist_deploy.kinds import KIND, kind_named
 from fmnist_deploy.machine import environment
 
-# (model file, runtime backend, precision)
+# (model file, runtime backend, precision): every packaged file with every backend that reads it (fmnist_deploy.kinds)
 ROWS = tuple(
-    (TARGETS[label].file, TARGETS[label].backend, precision)
-    for label, precision in (
-        ("onnxruntime", "fp32"),
-        ("onnxruntime-int8", "int8"),
-        ("torchscript", "fp32"),
-        ("pt2", "fp32"),
-        ("eager", "fp32"),
-        ("openvino", "fp32"),
-    )
+    (target.file, target.backend, "int8" if kind_named(target.file) is KIND["int8"] else "fp32")
+    for target in runtime_targets().values()
+    if kind_named(target.file).packaged
 )
 
 

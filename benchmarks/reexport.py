@@ -19,7 +19,8 @@ from typing import Any
 
 import click
 
-from fmnist_deploy.contract import STEM, SUFFIXES, WEIGHTS_NAME, sidecar_path
+from fmnist_deploy.contract import WEIGHTS_NAME, sidecar_path
+from fmnist_deploy.kinds import KIND
 
 KINDS = ("torchscript", "pt2")  # the files whose loading depends on the torch version; ONNX does not
 
@@ -40,7 +41,7 @@ def unloadable(artifacts: Path) -> dict[str, str]:
     failed = {}
     for kind in KINDS:
         try:
-            runtime.load(artifacts / (STEM + SUFFIXES[kind]), trust=runtime.Trust(code=True))  # the user's own
+            runtime.load(artifacts / KIND[kind].file_name, trust=runtime.Trust(code=True))  # the user's own
         except runtime.RuntimeFailure as exc:
             failed[kind] = first_line(exc, 200)
     return failed
@@ -58,7 +59,7 @@ def check_and_reexport(artifacts: Path, out: Path, data_dir: Path | None = None)
     shutil.copytree(artifacts, out, dirs_exist_ok=True)
     record: dict[str, Any] = {"torch_here": torch.__version__, "files": {}}
     for kind, why in failed.items():
-        name = STEM + SUFFIXES[kind]
+        name = KIND[kind].file_name
         before = exported_with(artifacts / name)
         click.echo(
             f"{name} does not load in torch {torch.__version__} (exported with torch {before or 'unknown'}: {why}); "

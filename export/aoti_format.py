@@ -41,17 +41,16 @@ from typing import Any
 import torch
 
 from fmnist_deploy.atomic import write_bytes_atomic
-from fmnist_deploy.contract import STEM, SUFFIXES
+from fmnist_deploy.contract import STEM
 from fmnist_deploy.errors import quiet_logger
 from fmnist_deploy.export.checks import Check, Runner
 from fmnist_deploy.export.metadata import completed
 from fmnist_deploy.export.pt2_format import exported_program
 from fmnist_deploy.export.wrapper import numpy_runner
+from fmnist_deploy.kinds import KIND
 
 NAME = "aoti"
-SUFFIX = SUFFIXES[NAME]
-PORTABLE = False  # compiled for this machine's CPU: not in --format all
-NATIVE_CODE = True  # loading the file runs code from it
+SUFFIX = KIND[NAME].suffix
 METADATA_KEY = "fmnist_deploy"
 MAX_METADATA_BYTES = 1 << 20
 # AOTI_CPU_ISA words -> the /proc/cpuinfo flag each needs

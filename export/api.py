@@ -11,23 +11,23 @@ import numpy as np
 import torch
 
 from fmnist_deploy.atomic import check_writable, remove_stale_temporaries, write_text_atomic
-from fmnist_deploy.contract import GOLDEN_JSON_NAME, GOLDEN_NAME, INT8_ONNX_NAME, SAMPLES_DIR, STEM, sha256_file
+from fmnist_deploy.contract import GOLDEN_JSON_NAME, GOLDEN_NAME, SAMPLES_DIR, sha256_file
 from fmnist_deploy.export import golden as golden_mod
 from fmnist_deploy.export import onnx_format
 from fmnist_deploy.export.checks import ExportError, GateError, GateReport
 from fmnist_deploy.export.formats import FORMATS
 from fmnist_deploy.export.gate import GOLDEN_HINT, EagerReference, References, report_path, verify, write_report
 from fmnist_deploy.export.metadata import build_metadata, write_sidecar
-from fmnist_deploy.export.quantize import SETTINGS as INT8_SETTINGS
-from fmnist_deploy.export.quantize import quantize
 from fmnist_deploy.export.wrapper import Deployable, from_weights
 from fmnist_deploy.exportset import commit, new_staging, recover, resolve
+from fmnist_deploy.kinds import KIND, exported_kinds
 from fmnist_deploy.training.checkpoint import Weights, load_weights
 from fmnist_deploy.training.data import DataMissing, FashionMNIST
 from fmnist_deploy.training.data import load as load_data
 from fmnist_deploy.trust import MANIFEST_NAME, Trust, manifest_text, sign_file
 
-ALL_FORMATS = tuple(name for name, fmt in FORMATS.items() if fmt.PORTABLE)  # --format all
+# --format all: the portable kinds made from the weights whose bytes re-export identically
+ALL_FORMATS = tuple(k.name for k in exported_kinds() if k.portable and k.reproducible and k.source is None)
 NO_DATA = "the Fashion-MNIST test set is not on this machine; run `make data` or pass --data-dir"
 
 
@@ -127,24 +127,36 @@ class Exported:
     report: GateReport
 
 
-def export_format(source: Source, fmt: str, out_dir: Path, *, opset: int | None = None) -> Path:
-    """Write one format and its sidecar; returns the model path (not yet gated)."""
+def export_format(
+    source: Source, fmt: str, out_dir: Path, *, opset: int | None = None, made: dict[str, Path] | None = None
+) -> Path:
+    """Write one format and its sidecar; returns the model path (not yet gated).
+
+    A kind made from another kind's file (int8, ort: `fmnist_deploy.kinds`) is derived from that
+    file, which `made` (kind -> path) must hold.
+    """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    exporter = FORMATS[fmt]
-    path = out_dir / f"{STEM}{exporter.SUFFIX}"
-    meta = exporter.export(source.module, path, build_metadata(source.weights, source.weights_sha256), opset=opset)
+    exporter, kind = FORMATS[fmt], KIND[fmt]
+    path = out_dir / kind.file_name
+    if kind.source is None:
+        meta = exporter.export(source.module, path, build_metadata(source.weights, source.weights_sha256), opset=opset)
+    else:
+        meta = exporter.derive((made or {})[kind.source], path)  # type: ignore[attr-defined]
     write_sidecar(path, meta)
     return path
 
 
-def export_int8(fp32_path: Path) -> Path:
-    """The int8 ONNX file beside the fp32 one, described as the fp32 file plus its quantisation."""
-    path = fp32_path.with_name(INT8_ONNX_NAME)
-    meta = {**onnx_format.read_metadata(fp32_path), "precision": "int8", "quantization": INT8_SETTINGS}
-    quantize(fp32_path, path, meta)
-    write_sidecar(path, meta)
-    return path
+def with_sources(formats: tuple[str, ...]) -> tuple[str, ...]:
+    """The formats in the order they are written: each derived kind after the kind it is made from."""
+    plan: list[str] = []
+    for fmt in formats:
+        source = KIND[fmt].source if fmt in KIND else None
+        if source is not None and source not in plan:
+            plan.append(source)
+        if fmt not in plan:
+            plan.append(fmt)
+    return tuple(plan)
 
 
 def run_export(
@@ -196,17 +208,15 @@ def _export_staged(
 ) -> list[Exported]:
     """Write and gate the whole set in `staging`; only when every file passed, replace the set in `out_dir`."""
     source = prepare(weights_path, out_dir, data, staging)
-    paths = []
-    for fmt in formats:
+    made: dict[str, Path] = {}
+    for fmt in with_sources(formats + (("int8",) if int8 else ())):
         step(f"exporting {fmt}")
-        paths.append(export_format(source, fmt, staging, opset=opset))
-    if int8:
-        step("quantising the ONNX file to int8")
-        paths.append(export_int8(paths[formats.index("onnx")]))
+        made[fmt] = export_format(source, fmt, staging, opset=opset, made=made)
+    paths = list(made.values())
     results = []
     for path in paths:
         step(f"gating {path.name}")
-        expected = opset if path.suffix == onnx_format.SUFFIX else None
+        expected = opset if path.suffix == onnx_format.SUFFIX else None  # .onnx and .int8.onnx
         report = verify(path, source.references, expected_opset=expected, raise_on_failure=False)
         results.append(Exported(path, report))
     failed = [r.report for r in results if not r.report.passed]
@@ -228,8 +238,10 @@ def _export_staged(
 def _code_files(out_dir: Path, staging: Path) -> dict[str, str]:
     """sha256 of each code-carrying model file the set will hold: the new ones, and the old ones kept."""
     files = {}
-    for fmt in ("torchscript", "pt2"):
-        name = f"{STEM}{FORMATS[fmt].SUFFIX}"
+    for kind in exported_kinds():
+        if not (kind.code and kind.packaged):
+            continue
+        name = kind.file_name
         current = staging / name if (staging / name).is_file() else resolve(out_dir / name)
         if current.is_file():
             files[name] = sha256_file(current)

@@ -14,10 +14,12 @@ from fmnist_deploy import launch, options
 from fmnist_deploy.contract import GOLDEN_NAME, SAMPLES_DIR, WEIGHTS_NAME, sidecar_path
 from fmnist_deploy.export.gate import report_path
 from fmnist_deploy.export.onnx_format import DEFAULT_OPSET, MAX_OPSET, NATIVE_OPSET
+from fmnist_deploy.kinds import KIND, exported_kinds
 from fmnist_deploy.models import models_dir
 from fmnist_deploy.trust import Trust, trust_options
 
-FORMAT_CHOICES = ("onnx", "torchscript", "pt2", "all", "triton", "aoti")
+# every kind with an exporter (fmnist_deploy.kinds), plus all (the portable, reproducible set) and a Triton repository
+FORMAT_CHOICES = (*(k.name for k in exported_kinds()), "all", "triton")
 DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
 
 
@@ -29,7 +31,8 @@ DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
     default="all",
     show_default=True,
     help="all = onnx, torchscript and pt2 (files for any machine); triton = a Triton model repository; "
-    "aoti = an AOTInductor package compiled for this machine's CPU (~1 minute).",
+    "aoti = an AOTInductor package compiled for this machine's CPU (~1 minute); int8 and ort (ONNX Runtime's "
+    "format, for mobile and minimal builds) are made from the ONNX file, written too.",
 )
 @click.option(
     "--weights",
@@ -249,7 +252,8 @@ def _echo_written(paths: list[Path]) -> None:
 
     click.echo("\nwrote:")
     for path in paths:
-        for written in (path, sidecar_path(path), report_path(path)):
+        companions = getattr(FORMATS[format_of(path)], "companions", lambda _: [])(path)  # files beside the file
+        for written in (path, sidecar_path(path), report_path(path), *companions):
             click.echo(f"  {written.resolve()}  ({written.stat().st_size:,} bytes)")
     first = paths[0].resolve()
     for golden in (first.parent / GOLDEN_NAME, (first.parent / GOLDEN_NAME).with_suffix(".json")):
@@ -258,7 +262,7 @@ def _echo_written(paths: list[Path]) -> None:
     samples = sorted((first.parent / SAMPLES_DIR).glob("*.png"))
     click.echo(f"  {first.parent / SAMPLES_DIR}/  ({len(samples)} sample images)")
     image = samples[0] if samples else "IMAGE.png"
-    if FORMATS[format_of(first)].NATIVE_CODE:  # an AOTInductor package: the runtime does not load one
+    if KIND[format_of(first)].native_code:  # an AOTInductor package: the runtime does not load one
         click.echo(
             f"next: fmnist-bench latency --backend aoti --aoti-package {first}, or load it from C++ with "
             "torch::inductor::AOTIModelPackageLoader"

@@ -1,33 +1,36 @@
-"""The one interface every exported format implements, and the table of formats.
+"""The one interface every exported format implements; the table of formats comes from the registry.
 
-A format is a module with a NAME, a SUFFIX and four functions; the export API and the
-gate dispatch through FORMATS only, as the runtime dispatches through its BACKENDS.
+A format is a module with a NAME and four functions (a kind made from another kind's file, such
+as int8 or the ONNX Runtime format, writes with `derive` instead of `export`); which module
+exports which kind, its suffix, whether it is portable or native code, is declared once in
+`fmnist_deploy.kinds`. The export API and the gate dispatch through FORMATS only, as the runtime
+dispatches through its BACKENDS.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from fmnist_deploy.export import aoti_format, onnx_format, pt2_format, torchscript_format
+from fmnist_deploy.errors import ModelError
 from fmnist_deploy.export.checks import Check, Runner
+from fmnist_deploy.kinds import exported_kinds, kind_named
 
 
 class ExportFormat(Protocol):
     """What the export API and the gate need of a format."""
 
-    NAME: str
-    SUFFIX: str
-    PORTABLE: bool  # runs on any machine (False: compiled for this one; left out of --format all)
-    NATIVE_CODE: bool  # loading the file runs code from it (the gate then needs trust)
+    NAME: str  # its kind in fmnist_deploy.kinds
 
     def export(
         self, module: torch.nn.Module, path: Path, meta: dict[str, Any], *, opset: int | None = None
     ) -> dict[str, Any]:
         """Write `module` (a Deployable) to `path` with `meta` inside; return the metadata as written,
-        completed with what the exporter did (format, exporter versions, folding, opset)."""
+        completed with what the exporter did (format, exporter versions, folding, opset).
+        A kind made from another kind's file has `derive(source, path) -> metadata` instead."""
         ...
 
     def read_metadata(self, path: Path) -> dict[str, Any]:
@@ -43,13 +46,13 @@ class ExportFormat(Protocol):
         ...
 
 
-FORMATS: dict[str, ExportFormat] = {m.NAME: m for m in (onnx_format, torchscript_format, pt2_format, aoti_format)}
+FORMATS: dict[str, ExportFormat] = {k.name: importlib.import_module(k.exporter) for k in exported_kinds()}  # type: ignore[misc]
 
 
 def format_of(path: Path) -> str:
-    """The format a file's name says it is (`.onnx`, `.torchscript`, `.pt2`, `.aoti.pt2`): the longest suffix wins."""
-    for name, fmt in sorted(FORMATS.items(), key=lambda item: -len(item[1].SUFFIX)):
-        if path.name.endswith(fmt.SUFFIX):
-            return name
-    known = ", ".join(f.SUFFIX for f in FORMATS.values())
-    raise ValueError(f"{path}: unknown model file type; expected one of {known}")
+    """The format a file's name says it is (`.onnx`, `.torchscript`, `.pt2`, `.aoti.pt2`, ...): the longest suffix wins."""
+    kind = kind_named(path)
+    if kind is None or kind.name not in FORMATS:
+        known = ", ".join(k.suffix for k in exported_kinds())
+        raise ModelError(f"{path}: unknown model file type; expected one of {known}")
+    return kind.name

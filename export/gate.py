@@ -29,15 +29,16 @@ from fmnist_deploy.contract import (
     REQUIRED_KEYS,
     sidecar_path,
 )
-from fmnist_deploy.errors import first_line
+from fmnist_deploy.errors import ModelError, first_line
 from fmnist_deploy.export.checks import GateError, GateReport, Runner
 from fmnist_deploy.export.formats import FORMATS, ExportFormat, format_of
 from fmnist_deploy.export.golden import Golden
 from fmnist_deploy.exportset import read_current, resolve
 from fmnist_deploy.integrity import IntegrityError, inspect_pt2, sidecar_check
+from fmnist_deploy.kinds import KIND
 from fmnist_deploy.machine import environment
 from fmnist_deploy.runtime.onnx_check import MAX_ONNX_BYTES, check_onnx
-from fmnist_deploy.trust import CODE_KINDS, Trust, require_trusted
+from fmnist_deploy.trust import Trust, require_trusted
 
 BATCH_SIZES = (1, 2, 7, 100, 10_000)
 GOLDEN_HINT = "pass --golden PATH (the golden.npz fmnist-export wrote beside the file)"
@@ -194,7 +195,7 @@ def verify(
     report = GateReport(file=path.name, format="unknown", machine=environment())
     try:
         report.format = format_of(path)
-    except ValueError as exc:
+    except ModelError as exc:
         report.add("format", False, str(exc))
     if report.format in FORMATS:
         _verify_file(report, path, FORMATS[report.format], expected_opset, refs)
@@ -210,12 +211,13 @@ def _verify_file(
         report.add("loads", False, "no such file")
         return
     as_data = None  # an ONNX graph off the contract: its structure is still checked (as data), never run
-    if fmt.NAME == "onnx":
+    kind = KIND[fmt.NAME]
+    if kind.bytes_kind.name == "onnx":  # .onnx and .int8.onnx
         try:  # checked as data first, as the runtime does
             check_onnx(path, read_current(path, MAX_ONNX_BYTES, "model file"))
         except IntegrityError as exc:
             as_data = first_line(exc, limit=400)
-    if fmt.NAME in CODE_KINDS:
+    if kind.code:
         try:  # before torch reads anything of a file that can run code, and its archive's sizes
             data = read_current(path, MAX_MODEL_BYTES, "model file")
             trust = Trust(code=True) if refs.trust_native_code else refs.trust
@@ -237,7 +239,8 @@ def _verify_file(
         report.add("loads", False, f"{type(exc).__name__}: {first_line(exc)}")
         return
     report.add("loads", True, f"{current.stat().st_size} bytes")
-    same_weights = _metadata_checks(report, path, report.format, meta, refs.weights_sha256)
+    # a kind made from another kind's file carries that file's metadata (int8, ort: their format is onnx)
+    same_weights = _metadata_checks(report, path, kind.source or kind.name, meta, refs.weights_sha256)
     report.checks.extend(structure)
     if as_data is not None:
         report.add("graph_as_data", False, f"{as_data}; not run")

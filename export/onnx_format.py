@@ -12,16 +12,15 @@ import torch
 from onnx import TensorProto, helper, version_converter
 
 from fmnist_deploy.atomic import atomic_path
-from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, N_CLASSES, OUTPUT_NAMES, SUFFIXES
+from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, N_CLASSES, OUTPUT_NAMES
 from fmnist_deploy.errors import first_line
 from fmnist_deploy.export.checks import Check, ExportError, Runner
 from fmnist_deploy.export.metadata import completed
 from fmnist_deploy.export.wrapper import FoldedDeployable, eval_copy
+from fmnist_deploy.kinds import KIND
 
 NAME = "onnx"
-SUFFIX = SUFFIXES[NAME]
-PORTABLE = True  # runs on any machine: part of --format all
-NATIVE_CODE = False  # loading it runs no code from the file
+SUFFIX = KIND[NAME].suffix
 DEFAULT_OPSET = 17
 NATIVE_OPSET = 18  # the lowest opset torch.onnx's dynamo exporter emits itself
 MAX_OPSET = onnx.defs.onnx_opset_version()  # the newest opset the installed onnx package defines

@@ -10,16 +10,15 @@ from typing import Any
 import torch
 
 from fmnist_deploy.atomic import atomic_path
-from fmnist_deploy.contract import ARCHIVE_METADATA, IMAGE_SHAPE, INPUT_NAME, SUFFIXES
+from fmnist_deploy.contract import ARCHIVE_METADATA, IMAGE_SHAPE, INPUT_NAME
 from fmnist_deploy.export.checks import Check, Runner
 from fmnist_deploy.export.metadata import completed
 from fmnist_deploy.export.wrapper import eval_copy, numpy_runner
 from fmnist_deploy.integrity import inspect_pt2
+from fmnist_deploy.kinds import KIND
 
 NAME = "pt2"
-SUFFIX = SUFFIXES[NAME]
-PORTABLE = True  # runs on any machine: part of --format all
-NATIVE_CODE = False  # loading it runs no code from the file
+SUFFIX = KIND[NAME].suffix
 TRAINING_OPS = ("dropout", "native_dropout", "bernoulli")
 # stack_trace: absolute source paths of the exporting machine; from_node: ids of Python objects.
 PROVENANCE_KEYS = ("stack_trace", "from_node")

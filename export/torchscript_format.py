@@ -16,15 +16,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from fmnist_deploy.atomic import atomic_path
-from fmnist_deploy.contract import ARCHIVE_METADATA, INPUT_NAME, SUFFIXES
+from fmnist_deploy.contract import ARCHIVE_METADATA, INPUT_NAME
 from fmnist_deploy.export.checks import Check, Runner
 from fmnist_deploy.export.metadata import completed
 from fmnist_deploy.export.wrapper import eval_copy, numpy_runner
+from fmnist_deploy.kinds import KIND
 
 NAME = "torchscript"
-SUFFIX = SUFFIXES[NAME]
-PORTABLE = True  # runs on any machine: part of --format all
-NATIVE_CODE = False  # loading it runs no code from the file
+SUFFIX = KIND[NAME].suffix
 DEBUG_SUFFIX = ".debug_pkl"  # pickled source ranges: absolute paths of the exporting machine
 
 

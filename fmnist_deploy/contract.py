@@ -39,9 +39,7 @@ CLASS_NAMES: tuple[str, ...] = (
 
 # File names: every stage finds the others' files by these names.
 STEM = "fmnist_mlp"
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript", "pt2": ".pt2", "pt": ".pt", "aoti": ".aoti.pt2"}
 WEIGHTS_NAME = f"{STEM}.pt"
-INT8_ONNX_NAME = f"{STEM}.int8.onnx"
 GOLDEN_NAME = "golden.npz"
 GOLDEN_JSON_NAME = "golden.json"  # the same vectors for languages without an .npz reader
 SAMPLES_DIR = "samples"

@@ -7,16 +7,10 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from fmnist_deploy.contract import STEM, SUFFIXES
+from fmnist_deploy.kinds import READERS, default_file
 
-# runtime backend -> the packaged file it runs by default
-DEFAULT_FILES = {
-    "onnxruntime": STEM + SUFFIXES["onnx"],
-    "torchscript": STEM + SUFFIXES["torchscript"],
-    "pt2": STEM + SUFFIXES["pt2"],
-    "eager": STEM + SUFFIXES["pt"],
-    "openvino": STEM + SUFFIXES["onnx"],
-}
+# runtime backend -> the packaged file it runs by default (from the registry: the first kind it reads)
+DEFAULT_FILES = {reader.name: default_file(reader.name) for reader in READERS}
 
 
 def models_dir() -> Path:

@@ -26,8 +26,9 @@ from functools import cache
 from pathlib import Path
 
 from fmnist_deploy.errors import IntegrityError
+from fmnist_deploy.kinds import KINDS
 
-CODE_KINDS = {"torchscript": "a TorchScript archive", "pt2": "a .pt2 archive", "aoti": "an AOTInductor package"}
+CODE_KINDS = {k.name: k.description for k in KINDS if k.code}  # kind -> how messages name it (fmnist_deploy.kinds)
 SIGNATURE_SUFFIX = ".sig"
 TRUSTED_KEY_VARIABLE = "FMNIST_TRUSTED_KEY"  # a public key file (or several, separated by the path separator)
 MANIFEST_NAME = "trusted.json"  # in the package's model folder: sha256 of the packaged code-carrying files

@@ -11,48 +11,35 @@ backends, when one is chosen.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from pathlib import Path
 from typing import Any
 
-from fmnist_deploy.contract import SUFFIXES, sidecar_path
+from fmnist_deploy import kinds
+from fmnist_deploy.contract import sidecar_path
 from fmnist_deploy.integrity import IntegrityError, IntegrityWarning, sidecar_check
+from fmnist_deploy.kinds import DEVICES
 from fmnist_deploy.models import DEFAULT_FILES, default_model
-from fmnist_deploy.runtime.base import (
-    KIND_BACKEND,
-    KIND_DESCRIPTION,
-    Backend,
-    FilesPrediction,
-    Prediction,
-    Predictor,
-    TorchBackend,
-    file_kind,
-)
-from fmnist_deploy.runtime.eager_backend import EagerBackend
+from fmnist_deploy.runtime.base import Backend, TorchBackend
 from fmnist_deploy.runtime.errors import DeviceError, InputError, ModelError, OptionError, RuntimeFailure
-from fmnist_deploy.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from fmnist_deploy.runtime.openvino_backend import OpenVinoBackend
-from fmnist_deploy.runtime.pt2_backend import Pt2Backend
-from fmnist_deploy.runtime.torchscript_backend import TorchScriptBackend
+from fmnist_deploy.runtime.predictor import FilesPrediction, Prediction, Predictor
 from fmnist_deploy.trust import Trust
 
-BACKENDS: dict[str, type[Backend]] = {
-    "onnxruntime": OnnxRuntimeBackend,
-    "torchscript": TorchScriptBackend,
-    "pt2": Pt2Backend,
-    "eager": EagerBackend,
-    "openvino": OpenVinoBackend,  # the same .onnx; never chosen by "auto" (onnxruntime reads .onnx first)
-}
-DEVICES = ("cpu", "cuda")
+
+def _backend_class(reader: kinds.Reader) -> type[Backend]:
+    module, name = reader.target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# name -> Backend class, from the registry (fmnist_deploy.kinds.READERS); importing a backend's module
+# imports no engine: each imports its own (onnxruntime, torch, openvino) when a file is loaded.
+BACKENDS: dict[str, type[Backend]] = {reader.name: _backend_class(reader) for reader in kinds.READERS}
 
 
 def backend_for(path: Path) -> str:
-    """The backend a file's suffix asks for (`.onnx`, `.torchscript`, `.pt2`, `.pt`)."""
-    for name, cls in BACKENDS.items():
-        if path.suffix in cls.suffixes:
-            return name
-    known = ", ".join(f"{s} ({n})" for n, c in BACKENDS.items() for s in c.suffixes)
-    raise ModelError(f"{path}: cannot tell the backend from the suffix {path.suffix!r}; known: {known}")
+    """The backend `auto` runs a file with, from its name (`.onnx`, `.torchscript`, `.pt2`, `.pt`, ...)."""
+    return kinds.backend_for(path)
 
 
 def load(
@@ -83,20 +70,19 @@ def load(
     path = Path(path)
     if device not in DEVICES:
         raise DeviceError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
-    name = backend_for(path) if backend == "auto" else backend
+    name = kinds.backend_for(path) if backend == "auto" else backend
     if name not in BACKENDS:
         raise ModelError(f"backend {backend!r}: expected auto or one of {', '.join(BACKENDS)}")
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
+    kinds.check_reads(name, path)
     cls = BACKENDS[name]
-    if path.suffix not in cls.suffixes:
-        _check_named_backend(path, name, cls)
     unknown = sorted(set(options) - set(cls.options))
     if unknown:
         takes = ", ".join(cls.options) if cls.options else "none"
         raise OptionError(f"the {name} backend does not take {', '.join(unknown)}; its options: {takes}")
     side: dict[str, Any] = {}
-    if name != "eager":  # the weights file carries a digest of its own content instead
+    if kinds.kind_named(path).sidecar:  # a weights file carries a digest of its own content instead
         try:
             side, note = sidecar_check(path)
         except IntegrityError as exc:
@@ -110,15 +96,6 @@ def load(
     if side:
         _check_sidecar_metadata(path, side, backend_instance.metadata)
     return Predictor(backend_instance, path)
-
-
-def _check_named_backend(path: Path, name: str, cls: type[Backend]) -> None:
-    """A backend named explicitly reads the file whatever its suffix, once its bytes say it can."""
-    readable = {kind for kind, suffix in SUFFIXES.items() if suffix in cls.suffixes}
-    kind = file_kind(path)
-    if kind is not None and kind not in readable:
-        reader = f"use --backend {KIND_BACKEND[kind]}" if kind in KIND_BACKEND else "no backend loads it"
-        raise ModelError(f"{path}: this is {KIND_DESCRIPTION[kind]}, which the {name} backend does not read; {reader}")
 
 
 def _check_sidecar_metadata(path: Path, side: dict[str, Any], meta: dict[str, Any]) -> None:

@@ -23,9 +23,7 @@ class EagerBackend(TorchBackend):
     """The weights file written by fmnist-train, run as three linear layers with ReLU."""
 
     name = "eager"
-    suffixes = (".pt",)
     platform = "pytorch"
-    kind = "pt"
     reader = "torch.load"
 
     def _load(self, path: Path, data: bytes, device: Any) -> tuple[Any, dict[str, Any]]:

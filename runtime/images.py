@@ -24,7 +24,8 @@ import numpy as np
 from imagecodecs import SpngError, spng_decode
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fmnist_deploy.runtime.base import IMAGE_SHAPE, describe
+from fmnist_deploy.contract import IMAGE_SHAPE
+from fmnist_deploy.runtime.arrays import describe
 from fmnist_deploy.runtime.errors import InputError
 
 # Limits checked from the header, before any pixel is decoded. Padding to a square makes the

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fmnist_deploy.runtime.base import IMAGE_SHAPE
+from fmnist_deploy.contract import IMAGE_SHAPE
 from fmnist_deploy.runtime.errors import InputError
 from fmnist_deploy.runtime.images import BATCH_SUFFIXES, IMAGE_SUFFIXES, read_batch, read_image
 from fmnist_deploy.runtime.tables import TABLE_SUFFIXES, is_table_name

@@ -20,8 +20,10 @@ import numpy as np
 from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, N_CLASSES, OUTPUT_NAMES
 from fmnist_deploy.exportset import read_current
 from fmnist_deploy.integrity import IntegrityError
-from fmnist_deploy.runtime.base import Backend, check_metadata, read_sidecar, wrong_kind_hint
+from fmnist_deploy.kinds import KIND, kind_named, wrong_kind_hint
+from fmnist_deploy.runtime.base import Backend
 from fmnist_deploy.runtime.errors import DeviceError, ModelError, OptionError, first_line
+from fmnist_deploy.runtime.metadata import check_metadata, read_sidecar
 from fmnist_deploy.runtime.onnx_check import MAX_ONNX_BYTES, check_onnx
 
 CUDA_INSTALL_HINT = "pip install onnxruntime-gpu (it replaces onnxruntime: pip uninstall onnxruntime first)"
@@ -75,7 +77,6 @@ class OnnxRuntimeBackend(Backend):
     """An ONNX Runtime InferenceSession on the CPU or CUDA execution provider."""
 
     name = "onnxruntime"
-    suffixes = (".onnx",)
     platform = "onnxruntime_onnx"
     options = ("threads", "optimization", "spinning", "tf32", "cuda_graph", "graph_cache")
 
@@ -144,14 +145,15 @@ class OnnxRuntimeBackend(Backend):
             providers = ["CPUExecutionProvider"]
         try:  # read once, bounded, checked as data; the session is built from these same bytes
             data = read_current(path, MAX_ONNX_BYTES, "model file")
-            check_onnx(path, data)
+            if kind_named(path) is not KIND["ort"]:  # an .ort flatbuffer is not a ModelProto: its graph is
+                check_onnx(path, data)  # checked by _check_io once the session has read it
         except IntegrityError as exc:
-            raise ModelError(f"{exc}{wrong_kind_hint(path, 'onnx')}") from None
+            raise ModelError(f"{exc}{wrong_kind_hint(path, self.name)}") from None
         self._session_args = (data, options)
         try:
             self.session = ort.InferenceSession(data, options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors for damaged files
-            hint = wrong_kind_hint(path, "onnx")
+            hint = wrong_kind_hint(path, self.name)
             raise ModelError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)}){hint}") from None
         if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             # ORT silently falls back to the CPU when its CUDA libraries are missing.

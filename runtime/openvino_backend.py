@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 
 from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAMES
-from fmnist_deploy.runtime.base import Backend, check_metadata, wrong_kind_hint
+from fmnist_deploy.kinds import wrong_kind_hint
+from fmnist_deploy.runtime.base import Backend
 from fmnist_deploy.runtime.errors import DeviceError, ModelError, OptionError, first_line
+from fmnist_deploy.runtime.metadata import check_metadata
 
 HINTS = ("latency", "throughput")
 INSTALL_HINT = "pip install 'fmnist-deploy[openvino]'"
@@ -27,7 +29,6 @@ class OpenVinoBackend(Backend):
     """An OpenVINO CompiledModel of the ONNX file on the CPU, one infer request per thread."""
 
     name = "openvino"
-    suffixes = (".onnx",)
     platform = "openvino"
     options = ("threads", "hint")
     # OpenVINO splits a large batch across its threads itself: measured here at batch 10 000, slices of
@@ -70,7 +71,7 @@ class OpenVinoBackend(Backend):
             model = core.read_model(str(resolve(path)))
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own untyped errors for damaged files
-            hint_text = wrong_kind_hint(path, "onnx")
+            hint_text = wrong_kind_hint(path, self.name)
             raise ModelError(f"{path}: OpenVINO cannot load it ({first_line(exc)}){hint_text}") from None
         self._check_io(path, model)
         self.device = device

@@ -5,18 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fmnist_deploy import kinds
 from fmnist_deploy.contract import ARCHIVE_METADATA
 from fmnist_deploy.integrity import inspect_pt2
-from fmnist_deploy.runtime.base import TorchBackend, archive_metadata, file_kind
+from fmnist_deploy.runtime.base import TorchBackend
+from fmnist_deploy.runtime.metadata import archive_metadata
 
 
 class Pt2Backend(TorchBackend):
     """An ExportedProgram read with `torch.export.load`, moved to the device, run as a module."""
 
     name = "pt2"
-    suffixes = (".pt2",)
     platform = "torch_export"
-    kind = "pt2"
     reader = "torch.export.load"
 
     def _load(self, path: Path, data: bytes, device: Any) -> tuple[Any, dict[str, Any]]:
@@ -29,7 +29,7 @@ class Pt2Backend(TorchBackend):
 
         if not zipfile.is_zipfile(io.BytesIO(data)):
             raise ValueError("not a zip archive")  # reported with what the file looks like instead
-        if file_kind(path) == "aoti":  # never opened: loading one runs its compiled code
+        if kinds.sniff(path) is kinds.KIND["aoti"]:  # never opened: loading one runs its compiled code
             raise ValueError("not an ExportedProgram archive")
         # Before torch sees it: torch.export.load unpickles sample_inputs without restrictions and hands
         # the graph's size expressions to sympy, which evaluates them.

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_deploy.runtime.base import IMAGE_SHAPE
+from fmnist_deploy.contract import IMAGE_SHAPE
 from fmnist_deploy.runtime.errors import InputError
 
 TABLE_SUFFIXES = (".parquet", ".arrow", ".feather")

@@ -6,16 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from fmnist_deploy.contract import ARCHIVE_METADATA
-from fmnist_deploy.runtime.base import TorchBackend, archive_metadata
+from fmnist_deploy.runtime.base import TorchBackend
+from fmnist_deploy.runtime.metadata import archive_metadata
 
 
 class TorchScriptBackend(TorchBackend):
     """A scripted module read with `torch.jit.load`."""
 
     name = "torchscript"
-    suffixes = (".torchscript",)
     platform = "pytorch_libtorch"  # as Triton names it
-    kind = "torchscript"
     reader = "torch.jit.load"
 
     def _load(self, path: Path, data: bytes, device: Any) -> tuple[Any, dict[str, Any]]:

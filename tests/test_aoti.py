@@ -15,7 +15,7 @@ from fmnist_deploy.export import aoti_format
 from fmnist_deploy.export.api import ALL_FORMATS
 from fmnist_deploy.export.cli import main as export_cli
 from fmnist_deploy.export.formats import format_of
-from fmnist_deploy.runtime.base import file_kind
+from fmnist_deploy.kinds import sniff
 from fmnist_deploy.runtime.cli import main as predict_cli
 from tests.conftest import ARTIFACTS, require_backend
 
@@ -49,7 +49,7 @@ def test_the_package_is_gated_and_describes_itself(package: Path) -> None:
     assert meta["format"] == "aoti" and meta["contract_version"] == "1.0"
     side = json.loads(sidecar_path(package).read_text())
     assert {k: v for k, v in side.items() if k not in ("file", "file_sha256")} == meta
-    assert format_of(package) == "aoti" and file_kind(package) == "aoti"
+    assert format_of(package) == "aoti" and sniff(package).name == "aoti"
     assert "aoti" not in ALL_FORMATS  # machine-specific: never part of --format all
 
 

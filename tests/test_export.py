@@ -26,6 +26,7 @@ from fmnist_deploy.export.formats import FORMATS
 from fmnist_deploy.export.gate import EagerReference, References, verify
 from fmnist_deploy.export.metadata import build_metadata, completed, write_sidecar
 from fmnist_deploy.export.wrapper import Deployable, from_weights
+from fmnist_deploy.kinds import KIND
 from fmnist_deploy.training.checkpoint import Weights, load_weights, save_weights
 from fmnist_deploy.training.config import CLASS_NAMES, Recipe
 from fmnist_deploy.training.model import FashionMLP
@@ -84,7 +85,8 @@ def test_every_format_round_trips_with_eager_outputs(exported, source) -> None:
 
 def test_gate_completeness_every_format_has_a_round_trip_case() -> None:
     assert set(ALL_FORMATS) == {n.split(".")[-1] for n in EXPORTED}
-    assert set(FORMATS) == {*ALL_FORMATS, "aoti"}  # compiled for this machine: tests/test_aoti.py
+    # aoti is compiled for this machine (tests/test_aoti.py); int8 and ort are made from the ONNX file (below)
+    assert set(FORMATS) == {*ALL_FORMATS, "aoti", "int8", "ort"}
 
 
 def test_files_describe_themselves(exported) -> None:
@@ -127,8 +129,9 @@ def test_reexport_is_byte_identical(exported, tmp_path: Path, data) -> None:
 def test_export_never_mutates_the_callers_model(tmp_path: Path) -> None:
     module = Deployable(FashionMLP(), 0.5, 0.5).train()
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    for fmt in FORMATS.values():
-        fmt.export(module, tmp_path / f"m{fmt.SUFFIX}", {"x": 1})
+    for name, fmt in FORMATS.items():
+        if KIND[name].source is None:  # the others are made from a file, never from the module
+            fmt.export(module, tmp_path / f"m{KIND[name].suffix}", {"x": 1})
     assert module.training and module.net.dropout1.training
     assert isinstance(module.net.dropout1, torch.nn.Dropout) and isinstance(module.net.fc1, torch.nn.Linear)
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
@@ -657,3 +660,54 @@ def test_ctrl_c_inside_a_string_exec_keeps_the_chosen_exit_status(tmp_path: Path
 
     assert status("plain") == -signal.SIGINT  # the interpreter's behaviour this guards against
     assert status("handled") == 130
+
+
+# --- the ONNX Runtime format: a kind added through the registry (fmnist_deploy.kinds) -------------------
+
+
+@pytest.fixture(scope="module")
+def ort_exported(tmp_path_factory, exported, data) -> Path:
+    """`--format ort` of the random-weight model: the ONNX file it is made from, then the .ort file, both gated."""
+    out = tmp_path_factory.mktemp("ort")
+    results = run_export(exported / "weights.pt", ("ort",), out, data_dir=data.root)
+    assert [r.path.name for r in results] == ["fmnist_mlp.onnx", "fmnist_mlp.ort"]
+    assert all(r.report.passed for r in results), [r.report.summary() for r in results]
+    return out
+
+
+def test_ort_file_is_gated_and_read_by_the_onnxruntime_backend(ort_exported, source) -> None:
+    from fmnist_deploy import runtime
+
+    onnx_file, ort_file = ort_exported / "fmnist_mlp.onnx", ort_exported / "fmnist_mlp.ort"
+    assert ort_file.read_bytes()[4:8] == b"ORTM"
+    report = json.loads((ort_exported / "fmnist_mlp.ort.gate.json").read_text())
+    assert report["format"] == "ort" and report["passed"]
+    assert {"input_contract", "output_contract", "ort_format:test_set_parity"} <= {c["name"] for c in report["checks"]}
+    from_ort, from_onnx = runtime.load(ort_file), runtime.load(onnx_file)
+    assert from_ort.backend_name == "onnxruntime"
+    images = source.test_set.images[:2000]
+    np.testing.assert_array_equal(from_ort.predict(images).logits, from_onnx.predict(images).logits)
+    assert from_ort.metadata == from_onnx.metadata  # the conversion keeps every metadata key
+
+
+def test_ort_file_comes_with_its_operators_and_the_mobile_verdict(ort_exported) -> None:
+    config = (ort_exported / "fmnist_mlp.required_operators.config").read_text()
+    assert "ai.onnx;13;Cast,Gemm,Softmax" in config and "# - fmnist_mlp.ort" in config
+    assert str(ort_exported) not in config and "/tmp" not in config  # nothing of the exporting machine
+    verdict = json.loads((ort_exported / "fmnist_mlp.ort.mobile.json").read_text())
+    for provider in ("NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram"):
+        assert set(verdict[provider]) == {"as_is", "with_fixed_input_shapes"}, provider
+    assert verdict["CoreML MLProgram"] == {"as_is": False, "with_fixed_input_shapes": True}
+
+
+def test_gate_catches_a_truncated_ort_file(tmp_path: Path, ort_exported, source) -> None:
+    path = tmp_path / "fmnist_mlp.ort"
+    path.write_bytes((ort_exported / path.name).read_bytes()[:50_000])
+    shutil.copy(sidecar_path(ort_exported / path.name), sidecar_path(path))
+    assert "loads" in _gate_failures(path, source)
+
+
+def test_cli_format_choices_include_every_registered_kind() -> None:
+    result = CliRunner().invoke(export_cli, ["--help"])
+    for name in ("onnx", "int8", "torchscript", "pt2", "aoti", "ort", "all", "triton"):
+        assert name in result.output, name
