@@ -197,6 +197,8 @@ def backend_for(path: Path) -> str:
     kind = kind_named(path)
     if kind is not None and kind.readers:
         return kind.readers[0]
+    if kind is not None:  # loading an AOTInductor package runs its compiled code: no backend does
+        raise ModelError(f"{path}: this is {kind.description}, which the runtime does not load")
     known = ", ".join(f"{s} ({r.name})" for r in READERS if r.auto for s in r.suffixes)
     raise ModelError(f"{path}: cannot tell the backend from the suffix {Path(path).suffix!r}; known: {known}")
 

@@ -82,8 +82,10 @@ def test_longest_suffix_names_the_kind() -> None:
     assert kinds.kind_named("m.onnx") is KIND["onnx"]
     assert kinds.kind_named("m.txt") is None
     assert kinds.backend_for(Path("m.ort")) == "onnxruntime"
-    with pytest.raises(kinds.ModelError, match="cannot tell the backend"):
+    with pytest.raises(kinds.ModelError, match="which the runtime does not load"):
         kinds.backend_for(Path("m.aoti.pt2"))  # native code: no backend reads it
+    with pytest.raises(kinds.ModelError, match="cannot tell the backend"):
+        kinds.backend_for(Path("m.txt"))
 
 
 @pytest.mark.parametrize(
