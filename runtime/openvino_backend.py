@@ -66,7 +66,7 @@ class OpenVinoBackend(Backend):
         try:  # checked as data before OpenVINO parses it, as the onnxruntime backend does
             check_onnx(path, read_current(path, MAX_ONNX_BYTES, "model file"))
         except IntegrityError as exc:
-            raise ModelError(f"{exc}{wrong_kind_hint(path, 'onnx')}") from None
+            raise ModelError(f"{exc}{wrong_kind_hint(path, self.name)}") from None
         try:
             model = core.read_model(str(resolve(path)))
             self.compiled = core.compile_model(model, "CPU", config)
