@@ -80,6 +80,22 @@ def read_regular(path: Path, limit: int, what: str = "file") -> bytes:
         os.close(fd)
 
 
+def check_record_names(infos: list[zipfile.ZipInfo], source: str | Path) -> None:
+    """Refuse records whose names Python's zipfile and torch's reader would see differently.
+
+    zipfile cuts a name at its first NUL byte and keeps the last of duplicate names, while torch
+    looks names up byte for byte: a checked record could then shadow the one torch loads.
+    """
+    seen: set[str] = set()
+    for info in infos:
+        if info.orig_filename != info.filename or info.filename in seen:
+            raise IntegrityError(
+                f"{source}: record names repeat or hold a NUL byte ({info.filename!r}); refused, since the record "
+                "checked need not be the record loaded"
+            )
+        seen.add(info.filename)
+
+
 def check_zip(data: bytes, source: str | Path) -> None:
     """Refuse a zip archive whose records are too many, declare too much, or expand too much.
 
@@ -93,6 +109,7 @@ def check_zip(data: bytes, source: str | Path) -> None:
             infos = archive.infolist()
             if len(infos) > MAX_ARCHIVE_MEMBERS:
                 raise TooLarge(f"{source}: {len(infos):,} archive records, over the {MAX_ARCHIVE_MEMBERS} limit")
+            check_record_names(infos, source)
             declared = 0
             for info in infos:
                 declared += info.file_size
@@ -127,6 +144,7 @@ __all__ = [
     "MAX_SIDECAR_BYTES",
     "NotRegularFile",
     "TooLarge",
+    "check_record_names",
     "check_zip",
     "read_regular",
 ]

@@ -151,10 +151,12 @@ def inspect_pt2(path: Path, data: bytes | None = None) -> None:
 
     `data` is the archive's bytes when the caller has read them already (the loader reads a file once).
     """
+    from fmnist_deploy.bounds import check_record_names
     from fmnist_deploy.pt2_graph import MAX_GRAPH_JSON_BYTES, check_graph_json
 
     try:
         with zipfile.ZipFile(io.BytesIO(data) if data is not None else path) as archive:
+            check_record_names(archive.infolist(), path)
             names = archive.namelist()
             roots = {name.split("/", 1)[0] for name in names}
             if len(roots) != 1 or any("/" not in name for name in names):
