@@ -95,6 +95,7 @@ def check_onnx(path: Path, data: bytes) -> None:
                 _check_tensor(path, tensor, f"{node.op_type} constant", TensorProto)
             for tensor in attribute.tensors:
                 _check_tensor(path, tensor, f"{node.op_type} constant", TensorProto)
+    _check_wiring(path, graph)
     if len(graph.sparse_initializer):
         raise _refuse(path, "holds sparse initializers")
     for tensor in graph.initializer:
@@ -103,6 +104,43 @@ def check_onnx(path: Path, data: bytes) -> None:
     odd = [(t.name, tuple(t.dims)) for t in graph.initializer if tuple(t.dims) not in shapes]
     if odd:
         raise _refuse(path, f"initializer {odd[0][0]!r} has shape {list(odd[0][1])}, not one of the contract's layers")
+
+
+FLAT = [-1, 784]  # the one Reshape the exporter writes: (N, 28, 28) -> (N, 784)
+
+
+def _check_wiring(path: Path, graph) -> None:
+    """The shape-changing operators may only flatten each image: a Reshape to anything but [-1, 784], a
+    Flatten of the batch axis or a Transpose of more than two axes would let allowed element-wise
+    operators broadcast a column of every pixel against a row into gigabytes."""
+    from onnx import numpy_helper
+
+    constants = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    constants[node.output[0]] = attribute.t
+    for node in graph.node:
+        if node.op_type == "Reshape":
+            shape = constants.get(node.input[1]) if len(node.input) > 1 else None
+            target = numpy_helper.to_array(shape).tolist() if shape is not None else None
+            # [-1, 784], or [k, 784] (a fixed batch, which the gate names): neither can make a column
+            flat = isinstance(target, list) and len(target) == 2 and target[1] == FLAT[1]
+            if not (flat and (target[0] == -1 or 1 <= target[0] <= 1 << 20)):
+                raise _refuse(path, f"reshapes to {target if target is not None else 'a computed shape'}, not {FLAT}")
+        attributes = {a.name: helper_value(a) for a in node.attribute}
+        if node.op_type == "Flatten" and attributes.get("axis", 1) != 1:
+            raise _refuse(path, f"flattens from axis {attributes['axis']}, not 1")
+        if node.op_type == "Transpose" and attributes.get("perm") != [1, 0]:
+            raise _refuse(path, f"transposes with perm {attributes.get('perm', 'reversed')}, not [1, 0]")
+
+
+def helper_value(attribute):
+    """An attribute's Python value (onnx.helper.get_attribute_value)."""
+    from onnx import helper
+
+    return helper.get_attribute_value(attribute)
 
 
 def _check_tensor(path: Path, tensor, where: str, TensorProto) -> None:  # noqa: N803 - onnx's class, passed in

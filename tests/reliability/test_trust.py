@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
@@ -255,6 +256,28 @@ def _sparse_constant_model():
     return _contract_graph(nodes)
 
 
+def _broadcast_model(reshape: bool):
+    """Every pixel as a column, added to a row of 128: (N*784, 128) floats from a 1 KB file."""
+    flat = (
+        [
+            helper.make_node("Reshape", ["f", "column"], ["col"]),
+        ]
+        if reshape
+        else [helper.make_node("Flatten", ["f"], ["row"], axis=0), helper.make_node("Transpose", ["row"], ["col"])]
+    )
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+        *flat,
+        helper.make_node("Add", ["col", "fc1.bias"], ["logits"]),
+        helper.make_node("Relu", ["logits"], ["probabilities"]),
+    ]
+    init = [
+        helper.make_tensor("column", TensorProto.INT64, [2], [-1, 1]),
+        helper.make_tensor("fc1.bias", TensorProto.FLOAT, [128], np.zeros(128, np.float32)),
+    ]
+    return _contract_graph(nodes, init)
+
+
 def _custom_op_model():
     nodes = [
         helper.make_node("Evil", ["image"], ["logits"], domain="com.attacker"),
@@ -279,8 +302,10 @@ def _external_data_model(tmp_path: Path):
         (lambda _: _custom_op_model(), "custom operator domain 'com.attacker'"),
         (_external_data_model, "external data"),
         (lambda _: _sparse_constant_model(), "holds a sparse tensor"),
+        (lambda _: _broadcast_model(True), "reshapes to [-1, 1], not [-1, 784]"),
+        (lambda _: _broadcast_model(False), "flattens from axis 0, not 1"),
     ],
-    ids=["loop", "constant_of_shape", "custom_op", "external_data", "sparse_constant"],
+    ids=["loop", "constant_of_shape", "custom_op", "external_data", "sparse_constant", "reshape", "flatten"],
 )
 def test_onnx_graphs_off_the_contract_are_refused_in_one_line(tmp_path: Path, build, needle: str) -> None:
     path = tmp_path / "hostile.onnx"
