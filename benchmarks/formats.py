@@ -133,6 +133,7 @@ def to_markdown(report: dict[str, Any]) -> str:
 def plot(report: dict[str, Any], path: Path) -> None:
     """p50 latency at batch 1 and throughput at batch 1 000 per file, as bars."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     from fmnist_deploy.atomic import atomic_path
 
@@ -145,9 +146,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax_thr.barh(names, [r["images_per_s_batch_1000"] for r in rows], color="tab:green")
     ax_thr.set(xlabel="images / s, batch 1 000 (higher is better)", title="Throughput")
     ax_thr.set_yticks(range(len(names)), [""] * len(names))
+    ax_thr.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))  # no "1e6" offset
     for ax in (ax_lat, ax_thr):
         ax.grid(alpha=0.3, axis="x")
         ax.invert_yaxis()
+    env = report.get("environment", {})
+    fig.suptitle(f"Every exported file — {env.get('cpu', '?')}, {env.get('usable_cores', '?')} cores", fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
