@@ -26,9 +26,9 @@ MAX_INT = 1 << 62  # any integer anywhere in the graph
 MAX_EXPR_CHARS = 200
 
 # What torch.export writes for the dynamic batch dimension, and plain integer arithmetic of symbols.
-_SYMBOL_REPR = re.compile(r"Symbol\('s\d{1,9}', positive=True, integer=True\)")
-_ARITHMETIC = re.compile(r"(?:\s*(?:s\d{1,9}|\d{1,9}|[-+*()])\s*)+")
-_SYMBOL_NAME = re.compile(r"s\d{1,9}")
+_SYMBOL_REPR = re.compile(r"Symbol\('s\d{1,9}', positive=True, integer=True\)", re.ASCII)
+_ARITHMETIC = re.compile(r"(?:\s*(?:s\d{1,9}|\d{1,9}|[-+*()])\s*)+", re.ASCII)
+_SYMBOL_NAME = re.compile(r"s\d{1,9}", re.ASCII)  # ASCII digits: \d alone matches any script's
 
 # The ATen operators the toolkit's .pt2 graph uses (the committed file's targets), and their kin.
 ALLOWED_TARGETS = frozenset(

@@ -132,8 +132,10 @@ class TorchBackend(Backend):
             self.module, meta = self._load(path, data, self.torch_device)
         except IntegrityError as exc:
             raise ModelError(str(exc)) from None
-        # torch reports a damaged or foreign file through many types (a text file: KeyError).
+        # torch reports a damaged or foreign file through many types (a text file: KeyError; a .pt2 graph
+        # whose sizes contradict their hints: AssertionError).
         except (
+            AssertionError,
             RuntimeError,
             ValueError,
             OSError,

@@ -67,3 +67,26 @@ def test_check_zip_refuses_names_that_python_and_torch_read_differently(tmp_path
     with pytest.raises(IntegrityError, match="record names"):
         check_zip(evil.read_bytes(), evil)
     check_zip((ARTIFACTS / "fmnist_mlp.pt2").read_bytes(), "fmnist_mlp.pt2")
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["*".join(["999999999"] * 20), "0*s40", "s\u0664\u0660"],
+    ids=["constant-size", "zero-times-batch", "unicode-digits"],
+)
+def test_a_trusted_pt2_whose_sizes_contradict_its_hints_is_one_line(tmp_path: Path, expr: str) -> None:
+    """Plain arithmetic the graph check lets through, which torch's deserializer rejects by assertion."""
+    from click.testing import CliRunner
+
+    from fmnist_deploy.runtime.cli import main as predict_cli
+    from tests.reliability.crafted import evil_pt2
+
+    evil = evil_pt2(tmp_path, expr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = CliRunner().invoke(
+            predict_cli, [str(ARTIFACTS / "samples" / "0000_ankle_boot.png"), "--model", str(evil), "--trust-code"]
+        )
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr[-2000:]
