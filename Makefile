@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test test-embed embed-deps bench-deps soak mutate lint export train bench bench-cuda cuda-bundle test-gpu-packages clean
+.PHONY: setup data test test-embed embed-deps bench-deps soak mutate lint export train bench bench-cuda cuda-bundle test-gpu-packages clean docs docs-deps docs-serve
 
 setup: $(VENV)/.installed
 
@@ -111,4 +111,21 @@ test-gpu-packages: setup
 	benchmarks/gpu_packages.sh
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache site build/api-source
+
+# The documentation site (docs/, mkdocs.yml): `make docs` builds it into site/ and fails on any
+# warning (a broken link, a missing page, a reference that does not resolve); `make docs-serve`
+# previews it at http://127.0.0.1:8000, rebuilding on every change.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1
+
+docs-deps: $(VENV)/.docs-installed
+
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: docs-deps
+	$(DOCS_ENV) $(BIN)/mkdocs build --strict
+
+docs-serve: docs-deps
+	$(DOCS_ENV) $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
