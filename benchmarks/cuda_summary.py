@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fmnist_deploy.training.atomic import write_text_atomic
+from fmnist_deploy.atomic import write_text_atomic
 
 # The targets of the GPU path (on an H200), as the product states them.
 TARGETS = {
