@@ -197,7 +197,11 @@ class ModelStore:
         self._can_control()
 
         folder = self.repository / name
-        if not folder.is_dir() or name.startswith(".") or folder.parent != self.repository:
+        try:
+            is_folder = folder.is_dir()
+        except (OSError, ValueError):  # a name too long for the file system, or one it cannot hold
+            is_folder = False
+        if not is_folder or name.startswith(".") or folder.parent != self.repository:
             raise NotFound(f"unknown model {name!r}: no such folder in the model repository")
         loop = asyncio.get_running_loop()
         async with self.lock:

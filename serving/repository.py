@@ -62,11 +62,17 @@ def read_model(folder: Path) -> ModelFolder:
     if not config.backend:
         config.backend = BACKEND_OF_PLATFORM[config.platform]
     file_name = config.default_model_filename or DEFAULT_FILES[kind]
+    if file_name in (".", "..") or Path(file_name).name != file_name:
+        raise RepositoryError(f"{folder}: default_model_filename {file_name!r} is not a file name")
     versions = {
         p.name: p / file_name
         for p in folder.iterdir()
         if p.is_dir() and p.name.isdigit() and p.name.isascii() and (p / file_name).is_file()
     }
+    repository = folder.parent.resolve()
+    for path in versions.values():  # a symbolic link (of the folder, a version or the file) may not lead out
+        if not path.resolve().is_relative_to(repository):
+            raise RepositoryError(f"{path}: leads outside the model repository ({path.resolve()})")
     model = ModelFolder(folder.name, folder, config, versions, select_versions(config, versions))
     if not model.selected:
         raise RepositoryError(f"{folder}: no version folder with {file_name} matches the version policy")

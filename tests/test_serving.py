@@ -41,9 +41,12 @@ def _announced_grpc(proc: subprocess.Popen, deadline: float = 60) -> str:
 
 
 def _announced_address(proc: subprocess.Popen, deadline: float) -> str:
-    """HOST:PORT from the server's first line, `serving MODEL at http://HOST:PORT/v2/models/... (...)`."""
-    ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
-    line = proc.stderr.readline() if ready else ""
+    """HOST:PORT from the server's first line, `serving MODEL at http://HOST:PORT/v2/models/... (...)`, after any
+    `warning:` lines (a repository's model folders it does not serve)."""
+    line = "warning:"
+    while line.startswith("warning:"):
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+        line = proc.stderr.readline() if ready else ""
     if not line.startswith("serving "):
         proc.kill()
         pytest.fail(f"server did not start: {line}{proc.communicate()[1][-2000:]}")
@@ -866,3 +869,40 @@ def test_requests_the_http_parser_refuses_answer_json_400(server: str, request_b
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head, answer[:300]
     assert json.loads(body)["error"].startswith("malformed HTTP request")
+
+
+def test_nothing_outside_the_model_repository_is_loaded_and_odd_names_are_404(tmp_path: Path) -> None:
+    repository = _repository(tmp_path)
+    outside = tmp_path / "outside"
+    (outside / "1").mkdir(parents=True)
+    for name in ("model.onnx", "model.onnx.json"):
+        (outside / "1" / name).write_bytes((repository / "garments" / "1" / name).read_bytes())
+    for folder, file_name in (("dotdot", "../../../outside/1/model.onnx"), ("absolute", f"{outside}/1/model.onnx")):
+        (repository / folder / "1").mkdir(parents=True)
+        (repository / folder / "config.pbtxt").write_text(
+            f'platform: "onnxruntime_onnx"\ndefault_model_filename: "{file_name}"\n'
+        )
+    (repository / "linked").symlink_to(outside)  # the model folder a link out of the repository
+    (repository / "version_linked").mkdir()
+    (repository / "version_linked" / "1").symlink_to(outside / "1")  # a version folder linked out
+    with serving("--model-repository", str(repository)) as (url, proc):
+        index = httpx.post(f"http://{url}/v2/repository/index", timeout=30).json()
+        state = {row["name"]: row["state"] for row in index}
+        assert state == {
+            "garments": "READY",
+            "dotdot": "UNAVAILABLE",
+            "absolute": "UNAVAILABLE",
+            "linked": "UNAVAILABLE",
+            "version_linked": "UNAVAILABLE",
+        }, index
+        for name in ("dotdot", "absolute", "linked", "version_linked"):
+            answer = httpx.post(f"http://{url}/v2/repository/models/{name}/load", timeout=30)
+            assert answer.status_code == 400 and "error" in answer.json(), (name, answer.text)
+            assert httpx.get(f"http://{url}/v2/models/{name}/ready", timeout=30).status_code != 200
+        for name in ("a" * 300, "a%00b", "%2E%2E", "..%2Foutside"):  # too long for the file system, a NUL, traversal
+            answer = httpx.post(f"http://{url}/v2/repository/models/{name}/load", timeout=30)
+            assert answer.status_code == 404 and "error" in answer.json(), (name, answer.text)
+        assert httpx.get(f"http://{url}/v2/health/ready", timeout=30).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err, err[-2000:]
