@@ -124,7 +124,10 @@ def _check_wiring(path: Path, graph) -> None:
     for node in graph.node:
         if node.op_type == "Reshape":
             shape = constants.get(node.input[1]) if len(node.input) > 1 else None
-            target = numpy_helper.to_array(shape).tolist() if shape is not None else None
+            try:
+                target = numpy_helper.to_array(shape).tolist() if shape is not None else None
+            except (ValueError, TypeError) as exc:  # data of another length or type than it declares
+                raise _refuse(path, f"has a Reshape shape that is not a valid tensor ({str(exc)[:80]})") from None
             # [-1, 784], or [k, 784] (a fixed batch, which the gate names): neither can make a column
             flat = isinstance(target, list) and len(target) == 2 and target[1] == FLAT[1]
             if not (flat and (target[0] == -1 or 1 <= target[0] <= 1 << 20)):
