@@ -185,7 +185,9 @@ def inspect_pt2(path: Path, data: bytes | None = None) -> None:
 def _no_pickled_entries(path: Path, name: str, blob: bytes) -> None:
     try:
         config = json.loads(blob).get("config", {})
-    except (ValueError, AttributeError):
+        if not isinstance(config, dict):
+            raise ValueError("config is not an object")
+    except (ValueError, AttributeError, RecursionError):
         raise IntegrityError(f"{path}: {name} is not the JSON torch.export writes") from None
     pickled = sorted(k for k, v in config.items() if not isinstance(v, dict) or v.get("use_pickle") is not False)
     if pickled:
