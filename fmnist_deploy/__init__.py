@@ -32,6 +32,7 @@ _LAZY = {
     "RuntimeFailure": "fmnist_deploy.runtime",
     "load": "fmnist_deploy.runtime",
     "read_image": "fmnist_deploy.runtime.images",
+    "decode_image": "fmnist_deploy.runtime.images",
     "FmnistError": "fmnist_deploy.errors",
     "UsageError": "fmnist_deploy.errors",
     "InputError": "fmnist_deploy.errors",
@@ -46,7 +47,7 @@ _LAZY = {
     "GateError": "fmnist_deploy.export.checks",
     "GateReport": "fmnist_deploy.export.checks",
 }
-_SUBMODULES = ("contract",)
+_SUBMODULES = ("contract", "kinds")
 
 
 def _version() -> str:

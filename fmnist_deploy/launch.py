@@ -68,26 +68,23 @@ def as_click(exc: FmnistError) -> click.ClickException:
     return failure
 
 
-class Command(click.Command):
+class _ReportsErrors:
+    """Mixed into a click command or group: an FmnistError of its work becomes `as_click`'s line and status."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the command (for a group, the chosen subcommand), mapping FmnistError once."""
+        try:
+            return super().invoke(ctx)  # type: ignore[misc]
+        except FmnistError as exc:
+            raise as_click(exc) from None
+
+
+class Command(_ReportsErrors, click.Command):
     """A click command whose FmnistError ends it in one line with its kind's exit status (see `as_click`)."""
 
-    def invoke(self, ctx: click.Context) -> object:
-        """Run the command; its FmnistError becomes `as_click`'s one line and status."""
-        try:
-            return super().invoke(ctx)
-        except FmnistError as exc:
-            raise as_click(exc) from None
 
-
-class Group(click.Group):
+class Group(_ReportsErrors, click.Group):
     """A click group whose subcommands' FmnistError ends them as `Command` does."""
-
-    def invoke(self, ctx: click.Context) -> object:
-        """Run the chosen subcommand; its FmnistError becomes `as_click`'s one line and status."""
-        try:
-            return super().invoke(ctx)
-        except FmnistError as exc:
-            raise as_click(exc) from None
 
 
 class StandardOutputError(OutputError):

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import csv
+import importlib.util
 import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
-import numpy as np
 from PIL import Image
 
 from fmnist_deploy import launch, options
-from fmnist_deploy.atomic import atomic_path
 from fmnist_deploy.models import default_model
 from fmnist_deploy.runtime import BACKENDS, Predictor, backend_for, load
-from fmnist_deploy.runtime.inputs import Item, chunks, iter_items
+from fmnist_deploy.runtime.inputs import chunks, iter_items
+from fmnist_deploy.runtime.records import OUTPUT_SUFFIXES, classify, record_writer
 from fmnist_deploy.trust import Trust, trust_options
 
 # The torch backends run with one intra-op thread unless --threads says otherwise: this network's matrices
@@ -29,8 +28,6 @@ from fmnist_deploy.trust import Trust, trust_options
 # default p50 342 µs, p90 8.7 ms, p99 68 ms; one thread p50 466 µs, p90 526 µs, p99 875 µs.
 TORCH_BACKENDS = ("torchscript", "pt2", "eager")
 CHUNK = 1024  # images per model call and per write: bounded memory for folders of any size
-OUTPUT_SUFFIXES = (".jsonl", ".csv")
-CSV_FIELDS = ("input", "class", "probability", "top_k", "error")
 
 
 def _paths(given: tuple[str, ...], null: bool) -> Iterator[Path]:
@@ -81,62 +78,8 @@ def _decoded(names: list[bytes], null: bool) -> Iterator[str]:
         yield os.fsdecode(name)
 
 
-def rows(chunk: list[Item], predictor: Predictor, top_k: int) -> list[dict[str, Any]]:
-    """One record per item of a chunk, in input order: the answer, or the reason there is none."""
-    good = [item.image for item in chunk if item.error is None]
-    answers = iter(predictor.predict(np.stack(good)).top_k(top_k) if good else [])
-    records = []
-    for item in chunk:
-        if item.error is not None:
-            records.append({"input": item.name, "error": item.error})
-            continue
-        top = [{"class": c, "probability": round(p, 6)} for c, p in next(answers)]
-        records.append(
-            {"input": item.name, "class": top[0]["class"], "probability": top[0]["probability"], "top_k": top}
-        )
-    return records
-
-
 def _human(record: dict[str, Any]) -> str:
     return f"{record['input']}: " + ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in record["top_k"])
-
-
-def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
-    top = ";".join(f"{t['class']}:{t['probability']}" for t in record.get("top_k", []))
-    return {
-        "input": record["input"],
-        "class": record.get("class", ""),
-        "probability": record.get("probability", ""),
-        "top_k": top,
-        "error": record.get("error", ""),
-    }
-
-
-def _write_output(path: Path, records: list[dict[str, Any]]) -> None:
-    """All records into a .jsonl or .csv file, atomically: a failed run leaves no half file."""
-    with _output_stream(path) as write:
-        write(records)
-
-
-@contextmanager
-def _output_stream(path: Path) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
-    """A writer of records into a .jsonl or .csv file, streamed chunk by chunk into a temporary file that
-    replaces `path` only when the block ends without an error: memory holds one chunk, never every answer,
-    and a failed or interrupted run leaves no half file."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        if path.suffix == ".jsonl":
-
-            def write(records: list[dict[str, Any]]) -> None:
-                f.write("".join(json.dumps(r) + "\n" for r in records))
-
-        else:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, lineterminator="\n")
-            writer.writeheader()
-
-            def write(records: list[dict[str, Any]]) -> None:
-                writer.writerows(_csv_row(r) for r in records)
-
-        yield write
 
 
 @contextmanager
@@ -152,7 +95,12 @@ def _without_pillows_bomb_warning() -> Iterator[None]:
 def _check_output(output: Path, as_json: bool) -> None:
     """--output is checked before any work: its suffix, its folder, and --json's agreement with it."""
     if output.suffix not in OUTPUT_SUFFIXES:
-        raise click.BadParameter(f"{output}: expected a {' or '.join(OUTPUT_SUFFIXES)} file", param_hint="--output")
+        accepted = f"{', '.join(OUTPUT_SUFFIXES[:-1])} or {OUTPUT_SUFFIXES[-1]}"
+        raise click.BadParameter(f"{output}: expected a {accepted} file", param_hint="--output")
+    if output.suffix == ".parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise click.BadParameter(
+            f"{output}: Parquet needs pyarrow: pip install 'fmnist-deploy[scale]'", param_hint="--output"
+        )
     if as_json and output.suffix != ".jsonl":
         raise click.UsageError(
             f"--json writes JSON Lines but --output {output} names a {output.suffix} file; "
@@ -234,7 +182,7 @@ def main(
     failed = answered = 0
     try:
         with ExitStack() as stack:
-            write = stack.enter_context(_output_stream(output)) if output is not None else None
+            write = stack.enter_context(record_writer(output)) if output is not None else None
             stack.enter_context(_without_pillows_bomb_warning())
             for chunk in chunks(iter_items(_paths(paths, null), invert=invert, image_column=image_column), CHUNK):
                 # One write per stream and chunk: a write per line cost more than decoding the image.
@@ -247,20 +195,20 @@ def main(
                     problems = [p for p in problems if p.startswith("error")]  # --quiet: errors only
                 if problems:
                     click.echo("\n".join(problems), err=True)
-                records = rows(chunk, predictor, top_k)
+                records = classify(chunk, predictor, top_k)
                 if write is not None:
                     write(records)
                 else:
                     lines = (
                         [json.dumps(r) for r in records]
                         if as_json
-                        else [_human(r) for r in records if "error" not in r]
+                        else [_human(r) for r in records if r["error"] is None]
                     )
                     if lines:
                         click.echo("\n".join(lines))
                 # counted once written: an interruption mid-write reports only the answers already out
-                failed += sum("error" in record for record in records)
-                answered += sum("error" not in record for record in records)
+                failed += sum(record["error"] is not None for record in records)
+                answered += sum(record["error"] is None for record in records)
     except KeyboardInterrupt:
         unwritten = f"; {output} was not written" if output is not None else ""
         click.echo(f"interrupted after {answered} answer(s){unwritten}", err=True)

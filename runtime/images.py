@@ -113,16 +113,24 @@ def read_image(path: Path, *, invert: bool = False) -> np.ndarray:
     data = _small_file_bytes(path)
     if data is None:
         _require_regular(path)  # Pillow would block for ever opening a FIFO named x.png
-    if data is not None:
-        pixels = _fast_png(data)  # libspng refuses a PNG with rows missing
-        if pixels is not None:
-            if pixels.shape == IMAGE_SHAPE:  # already what the model takes: nothing left to do
-                return 255 - pixels if invert else pixels
-            img = Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
-            return to_model_input(img, invert=invert)
-    image = _read_with_pillow(io.BytesIO(data) if data is not None else path, path, invert)
-    if data is not None and data.startswith(PNG_SIGNATURE):
-        _check_png_rows(data, path)  # Pillow pads missing rows with black and answers
+        return _read_with_pillow(path, path, invert)
+    return decode_image(data, invert=invert, name=str(path))
+
+
+def decode_image(data: bytes, *, invert: bool = False, name: str = "image bytes") -> np.ndarray:
+    """An image file's bytes -> uint8 (28, 28), exactly as `read_image` decodes that file; `name` goes in errors.
+
+    For images that arrive as bytes (a request body, a Parquet cell, an archive member).
+    """
+    pixels = _fast_png(data)  # libspng refuses a PNG with rows missing
+    if pixels is not None:
+        if pixels.shape == IMAGE_SHAPE:  # already what the model takes: nothing left to do
+            return 255 - pixels if invert else pixels
+        img = Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
+        return to_model_input(img, invert=invert)
+    image = _read_with_pillow(io.BytesIO(data), Path(name), invert)
+    if data.startswith(PNG_SIGNATURE):
+        _check_png_rows(data, Path(name))  # Pillow pads missing rows with black and answers
     return image
 
 

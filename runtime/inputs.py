@@ -39,10 +39,12 @@ DARK_ON_LIGHT_NOTE = (
 class Item(NamedTuple):
     """One image ready for the model, or the reason it is not (a tuple: made thousands of times a second)."""
 
-    name: str
+    name: str  # what the answer is about: the file, or `file[i]` for an image of a batch file or table
     image: np.ndarray | None  # (28, 28) uint8
     error: str | None = None
     note: str | None = None  # a hint about a good input (e.g. it may want --invert)
+    path: str = ""  # the file it came from
+    index: int = -1  # its index in that file; -1 for a file that is one image
 
 
 def is_batch_name(name: str) -> bool:
@@ -146,14 +148,20 @@ def decode_files(paths: list[str], invert: bool) -> Decoded:
     return images, errors
 
 
-def _items(paths: list[str], decoded: Decoded, invert: bool) -> list[Item]:
+def _items(names: list[str], decoded: Decoded, invert: bool, file: str | None = None, first: int = 0) -> list[Item]:
+    """Items of decoded images: each name a file of its own, or with `file` the rows first, first + 1, ... of it."""
     images, errors = decoded
-    dark = np.zeros(len(paths), dtype=bool) if invert else looks_dark_on_light(images)
+    dark = np.zeros(len(names), dtype=bool) if invert else looks_dark_on_light(images)
     return [
-        Item(path, None, error)
-        if error is not None
-        else Item(path, images[i], note=DARK_ON_LIGHT_NOTE if dark[i] else None)
-        for i, (path, error) in enumerate(zip(paths, errors, strict=True))
+        Item(
+            name,
+            None if error is not None else images[i],
+            error,
+            DARK_ON_LIGHT_NOTE if error is None and dark[i] else None,
+            name if file is None else file,
+            -1 if file is None else first + i,
+        )
+        for i, (name, error) in enumerate(zip(names, errors, strict=True))
     ]
 
 
@@ -163,14 +171,14 @@ def _batch_items(path: str, invert: bool) -> Iterator[Item]:
         if batch.shape[0] == 0:
             raise InputError(f"{path}: holds no images (shape {list(batch.shape)})")
     except InputError as exc:
-        yield Item(path, None, str(exc))
+        yield Item(path, None, str(exc), path=path)
         return
     except MemoryError:
-        yield Item(path, None, f"{path}: too large to decode in the memory available")
+        yield Item(path, None, f"{path}: too large to decode in the memory available", path=path)
         return
     for i in range(batch.shape[0]):
         image = np.asarray(batch[i])
-        yield Item(f"{path}[{i}]", 255 - image if invert else image)
+        yield Item(f"{path}[{i}]", 255 - image if invert else image, path=path, index=i)
 
 
 def _table_items(path: str, invert: bool, image_column: str) -> Iterator[Item]:
@@ -182,17 +190,17 @@ def _table_items(path: str, invert: bool, image_column: str) -> Iterator[Item]:
         if not any(groups):
             raise InputError(f"{path}: holds no rows")
     except InputError as exc:
-        yield Item(path, None, str(exc))
+        yield Item(path, None, str(exc), path=path)
         return
     row = 0
     for group in range(len(groups)):
         try:
             for cells, _ in read_group(path, group, image_column):
                 names = [f"{path}[{row + i}]" for i in range(len(cells))]
-                yield from _items(names, decode_cells(cells, names, invert), invert)
+                yield from _items(names, decode_cells(cells, names, invert), invert, path, row)
                 row += len(cells)
         except InputError as exc:
-            yield Item(path, None, str(exc))
+            yield Item(path, None, str(exc), path=path)
             return
 
 
@@ -214,9 +222,9 @@ def _tasks(paths: Iterable[str | Path], invert: bool, image_column: str) -> Iter
         elif kind == "table":
             yield _table_items(path, invert, image_column)
         elif kind == "empty":
-            yield iter([Item(path, None, f"{path}: no images found under this folder")])
+            yield iter([Item(path, None, f"{path}: no images found under this folder", path=path)])
         else:
-            yield iter([Item(path, None, f"{path}: no such file or folder")])
+            yield iter([Item(path, None, f"{path}: no such file or folder", path=path)])
     if images:
         yield images
 
@@ -269,7 +277,7 @@ class _DecodePool:
             except (BrokenProcessPool, RuntimeError):  # RuntimeError: submit to a pool that broke meanwhile
                 self.pool.shutdown(wait=False, cancel_futures=True)
                 self.pool = self._start()
-        return Item(path, None, f"{path}: the image decoder crashed on this file")
+        return Item(path, None, f"{path}: the image decoder crashed on this file", path=path)
 
     def close(self) -> None:
         # Waits for the tasks already running (at most `workers` of FILES_PER_TASK files); the queued

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fmnist_deploy.runtime import records
 from fmnist_deploy.runtime.arrays import check_images
 from fmnist_deploy.runtime.base import Backend
 from fmnist_deploy.runtime.inputs import chunks, iter_items
@@ -51,6 +52,18 @@ class FilesPrediction:
     prediction: Prediction | None  # row i answers inputs[i]; None when no image could be read
     errors: dict[str, str]  # input -> why it got no answer
     notes: dict[str, str]  # input -> a hint about an answered image (e.g. it may want --invert)
+    sources: list[tuple[str, str, int]] = field(default_factory=list)  # every input in order: (input, path, index)
+
+    def records(self, k: int = 1) -> list[dict[str, Any]]:
+        """Every input's record (`fmnist_deploy.runtime.records`: fmnist-predict --json's shape), in input order."""
+        row = {name: i for i, name in enumerate(self.inputs)}
+        top = records.top_k_entries(self.prediction, k) if self.prediction is not None else []
+        return [
+            records.failure(name, path, index, self.errors[name])
+            if name in self.errors
+            else records.answer(name, path, index, top[row[name]])
+            for name, path, index in self.sources
+        ]
 
 
 @dataclass(frozen=True)
@@ -127,7 +140,9 @@ class Predictor:
         parts: list[Prediction] = []
         errors: dict[str, str] = {}
         notes: dict[str, str] = {}
+        sources: list[tuple[str, str, int]] = []
         for batch in chunks(iter_items(paths, invert=invert, workers=workers), chunk):
+            sources += [(item.name, item.path, item.index) for item in batch]
             good = [item for item in batch if item.error is None]
             errors.update({item.name: item.error for item in batch if item.error is not None})
             notes.update({item.name: item.note for item in good if item.note is not None})
@@ -135,8 +150,8 @@ class Predictor:
                 names += [item.name for item in good]
                 parts.append(self.predict(np.stack([item.image for item in good])))
         if not parts:
-            return FilesPrediction([], None, errors, notes)
+            return FilesPrediction([], None, errors, notes, sources)
         logits = np.concatenate([p.logits for p in parts])
         probs = np.concatenate([p.probabilities for p in parts])
         indices = np.concatenate([p.indices for p in parts])
-        return FilesPrediction(names, Prediction(logits, probs, indices, self.class_names), errors, notes)
+        return FilesPrediction(names, Prediction(logits, probs, indices, self.class_names), errors, notes, sources)

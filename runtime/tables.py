@@ -13,7 +13,6 @@ group. pyarrow is the optional `scale` extra.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fmnist_deploy.contract import IMAGE_SHAPE
+from fmnist_deploy.runtime import images
 from fmnist_deploy.runtime.errors import InputError
 
 TABLE_SUFFIXES = (".parquet", ".arrow", ".feather")
@@ -44,20 +44,11 @@ def _pyarrow() -> Any:
 
 def decode_image(data: bytes | None, name: str, *, invert: bool = False) -> np.ndarray:
     """One image's encoded bytes -> uint8 (28, 28), as `images.read_image` decodes a file of those bytes."""
-    from PIL import Image
-
-    from fmnist_deploy.runtime.images import _fast_png, _read_with_pillow, to_model_input
-
     if data is None:
         raise InputError(f"{name}: no image bytes (null)")
     if len(data) > MAX_CELL_BYTES:
         raise InputError(f"{name}: {len(data)} image bytes, over the {MAX_CELL_BYTES} byte limit")
-    pixels = _fast_png(data)
-    if pixels is not None:
-        if pixels.shape == IMAGE_SHAPE:  # already what the model takes
-            return 255 - pixels if invert else pixels
-        return to_model_input(Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB"), invert=invert)
-    return _read_with_pillow(io.BytesIO(data), Path(name), invert)
+    return images.decode_image(data, invert=invert, name=name)
 
 
 def table_groups(path: str, image_column: str) -> list[int]:

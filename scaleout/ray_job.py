@@ -45,6 +45,7 @@ import numpy as np
 from fmnist_deploy.errors import FmnistError
 from fmnist_deploy.runtime.images import IMAGE_SUFFIXES
 from fmnist_deploy.runtime.inputs import is_batch_name
+from fmnist_deploy.runtime.records import arrow_schema
 from fmnist_deploy.runtime.tables import TABLE_SUFFIXES
 
 LIST_SUFFIXES = (".txt", ".lst")  # a text file listing input paths, one per line
@@ -268,17 +269,6 @@ def plan(inputs: list[Path], size: int, image_column: str = "image", *, remote: 
 # ------------------------------------------------------------------------------------------------ actors
 
 
-def output_schema(id_type: Any = None) -> Any:
-    """The answers' Arrow schema: fmnist-predict --json's fields, plus the file, the index in it and the id."""
-    import pyarrow as pa
-
-    top_k = pa.list_(pa.struct([("class", pa.string()), ("probability", pa.float64())]))
-    fields = [("input", pa.string()), ("path", pa.string()), ("index", pa.int64())]
-    fields += [("id", id_type)] if id_type is not None else []
-    fields += [("class", pa.string()), ("probability", pa.float64()), ("top_k", top_k), ("error", pa.string())]
-    return pa.schema(fields)
-
-
 @dataclass
 class _Rows:
     """The images of a unit (or of one batch of a row group) and what identifies each."""
@@ -320,7 +310,7 @@ class Classifier:
         self.batch_size = int(config["batch_size"])
         self.image_column = config["image_column"]
         self.id_column = config["id_column"]
-        self.schema = output_schema(id_type)
+        self.schema = arrow_schema(id_type)
         self.isolate = False  # set per unit by _write_part
         import ray
 
@@ -777,7 +767,7 @@ def _join_parts(folder: Path, units: int, output: Path, id_type: Any) -> None:
     parts = (folder / part_name(number) for number in range(units))
     with atomic_path(output) as tmp:
         if output.suffix == ".parquet":
-            with pq.ParquetWriter(tmp, output_schema(id_type)) as writer:
+            with pq.ParquetWriter(tmp, arrow_schema(id_type)) as writer:
                 for part in parts:
                     writer.write_table(pq.read_table(part))
         else:

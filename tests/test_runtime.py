@@ -559,7 +559,8 @@ def test_json_lists_every_input_exactly_once_failures_included(tmp_path: Path) -
     assert result.exit_code == 1
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["input"] for r in records] == [str(good), str(tmp_path / "bad.png"), str(tmp_path / "gone.png")]
-    assert records[0]["class"] == "Pullover" and "error" not in records[0]
+    assert records[0]["class"] == "Pullover" and records[0]["error"] is None  # one shape, answered or not
+    assert [(r["path"], r["index"]) for r in records] == [(r["input"], -1) for r in records]
     assert "not an image" in records[1]["error"] and "no such file" in records[2]["error"]
 
 
@@ -582,7 +583,7 @@ def test_paths_from_stdin_and_output_files(tmp_path: Path) -> None:
             assert [r["class"] for r in table] == ["Ankle boot", "Pullover", "Trouser", "Trouser", ""]
             assert table[4]["error"].endswith("no such file or folder") and table[0]["top_k"].startswith("Ankle boot:")
     bad = CliRunner().invoke(predict_cli, [str(samples[0]), "--output", str(tmp_path / "answers.txt")])
-    assert bad.exit_code == 2 and "expected a .jsonl or .csv file" in bad.output
+    assert bad.exit_code == 2 and "expected a .jsonl, .csv or .parquet file" in bad.output
 
 
 def test_dark_on_light_images_get_a_hint(tmp_path: Path) -> None:
