@@ -9,6 +9,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 import fmnist_deploy
 from tests.conftest import ARTIFACTS, REPO, console_script
 
@@ -60,6 +62,13 @@ def test_a_users_own_runtime_and_training_cannot_shadow_the_toolkit(tmp_path: Pa
     assert result.stdout.strip() in fmnist_deploy.contract.CLASS_NAMES
 
 
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter started in the checkout (-P: the checkout's folders are not on sys.path)."""
+    return subprocess.run(
+        [sys.executable, "-P", "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def test_torch_side_names_load_lazily() -> None:
     code = (
         "import sys, fmnist_deploy\n"
@@ -67,40 +76,32 @@ def test_torch_side_names_load_lazily() -> None:
         "fmnist_deploy.run_export\n"
         "assert 'torch' in sys.modules\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-P", "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
-    )
+    result = _python(code)
     assert result.returncode == 0, result.stderr
 
 
-def test_the_root_package_and_every_stage_import_lazily() -> None:
-    """`import fmnist_deploy` and any stage package load neither numpy, the runtime nor torch until a name is used."""
-    stages = ("training", "export", "runtime", "benchmarks", "scaleout", "serving")
+@pytest.mark.parametrize(
+    "module", ["", ".training", ".export", ".benchmarks", ".scaleout", ".serving", ".errors", ".atomic", ".kinds"]
+)
+def test_the_root_package_and_every_stage_import_lazily(module: str) -> None:
+    """`import fmnist_deploy` and any stage package load neither numpy, onnxruntime, torch nor the runtime."""
+    heavy = ("numpy", "torch", "onnxruntime", "fmnist_deploy.runtime")
+    done = _python(
+        f"import sys, fmnist_deploy{module}\nheavy = [m for m in {heavy!r} if m in sys.modules]\nassert not heavy, heavy\n"
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_error_root_resolves_without_the_runtime() -> None:
     code = (
-        "import sys, importlib\n"
-        "import fmnist_deploy, fmnist_deploy.errors, fmnist_deploy.atomic, fmnist_deploy.contract\n"
-        "heavy = ('numpy', 'torch', 'onnxruntime', 'fmnist_deploy.runtime')\n"
-        "assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules]\n"
-        f"for stage in {stages!r}:\n"
-        "    importlib.import_module('fmnist_deploy.' + stage)\n"
-        "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules\n"
-        "assert 'numpy' not in sys.modules or 'fmnist_deploy.runtime' in sys.modules\n"
-        "fmnist_deploy.FmnistError, fmnist_deploy.IntegrityWarning\n"
-        "assert 'fmnist_deploy.runtime' in sys.modules or 'numpy' not in sys.modules\n"
+        "import sys, fmnist_deploy\n"
+        "fmnist_deploy.FmnistError, fmnist_deploy.IntegrityWarning, fmnist_deploy.kinds.KINDS\n"
+        "assert 'fmnist_deploy.runtime' not in sys.modules and 'numpy' not in sys.modules\n"
+        "fmnist_deploy.load\n"
+        "assert 'fmnist_deploy.runtime' in sys.modules and 'torch' not in sys.modules\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-P", "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    for stage in stages[:2]:  # a stage other than the runtime never pulls the runtime or numpy in
-        only = (
-            f"import sys, fmnist_deploy.{stage}\n"
-            "assert not [m for m in ('numpy', 'torch', 'fmnist_deploy.runtime') if m in sys.modules]\n"
-        )
-        done = subprocess.run(
-            [sys.executable, "-P", "-c", only], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
-        )
-        assert done.returncode == 0, (stage, done.stderr)
+    done = _python(code)
+    assert done.returncode == 0, done.stderr
 
 
 def test_every_public_error_descends_from_one_root() -> None:
