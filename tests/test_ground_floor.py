@@ -17,6 +17,7 @@ import pytest
 
 from fmnist_deploy import atomic, errors, integrity, launch
 from fmnist_deploy.contract import sha256_file
+from tests.conftest import ARTIFACTS
 
 # ---- the atomic writer ------------------------------------------------------------------------------------
 
@@ -308,3 +309,99 @@ def test_check_content_each_outcome() -> None:
     odd = {"weights": object(), integrity.CONTENT_KEY: "0" * 64}
     with pytest.raises(errors.IntegrityError, match="src: unexpected content"):
         integrity.check_content(odd, "src")
+
+
+def test_the_committed_weights_carry_the_digest_of_their_content() -> None:
+    """The digest is a format: the committed weights file recorded it, so the function must still compute the
+    very same value (any change to how content is fed in would make every weights file 'damaged')."""
+    import torch
+
+    payload = torch.load(ARTIFACTS / "fmnist_mlp.pt", map_location="cpu", weights_only=True)
+    assert integrity.content_digest(payload) == payload[integrity.CONTENT_KEY]
+    integrity.check_content(payload, "fmnist_mlp.pt")
+
+
+def test_check_content_message_names_both_digests_exactly() -> None:
+    payload = {"weights": [1, 2, 3], integrity.CONTENT_KEY: "a" * 64}
+    actual = integrity.content_digest(payload)
+    with pytest.raises(errors.IntegrityError) as info:
+        integrity.check_content(payload, "w.pt")
+    assert str(info.value) == (
+        f"w.pt: content does not match its recorded content_sha256 ({actual[:12]}… vs {'a' * 12}…): the file is damaged"
+    )
+
+
+def test_an_entry_point_runs_its_command_through_run(monkeypatch, default_sigint) -> None:
+    """`fmnist-predict` imports fmnist_deploy.runtime.cli and runs its `main` through `run` (standard output
+    guarded, errors mapped)."""
+    called: list[str] = []
+
+    class Module:
+        @staticmethod
+        def main() -> None:
+            called.append("main")
+
+    imported: list[str] = []
+    monkeypatch.setattr(launch.importlib, "import_module", lambda name: (imported.append(name), Module)[1])
+    monkeypatch.setattr(launch, "run", lambda command: (called.append("run"), command())[1])
+    launch.predict()
+    assert imported == ["fmnist_deploy.runtime.cli"] and called == ["run", "main"]
+    assert {name: launch.MODULES[name] for name in ("train", "serve")} == {
+        "train": "fmnist_deploy.training.cli",
+        "serve": "fmnist_deploy.serving.cli",
+    }
+
+
+def test_a_closed_standard_output_has_no_file_number() -> None:
+    with pytest.raises(io.UnsupportedOperation, match="^standard output is closed$"):
+        launch._GuardedOutput(None).fileno()
+
+
+def test_check_writable_probes_the_folder_itself_and_accepts_an_existing_one(tmp_path: Path, monkeypatch) -> None:
+    removed: list[str] = []
+    real_unlink = os.unlink
+    monkeypatch.setattr(atomic.os, "unlink", lambda name: (removed.append(str(name)), real_unlink(name))[1])
+    atomic.check_writable(tmp_path)  # exists already
+    atomic.check_writable(tmp_path)
+    assert len(removed) == 2
+    for probe in removed:
+        assert Path(probe).parent == tmp_path
+        assert Path(probe).name.startswith(".write-check.") and probe.endswith(".tmp")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_as_click_keeps_a_long_first_line_up_to_100_000_characters() -> None:
+    for length, shown in ((100_000, 100_000), (100_001, 100_000), (250, 250)):
+        failure = launch.as_click(errors.InputError("x" * length + "\nsecond line"))
+        assert (len(failure.message), failure.exit_code) == (shown, 1)
+
+
+@pytest.mark.parametrize("cls", [launch.Command, launch.Group])
+def test_commands_and_groups_map_the_error_root_to_one_line_and_its_status(cls) -> None:
+    from click.testing import CliRunner
+
+    if cls is launch.Command:
+
+        @click.command(cls=cls)
+        @click.argument("kind")
+        def entry(kind: str) -> None:
+            raise getattr(errors, kind)(f"{kind} here\nmore")
+
+        args = []
+    else:
+
+        @click.group(cls=cls)
+        def entry() -> None:
+            pass
+
+        @entry.command()
+        @click.argument("kind")
+        def sub(kind: str) -> None:
+            raise getattr(errors, kind)(f"{kind} here\nmore")
+
+        args = ["sub"]
+    for kind, status in (("UsageError", 2), ("ModelError", 1)):
+        result = CliRunner().invoke(entry, [*args, kind])
+        assert (result.exit_code, result.output) == (status, f"Error: {kind} here\n"), result.output
+    ok = CliRunner().invoke(entry, [*args, "--help"])
+    assert ok.exit_code == 0 and "Usage:" in ok.output

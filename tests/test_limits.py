@@ -374,3 +374,45 @@ def test_sidecar_metadata_differing_from_the_file_is_refused(tmp_path: Path, edi
     (tmp_path / "fmnist_mlp.onnx.json").write_text(json.dumps(side))  # file_sha256 still matches the file
     with pytest.raises(ModelError, match="fmnist_mlp.onnx.json: differs from the metadata inside fmnist_mlp.onnx"):
         load(path)
+
+
+def test_batch_file_size_limit_exactly_and_one_more(tmp_path: Path) -> None:
+    """Sparse files (no disk used): 512 MiB is read (and refused for what it holds), 512 MiB + 1 for its size."""
+    for size, over in ((MAX_BATCH_BYTES, False), (MAX_BATCH_BYTES + 1, True)):
+        path = tmp_path / f"{size}.idx"
+        with open(path, "wb") as f:
+            f.truncate(size)
+        with pytest.raises(InputError) as info:
+            read_batch(path)
+        if over:
+            assert str(info.value) == f"{path}: {size} bytes is over the {MAX_BATCH_BYTES} byte limit"
+        else:
+            assert str(info.value) == f"{path}: not an IDX image file (expected magic 00000803, got 00000000)"
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (b"\x00\x00\x08\x01" + bytes(12), "not an IDX image file (expected magic 00000803, got 00000801)"),
+        (b"\x00\x00\x09\x03" + bytes(12), "not an IDX image file (expected magic 00000803, got 00000903)"),
+        (b"\x00\x00\x08\x03" + bytes(8), "not an IDX image file (expected magic 00000803, got 00000803)"),
+        (b"\x00\x00\x08\x03" + struct.pack(">III", 1, 2**24 + 28, 28), f"IDX header says [1,{2**24 + 28},28]; expected [N,28,28]"),
+        (b"\x00\x00\x08\x03" + struct.pack(">III", 1, 28, 2**16 + 28), f"IDX header says [1,28,{2**16 + 28}]; expected [N,28,28]"),
+        (_idx_header(2**24 + 1), f"IDX header declares {2**24 + 1} images, over the {MAX_BATCH_BYTES} byte limit"),
+    ],
+)  # fmt: skip
+def test_idx_headers_refused_with_their_reason(tmp_path: Path, header: bytes, message: str) -> None:
+    path = tmp_path / "x.idx"
+    path.write_bytes(header + (bytes(784) if len(header) == 16 else b""))  # a short header is the whole file
+    with pytest.raises(InputError) as info:
+        read_batch(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_idx_payload_mismatch_messages(tmp_path: Path) -> None:
+    for name, extra, holds in (("short.idx", -1, "2351"), ("long.idx", 1, "more")):
+        path = tmp_path / name
+        path.write_bytes(_idx_header(3) + bytes(3 * 784 + extra))
+        with pytest.raises(InputError) as info:
+            read_batch(path)
+        assert str(info.value) == f"{path}: IDX header declares 2352 payload bytes, the file holds {holds}"

@@ -188,3 +188,23 @@ def test_encoding_json_binary_and_classification() -> None:
 
 def test_the_header_name_is_tritons() -> None:
     assert HEADER_LENGTH == "Inference-Header-Content-Length"
+
+
+def test_two_binary_outputs_follow_the_header_back_to_back() -> None:
+    logits = np.float32(np.arange(20).reshape(2, 10))
+    probs = np.float32(np.full((2, 10), 0.1))
+    request = InferRequest(np.zeros((2, 28, 28), np.uint8), [Requested("logits", True, 0), Requested("probabilities", True, 0)])  # fmt: skip
+    body, length = encode_infer("m", "1", request, logits, probs, CLASS_NAMES)
+    assert len(body) == length + 80 + 80
+    assert body[length:] == logits.astype("<f4").tobytes() + probs.astype("<f4").tobytes()
+
+
+def test_a_json_true_nested_anywhere_in_the_data_is_refused() -> None:
+    nested = IMAGE.tolist()  # [1][28][28]
+    nested[0][27][27] = True
+    body = json.dumps(_json_body(input_data=nested)).encode()
+    assert b"true" in body
+    assert "UINT8 data must be integers from 0 to 255" in _refused(body)
+    # a `true` elsewhere in the body makes the element check run, and integer data still passes it
+    fine = json.dumps(_json_body(input_data=IMAGE.tolist(), parameters={"binary_data_output": True})).encode()
+    assert np.array_equal(_parse(fine).images, IMAGE)
