@@ -405,3 +405,81 @@ def test_commands_and_groups_map_the_error_root_to_one_line_and_its_status(cls) 
         assert (result.exit_code, result.output) == (status, f"Error: {kind} here\n"), result.output
     ok = CliRunner().invoke(entry, [*args, "--help"])
     assert ok.exit_code == 0 and "Usage:" in ok.output
+
+
+def test_a_temporary_removed_by_another_process_meanwhile_is_no_error(tmp_path: Path, monkeypatch) -> None:
+    """Two starts clean the same folder: the other one removes a stale file between this one's listing and its
+    unlink. Simulated deterministically: the file disappears right after it is seen."""
+    stale = tmp_path / ".model.onnx.abcdefgh.tmp"
+    stale.write_bytes(b"half")
+    real_is_file = Path.is_file
+
+    def seen_then_gone(self: Path) -> bool:
+        found = real_is_file(self)
+        if found and self == stale:
+            os.unlink(self)  # the other process
+        return found
+
+    monkeypatch.setattr(Path, "is_file", seen_then_gone)
+    assert atomic.remove_stale_temporaries(tmp_path) == [stale]
+
+
+def test_a_standard_output_started_closed_writes_utf8_with_backslash_escapes(monkeypatch) -> None:
+    monkeypatch.setattr(sys, "stdout", None)
+    launch.guard_standard_output()
+    assert (sys.stdout.encoding, sys.stdout.errors) == ("utf-8", "backslashreplace")
+
+
+def test_guarding_keeps_the_error_handler_and_write_through(monkeypatch) -> None:
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="replace", write_through=True)
+    monkeypatch.setattr(sys, "stdout", stream)
+    launch.guard_standard_output()
+    assert (sys.stdout.errors, sys.stdout.write_through) == ("replace", True)
+
+
+def test_an_error_without_strerror_is_worded_by_its_message() -> None:
+    guarded = launch._GuardedOutput(_Failing(OSError("device went away")))
+    with pytest.raises(launch.StandardOutputError) as info:
+        guarded.write(b"x")
+    assert str(info.value) == "cannot write to standard output: device went away"
+
+
+def test_a_write_that_reports_no_count_counts_zero() -> None:
+    class Silent(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data):
+            return None
+
+    assert launch._GuardedOutput(Silent()).write(b"abc") == 0
+
+
+def test_an_unguarded_standard_output_whose_reader_left_ends_with_0_and_goes_to_devnull(
+    monkeypatch, default_sigint
+) -> None:
+    """Standard output replaced by something `guard_standard_output` leaves alone: a closed pipe at the flush
+    is the same quiet end, and the descriptor then points at /dev/null."""
+    read, write = os.pipe()
+
+    class Replaced:
+        def write(self, text: str) -> int:
+            return len(text)
+
+        def flush(self) -> None:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+        def fileno(self) -> int:
+            return write
+
+    monkeypatch.setattr(sys, "stdout", Replaced())
+    try:
+        with pytest.raises(SystemExit) as info:
+            launch.run(lambda: None)
+        assert info.value.code == 0
+        devnull = os.stat(os.devnull)
+        now = os.fstat(write)
+        assert (now.st_rdev, now.st_mode) == (devnull.st_rdev, devnull.st_mode)
+    finally:
+        os.close(read)
+        os.close(write)

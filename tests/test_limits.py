@@ -416,3 +416,11 @@ def test_idx_payload_mismatch_messages(tmp_path: Path) -> None:
         with pytest.raises(InputError) as info:
             read_batch(path)
         assert str(info.value) == f"{path}: IDX header declares 2352 payload bytes, the file holds {holds}"
+
+
+def test_refusals_describe_exactly_what_was_given(predictor, two_images) -> None:
+    expected = "expected uint8 [N,28,28] (N >= 1), [N,28,28,1] or [28,28], got "
+    for given, described in ((two_images.astype(np.float64), "float64 [2,28,28]"), (two_images.tolist(), "list")):
+        with pytest.raises(InputError) as info:
+            predictor.predict(given)
+        assert str(info.value) == expected + described

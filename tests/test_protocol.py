@@ -208,3 +208,33 @@ def test_a_json_true_nested_anywhere_in_the_data_is_refused() -> None:
     # a `true` elsewhere in the body makes the element check run, and integer data still passes it
     fine = json.dumps(_json_body(input_data=IMAGE.tolist(), parameters={"binary_data_output": True})).encode()
     assert np.array_equal(_parse(fine).images, IMAGE)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"input_data": None}, "input 'image': no data for shape [1, 28, 28], which needs 784"),
+        ({"input_data": [[0] * 28] * 27 + [[0] * 27]}, "input 'image': ragged data for shape [1, 28, 28], which needs 784"),
+        ({"outputs": [1]}, "outputs must be a list of objects"),
+        ({"outputs": {"name": "logits"}}, "outputs must be a list of objects"),
+        ({"outputs": [{"name": "logits", "parameters": [1]}]}, "output 'logits': parameters must be a JSON object, got list"),
+        ({"outputs": [{"name": "embeddings"}]}, "unknown output 'embeddings'; the model's outputs are logits, probabilities"),
+    ],
+)  # fmt: skip
+def test_exact_messages(changes: dict, message: str) -> None:
+    assert _refused(_json_body(**changes)) == message
+
+
+def test_exact_message_for_a_document_that_is_not_an_object() -> None:
+    assert _refused(b"[1, 2]") == "the request body must be a JSON object"
+
+
+def test_an_output_named_without_parameters_is_its_plain_tensor() -> None:
+    request = _parse(_json_body(outputs=[{"name": "logits"}, {"name": "probabilities", "parameters": {}}]))
+    assert request.outputs == [Requested("logits", False, 0), Requested("probabilities", False, 0)]
+
+
+def test_a_header_length_of_zero_is_inside_the_body() -> None:
+    """0 is a length inside the body (an empty JSON header, then malformed), not outside it."""
+    body = json.dumps(_json_body()).encode()
+    assert "malformed JSON" in _refused(body, header="0")
