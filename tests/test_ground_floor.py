@@ -483,3 +483,21 @@ def test_an_unguarded_standard_output_whose_reader_left_ends_with_0_and_goes_to_
     finally:
         os.close(read)
         os.close(write)
+
+
+def test_sidecar_check_messages_exactly(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"model bytes")
+    side = tmp_path / "m.onnx.json"
+    side.write_text("{not json")
+    with pytest.raises(errors.IntegrityError) as info:
+        integrity.sidecar_check(model)
+    assert str(info.value) == f"{side}: unreadable sidecar (JSONDecodeError)"
+    recorded = "f" * 64
+    side.write_text(json.dumps({"file_sha256": recorded}))
+    with pytest.raises(errors.IntegrityError) as info:
+        integrity.sidecar_check(model)
+    assert str(info.value) == (
+        f"{model}: sha256 {sha256_file(model)[:12]}… does not match m.onnx.json ({recorded[:12]}…): "
+        "the file is damaged or was replaced; restore it with its sidecar or re-export it"
+    )

@@ -424,3 +424,70 @@ def test_refusals_describe_exactly_what_was_given(predictor, two_images) -> None
         with pytest.raises(InputError) as info:
             predictor.predict(given)
         assert str(info.value) == expected + described
+
+
+@pytest.mark.parametrize(
+    ("meta", "problems"),
+    [
+        ([], ["metadata is a JSON list, expected an object"]),
+        ({}, ["no fmnist-deploy metadata; export the model with fmnist-export"]),
+        ({"opset": 17}, ["contract version missing, this tool reads 1.x"]),
+        ({"contract_version": 2}, ["contract version 2, this tool reads 1.x"]),
+    ],
+)
+def test_contract_problems_word_each_refusal(meta, problems) -> None:
+    assert contract.contract_problems(meta) == problems
+
+
+def test_contract_problems_list_every_field_at_once() -> None:
+    meta = {**_valid_metadata(), "inputs": [], "outputs": [], "class_names": ["Hat"]}
+    assert contract.contract_problems(meta) == [
+        "declares inputs [], expected image uint8 [N,28,28]",
+        "declares outputs [], expected logits, probabilities float32 [N,10]",
+        "class_names ['Hat']: expected 10 strings",
+    ]
+
+
+def _parity_check(stats: dict, int8: bool = False, hint: str = " HINT"):
+    from fmnist_deploy.export.gate import _parity
+
+    report = GateReport(file="x", format="onnx")
+    _parity(report, "p", stats, int8, hint)
+    (check,) = report.checks
+    return check
+
+
+def test_gate_bounds_are_inclusive_and_the_detail_is_exact() -> None:
+    at = {"max_abs_logit_diff": 1e-5, "max_prob_sum_error": 1e-6, "argmax_agreement": 1.0}
+    check = _parity_check(at)
+    assert (
+        check.ok and check.detail == "max |dlogit| 1e-05 (limit 1e-05), max |sum(p)-1| 1e-06, argmax agreement 100.00%"
+    )
+    int8 = _parity_check({**at, "max_abs_logit_diff": 0.5, "max_prob_sum_error": 1e-5}, int8=True)
+    assert (
+        int8.ok
+        and int8.detail == "max |dlogit| 0.5, max |sum(p)-1| 1e-05, argmax agreement 100.00% (int8: accuracy gated)"
+    )
+    failed = _parity_check({**at, "argmax_agreement": 0.5})
+    assert not failed.ok and failed.detail.endswith("argmax agreement 50.00% HINT")
+
+
+def test_compare_sums_probabilities_in_float64() -> None:
+    probs = np.full((1, 10), 0.1, np.float32)  # float32's sum is 1.0000001; in float64 1 + 1.49e-8
+    stats = compare(np.zeros((1, 10), np.float32), probs, np.zeros((1, 10)))
+    assert stats["max_prob_sum_error"] == pytest.approx(float(np.float64(np.float32(0.1)) * 10 - 1), rel=1e-6)
+
+
+def test_sidecar_mismatch_names_every_differing_key_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "fmnist_mlp.onnx"
+    shutil.copy(ARTIFACTS / path.name, path)
+    side = json.loads((ARTIFACTS / "fmnist_mlp.onnx.json").read_text())
+    side.pop("opset")
+    side.update({"extra": 1, "test_accuracy": 0.5, "weights_sha256": "0" * 64, "zzz": 2, "aaa": 3})
+    (tmp_path / "fmnist_mlp.onnx.json").write_text(json.dumps(side))
+    with pytest.raises(ModelError) as info:
+        load(path)
+    assert str(info.value) == (
+        f"{tmp_path / 'fmnist_mlp.onnx.json'}: differs from the metadata inside fmnist_mlp.onnx in "
+        "aaa, extra, opset, test_accuracy, weights_sha256; restore the sidecar or re-export"
+    )

@@ -238,3 +238,21 @@ def test_a_header_length_of_zero_is_inside_the_body() -> None:
     """0 is a length inside the body (an empty JSON header, then malformed), not outside it."""
     body = json.dumps(_json_body()).encode()
     assert "malformed JSON" in _refused(body, header="0")
+
+
+def test_binary_data_size_without_a_header_length_has_no_binary_part() -> None:
+    body = _json_body(input_data=None, input_parameters={"binary_data_size": 784})
+    assert "binary_data_size 784 and 0 bytes sent" in _refused(body)
+
+
+def test_a_header_length_equal_to_the_body_leaves_no_binary_part() -> None:
+    body = json.dumps(_json_body()).encode()
+    assert np.array_equal(_parse(body, header=str(len(body))).images, IMAGE)
+
+
+def test_a_json_false_in_the_data_is_refused() -> None:
+    data = IMAGE.ravel().tolist()
+    data[5] = False
+    body = json.dumps(_json_body(input_data=data)).encode()
+    assert b"false" in body and b"true" not in body
+    assert "UINT8 data must be integers from 0 to 255" in _refused(body)
