@@ -68,7 +68,38 @@ EQUIVALENT: dict[str, str] = {
     "fmnist_deploy.runtime.images.x__idx_payload_bytes__mutmut_33": _IDX_LIMIT,
     "fmnist_deploy.runtime.images.x__idx_payload_bytes__mutmut_36": _IDX_LIMIT,
     "fmnist_deploy.runtime.images.x__payload_mismatch__mutmut_6": "called only on a mismatch: held == declared never gets here",
+    "fmnist_deploy.integrity.x_sidecar_check__mutmut_18": "codec names are case-insensitive: 'UTF-8' is 'utf-8'",
+    "fmnist_deploy.export.gate.x_compare__mutmut_6": "astype(None) is astype(float64): numpy's default dtype",
+    "fmnist_deploy.export.gate.x_compare__mutmut_13": "astype(None) is astype(float64): numpy's default dtype",
 }
+# check_images' first test is a fast path for the common case; every input it stops taking goes through the full
+# check below it, which accepts and refuses exactly the same inputs (a slower path, same answers)
+for _n in (6, 9, 10, 11):
+    EQUIVALENT[f"fmnist_deploy.runtime.base.x_check_images__mutmut_{_n}"] = (
+        "a fast path's condition: the full check decides the same"  # noqa: E501
+    )
+# Not equivalent, but out of reach of in-process tests: mutmut switches a mutant on when its function is called, and
+# _entry runs once, at import, to build the console-script functions. tests/test_processes.py runs those functions as
+# real processes (`run(None)` or `command(None)` would fail every command there).
+OUT_OF_REACH = {
+    f"fmnist_deploy.launch.x__entry__mutmut_{n}": "runs at import, before mutmut can switch it on; the console scripts run as processes in tests/test_processes.py"  # noqa: E501
+    for n in (1, 2)
+} | {
+    f"fmnist_deploy.integrity.x_sidecar_check__mutmut_{n}": "not killed: the word read_current puts in its refusal of an oversized or irregular sidecar/model file; no selected test sends one (the size caps are tests/reliability's)"  # noqa: E501
+    for n in (11, 14, 15, 16, 29, 32, 33, 34)
+}
+
+
+HISTORY = """\
+- Full run over the 860 mutants of the functions in scope (2 mutants at a time, `nice -n 10`, about 13 minutes
+  on this machine under load): 701 killed (one by timeout), 155 survived, 4 called by no selected test: 83.0 % of
+  the 845 non-equivalent ones (15 equivalent at that point).
+- Each survivor was read: the equivalent ones have their line below; for the others tests were added (exact
+  messages, boundaries at the limit itself, a real weights file's digest, a closed stdout, nested JSON booleans, ...)
+  and the survivors were run again against them, twice (mutmut re-collects which tests call which function).
+- Held out: 20 mutants written by hand, none of them mutmut's nor the ones the edge tests were written for, applied
+  one at a time with the relevant test file (`python tests/mutation/held_out.py`): 20 of 20 caught.\
+"""
 
 
 def patterns() -> list[str]:
@@ -184,12 +215,16 @@ def write_report(machine: str, seconds: float | None) -> str:
         f"**{killed} of {scored} non-equivalent mutants killed ({score:.1%})**; {len(equivalent)} survivors judged "
         f"equivalent (below), {not_run} not run yet. A timeout counts as killed (the mutant hangs the tests).",
         "",
+        "## How this was measured",
+        "",
+        HISTORY,
+        "",
         "## Survivors",
         "",
     ]
     diffs = _diffs(alive)
     for name in alive:
-        verdict = EQUIVALENT.get(name, "not killed")
+        verdict = EQUIVALENT.get(name) or OUT_OF_REACH.get(name) or "not killed"
         changed = [
             ln
             for ln in diffs.get(name, "").splitlines()
