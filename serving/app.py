@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -43,6 +44,7 @@ from fmnist_deploy.serving.repository import (
     single_file_config,
 )
 from fmnist_deploy.serving.stats import CONTENT_TYPE, Metrics
+from fmnist_deploy.trust import Trust
 
 MODEL_NAME = STEM  # the name a single served file gets on the wire, as in the Triton model repository
 MODEL_VERSION = "1"
@@ -67,6 +69,7 @@ class ServeConfig:
     workers: int = 1
     grpc_host: str = "127.0.0.1"
     grpc_port: int | None = None  # Triton's gRPC service on this port too (0: the system picks one)
+    trust: Trust = Trust()  # which code-carrying files (TorchScript, .pt2) load: every load, every worker
 
     @cached_property
     def body_limit(self) -> int:
@@ -126,6 +129,7 @@ class ModelStore:
         self.models: dict[str, dict[str, ServedModel]] = {}
         self.unloaded: set[str] = set()
         self.lock = asyncio.Lock()
+        self.notes: list[str] = []  # the warnings loading raised, one line each (the CLI prints them once)
 
     def load_all(self) -> None:
         """At start-up, before listening: the single file, or every readable model of the repository."""
@@ -143,7 +147,12 @@ class ModelStore:
     def _open_file(self, path: Path, name: str, version: str, config: Any) -> ServedModel:
         from fmnist_deploy.runtime import load
 
-        predictor = load(path, backend=self.serve.backend, device=self.serve.device)
+        with warnings.catch_warnings(record=True) as caught:  # one line each, as fmnist-predict's notes
+            warnings.simplefilter("always")
+            predictor = load(path, backend=self.serve.backend, device=self.serve.device, trust=self.serve.trust)
+        for note in (str(w.message).splitlines()[0] for w in caught):
+            if note not in self.notes:
+                self.notes.append(note)
         if config is None or not config.input:  # a single file, or a folder without config.pbtxt: Triton's
             # auto-completed configuration, from what the loaded file is
             platform = predictor.describe().platform
@@ -503,9 +512,18 @@ def create_app(config: ServeConfig) -> Starlette:
 
 def from_environment() -> Starlette:
     """uvicorn factory for `--workers N`: each worker process builds the app from the CLI's configuration."""
-    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
+    document = json.loads(os.environ[CONFIG_ENV])
+    trust = document.pop("trust")
+    trust = Trust(tuple(Path(k) for k in trust["keys"]), frozenset(trust["pinned"]), bool(trust["code"]))
+    return create_app(ServeConfig(**document, trust=trust))
 
 
 def config_to_environment(config: ServeConfig) -> dict[str, str]:
-    """The environment entry that `from_environment` reads."""
-    return {CONFIG_ENV: json.dumps(asdict(config))}
+    """The environment entry that `from_environment` reads (the trust included: each worker loads its model)."""
+    document = asdict(config)
+    document["trust"] = {
+        "keys": [str(k) for k in config.trust.keys],
+        "pinned": sorted(config.trust.pinned),
+        "code": config.trust.code,
+    }
+    return {CONFIG_ENV: json.dumps(document)}

@@ -11,6 +11,7 @@ import click
 from fmnist_deploy import launch, options
 from fmnist_deploy.models import default_model
 from fmnist_deploy.runtime import BACKENDS
+from fmnist_deploy.trust import Trust, trust_options
 
 ACCEPTED_GRACE_S = 0.5  # at shutdown, how long a connection already accepted has to send its request
 
@@ -162,6 +163,7 @@ def _listen(host: str, port: int) -> socket.socket:
     show_default=True,
     help="The server's log level (--access-log lines are shown whatever this says).",
 )
+@trust_options
 def main(
     old_model: Path | None,
     model: Path | None,
@@ -183,9 +185,13 @@ def main(
     access_log: bool,
     access_log_format: str,
     log_level: str,
+    trust: Trust,
 ) -> None:
     """Serve --model (default: the packaged fmnist_mlp.onnx) at http://HOST:PORT/v2/models/fmnist_mlp/infer,
     or every model of a Triton model repository (each under its folder's name, the latest version by default).
+
+    A TorchScript / .pt2 file (served alone or from the repository) loads only when trusted:
+    --trusted-key, --pin-sha256 or --trust-code, as for fmnist-predict; otherwise one line, exit 1.
 
     SIGTERM or Ctrl-C stops accepting, answers every request already accepted, then exits.
     """
@@ -228,6 +234,7 @@ def main(
         workers=workers,
         grpc_host=host,
         grpc_port=grpc_port,
+        trust=trust,
     )
     app = create_app(config)  # load (and check) every model before listening; its errors exit as their kind
     sock = _listen(host, port)
@@ -239,6 +246,8 @@ def main(
         "(Ctrl-C or SIGTERM stops)",
         err=True,
     )
+    for note in app.state.store.notes:  # after the address line too (a missing sidecar, TorchScript's deprecation)
+        options.say(f"note: {note}")
     options.detail(f"configuration: {config}")  # after the address line, which scripts read first
     limits = Limits(
         max_connections=max_connections,

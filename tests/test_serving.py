@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from fmnist_deploy import load
+from fmnist_deploy.trust import Trust
 from tests.conftest import ARTIFACTS
 
 http = pytest.importorskip("tritonclient.http", reason="the serving tests need tritonclient[http]")
@@ -906,3 +907,67 @@ def test_nothing_outside_the_model_repository_is_loaded_and_odd_names_are_404(tm
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert "Traceback" not in err, err[-2000:]
+
+
+def _own_torchscript(tmp_path: Path) -> Path:
+    """A real TorchScript file of the user's own: the packaged one with other bytes (a trailing byte, which zip
+    readers ignore), so it is not trusted by content."""
+    from fmnist_deploy.contract import sha256_file
+    from fmnist_deploy.trust import packaged_digests
+
+    model = tmp_path / "mine.torchscript"
+    model.write_bytes((ARTIFACTS / "fmnist_mlp.torchscript").read_bytes() + b"\0")
+    assert sha256_file(model) not in packaged_digests()
+    return model
+
+
+def test_help_lists_the_three_ways_to_trust_a_code_file() -> None:
+    from click.testing import CliRunner
+
+    from fmnist_deploy.serving.cli import main as serve_cli
+
+    result = CliRunner().invoke(serve_cli, ["--help"])
+    assert result.exit_code == 0, result.output
+    assert all(option in result.output for option in ("--trusted-key", "--pin-sha256", "--trust-code"))
+
+
+def test_an_untrusted_torchscript_is_refused_at_start_and_served_with_trust_code(tmp_path: Path, images) -> None:
+    model = _own_torchscript(tmp_path)
+    refused = subprocess.run(
+        [sys.executable, "-m", "fmnist_deploy.serving.cli", str(model), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {model}: "), lines
+    assert "not trusted" in lines[0] and all(
+        way in lines[0] for way in ("--trusted-key", "--pin-sha256", "--trust-code")
+    )
+    expected = load(model, trust=Trust(code=True)).predict(images[:4]).logits
+    with serving(str(model), "--trust-code") as (url, _):
+        client = http.InferenceServerClient(url)
+        assert client.get_model_metadata(MODEL)["platform"] == "pytorch_libtorch"
+        out = client.infer(MODEL, [_input(images[:4])])
+        assert np.allclose(out.as_numpy("logits"), expected, atol=1e-5)
+
+
+def test_each_worker_process_gets_the_same_trust(tmp_path: Path, monkeypatch) -> None:
+    """--workers N hands the configuration to each worker through the environment: the trust goes with it,
+    so a worker loads the pinned file the parent loaded (and refuses it without the pin)."""
+    from fmnist_deploy.contract import sha256_file
+    from fmnist_deploy.runtime import ModelError
+    from fmnist_deploy.serving.app import ServeConfig, config_to_environment, from_environment
+
+    model = _own_torchscript(tmp_path)
+    trust = Trust(keys=(tmp_path / "key.pub",), pinned=frozenset({sha256_file(model)}))
+    config = ServeConfig(model=str(model), workers=2, trust=trust)
+    monkeypatch.setenv(*next(iter(config_to_environment(config).items())))
+    app = from_environment()
+    assert app.state.serve == config and app.state.serve.trust == trust
+    assert app.state.store.models[MODEL]["1"].predictor.backend.trusted == "pinned sha256"
+    untrusted = ServeConfig(model=str(model), workers=2)
+    monkeypatch.setenv(*next(iter(config_to_environment(untrusted).items())))
+    with pytest.raises(ModelError, match="not trusted"):
+        from_environment()
