@@ -4,7 +4,8 @@ The layout big image sets come in: a column of image bytes, named `image` by def
 plain binary or the `{bytes, path}` struct Hugging Face `datasets` writes for its Image
 feature, beside any other columns (labels, ids) that are never read unless asked for. The
 unit of reading is the row group (an IPC file's record batch): its size is declared in the
-footer and checked before any data is read; its images are decoded `batch` rows at a time,
+footer and checked before any data is read, and checked again by its pages' own headers
+(`parquet_pages`: the footer's sizes are the supplier's word) before pyarrow decodes a page; its images are decoded `batch` rows at a time,
 each exactly as `images.read_image` decodes a file holding those bytes.
 
 fmnist-predict reads these files for small runs; fmnist-batch plans one unit of work per row
@@ -22,10 +23,11 @@ import numpy as np
 from fmnist_deploy.contract import IMAGE_SHAPE
 from fmnist_deploy.runtime import images
 from fmnist_deploy.runtime.errors import InputError
+from fmnist_deploy.runtime.parquet_pages import check_pages
 
 TABLE_SUFFIXES = (".parquet", ".arrow", ".feather")
 MAX_CELL_BYTES = 16 * 1024 * 1024  # one image's bytes (the image files' fast-path limit too)
-MAX_GROUP_BYTES = 512 * 1024 * 1024  # one row group, uncompressed, as its footer declares it
+MAX_GROUP_BYTES = 512 * 1024 * 1024  # one row group, uncompressed, by its footer and by its page headers
 
 
 def is_table_name(name: str) -> bool:
@@ -132,6 +134,8 @@ def read_group(
     columns = [image_column] + ([id_column] if id_column else [])
     try:
         if path.lower().endswith(".parquet"):
+            # the footer's sizes are the supplier's word: bound the pages by their own headers first
+            check_pages(path, group, columns, MAX_GROUP_BYTES)
             batches = pq.ParquetFile(path).iter_batches(batch, row_groups=[group], columns=columns)
         else:
             with pa.memory_map(path) as source:
