@@ -32,6 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, N_CLASSES, OUTPUT_NAMES, STEM
+from fmnist_deploy.errors import InputError
 from fmnist_deploy.serving.batcher import Batcher, QueueFull
 from fmnist_deploy.serving.limits import BodyError, read_body
 from fmnist_deploy.serving.protocol import HEADER_LENGTH, ProtocolError, encode_infer, parse_infer
@@ -77,7 +78,7 @@ class ServeConfig:
         return self.max_request_images * (IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * 4 + 64) + (1 << 20)
 
 
-class NotFound(Exception):
+class NotFound(InputError):
     """An unknown model or version: 404. The message names only what was asked for."""
 
 

@@ -20,13 +20,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fmnist_deploy.errors import FmnistError
+
 Model = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 (N,28,28) -> logits, probabilities
 
 INLINE_S = 0.0005  # longest model call run on the event loop instead of in a thread
 
 
-class QueueFull(Exception):
-    """The queue holds `max_queue` requests already: answer 503."""
+class QueueFull(FmnistError):
+    """The queue holds `max_queue` requests already: answer 503. None of the kinds (the request, the model,
+    the device are all fine): a refusal for now, so it derives from the root itself."""
 
 
 @dataclass

@@ -19,6 +19,8 @@ import uvicorn
 from starlette.requests import ClientDisconnect, Request
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from fmnist_deploy.errors import InputError
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -31,7 +33,7 @@ class Limits:
     max_header_bytes: int = 64 * 1024  # request line and headers of one request
 
 
-class BodyError(Exception):
+class BodyError(InputError):
     """A body that cannot be read: too large, too slow, or its client went away; `status` is the answer."""
 
     def __init__(self, message: str, status: int) -> None:

@@ -20,12 +20,13 @@ import numpy as np
 import orjson
 
 from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, N_CLASSES, OUTPUT_NAMES
+from fmnist_deploy.errors import InputError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DATATYPES = {"UINT8": np.uint8, "FP32": np.float32}
 
 
-class ProtocolError(ValueError):
+class ProtocolError(InputError, ValueError):
     """A request the protocol or the model does not accept; `status` is the HTTP status to answer."""
 
     def __init__(self, message: str, status: int = 400) -> None:

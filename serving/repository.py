@@ -16,6 +16,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, N_CLASSES, OUTPUT_NAMES
+from fmnist_deploy.errors import ModelError
 
 CONFIG_NAME = "config.pbtxt"
 CONFIG_LIMIT = 1 << 20  # bytes of config.pbtxt read at most: a model configuration is a few hundred
@@ -24,7 +25,7 @@ DEFAULT_FILES = {"onnxruntime_onnx": "model.onnx", "onnxruntime": "model.onnx"}
 BACKEND_OF_PLATFORM = {"onnxruntime_onnx": "onnxruntime", "openvino": "openvino", "pytorch_libtorch": "pytorch"}
 
 
-class RepositoryError(ValueError):
+class RepositoryError(ModelError, ValueError):
     """A model folder the server cannot serve: the message says why."""
 
 

@@ -501,3 +501,48 @@ def test_sidecar_check_messages_exactly(tmp_path: Path) -> None:
         f"{model}: sha256 {sha256_file(model)[:12]}… does not match m.onnx.json ({recorded[:12]}…): "
         "the file is damaged or was replaced; restore it with its sidecar or re-export it"
     )
+
+
+# ---- one error root ---------------------------------------------------------------------------------------
+
+# Outside the root on purpose: a warning, Ctrl-C (a KeyboardInterrupt, so that it is never caught as an error),
+# and the offline GPU bundle's script, which runs with a bare Python before the toolkit is installed.
+OUTSIDE_THE_ROOT = {"IntegrityWarning", "Interrupted", "BundleError"}
+
+
+def test_every_error_class_the_toolkit_defines_descends_from_the_root() -> None:
+    import importlib
+    import inspect
+    import pkgutil
+
+    packages = ["fmnist_deploy"] + [
+        f"fmnist_deploy.{stage}" for stage in ("training", "export", "runtime", "benchmarks", "scaleout", "serving")
+    ]
+    seen, outside = set(), []
+    for name in packages:
+        package = importlib.import_module(name)
+        for info in pkgutil.walk_packages(package.__path__, f"{name}."):
+            module = importlib.import_module(info.name)
+            for value in vars(module).values():
+                if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == info.name:
+                    seen.add(value.__name__)
+                    if not issubclass(value, errors.FmnistError) and value.__name__ not in OUTSIDE_THE_ROOT:
+                        outside.append(f"{info.name}.{value.__name__}")
+    assert not outside, outside
+    assert {"ProtocolError", "QueueFull", "NotFound", "BodyError", "RepositoryError", "GateError"} <= seen
+    assert OUTSIDE_THE_ROOT <= seen  # an exemption whose class is gone is dropped from the list
+
+
+def test_the_servers_errors_take_their_kinds_and_keep_their_statuses() -> None:
+    from fmnist_deploy.serving.app import NotFound
+    from fmnist_deploy.serving.batcher import QueueFull
+    from fmnist_deploy.serving.limits import BodyError
+    from fmnist_deploy.serving.protocol import ProtocolError
+    from fmnist_deploy.serving.repository import RepositoryError
+
+    assert issubclass(ProtocolError, errors.InputError) and issubclass(ProtocolError, ValueError)
+    assert (ProtocolError("x").status, ProtocolError("x", status=413).status) == (400, 413)
+    assert issubclass(BodyError, errors.InputError) and BodyError("x", 408).status == 408
+    assert issubclass(NotFound, errors.InputError)
+    assert issubclass(RepositoryError, errors.ModelError) and issubclass(RepositoryError, ValueError)
+    assert QueueFull.__bases__ == (errors.FmnistError,)
