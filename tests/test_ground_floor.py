@@ -526,6 +526,8 @@ def test_every_error_class_the_toolkit_defines_descends_from_the_root() -> None:
             for value in vars(module).values():
                 if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == info.name:
                     seen.add(value.__name__)
+                    if value.__name__.startswith("_"):  # a private signal, caught inside its own module
+                        continue
                     if not issubclass(value, errors.FmnistError) and value.__name__ not in OUTSIDE_THE_ROOT:
                         outside.append(f"{info.name}.{value.__name__}")
     assert not outside, outside
