@@ -9,7 +9,7 @@ AOTIModelPackageLoader`). What it is, and what follows from it:
   families, so it is not part of `--format all` and no package is shipped: build it
   where it runs, with `fmnist-export --format aoti`.
 - Loading it runs that code. The gate loads a package right after this process compiled
-  it; `--verify` of a package needs `--trust-native-code`. The runtime has no backend
+  it; `--verify` of a package needs `--trust-code`. The runtime has no backend
   for it: measured slower than ONNX Runtime at every batch size (`fmnist-bench latency`).
 - Metadata: the contract's JSON under one key of AOTInductor's own metadata, which the
   package also keeps as JSON, so it is read without loading any code.

@@ -82,12 +82,6 @@ DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
     help="With --verify: also write the gate report as JSON to this file.",
 )
 @click.option(
-    "--trust-native-code",
-    is_flag=True,
-    help="With --verify of an AOTInductor package (.aoti.pt2): load it, which runs its compiled code "
-    "(the same as --trust-code).",
-)
-@click.option(
     "--sign",
     "sign_key",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
@@ -95,7 +89,7 @@ DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
     help="Sign every model file written with this elliptic-curve private key (PEM; OpenSSF model-signing): "
     "<file>.sig, verified by --trusted-key PUB where the file is loaded.",
 )
-@trust_options
+@trust_options(code_aliases=("--trust-native-code",))
 @options.as_json("Print the full gate report(s) as JSON.")
 @click.pass_context
 def main(
@@ -109,7 +103,6 @@ def main(
     verify_path: Path | None,
     golden_path: Path | None,
     report_to: Path | None,
-    trust_native_code: bool,
     sign_key: Path | None,
     as_json: bool,
     trust: Trust,
@@ -157,7 +150,6 @@ def main(
                 golden_path=golden_path,
                 opset=opset,
                 data_dir=data_dir,
-                trust_native_code=trust_native_code,
                 trust=trust,
             )
             _echo_reports([report], as_json)  # the verdict first, then anything written

@@ -183,14 +183,20 @@ __all__ = [
 ]
 
 
-def trust_options(command):
+def trust_options(command=None, *, code_aliases: tuple[str, ...] = ()):
     """The three ways to trust a code-carrying model file, as options of a click command.
 
     The command receives `trust` (a Trust); FMNIST_TRUSTED_KEY adds keys, read here at the edge.
+    `code_aliases`: old spellings of --trust-code, hidden from --help (`@trust_options(code_aliases=...)`).
     """
     import functools
 
     import click
+
+    from fmnist_deploy.options import Option
+
+    if command is None:
+        return functools.partial(trust_options, code_aliases=code_aliases)
 
     @click.option(
         "--trusted-key",
@@ -210,6 +216,9 @@ def trust_options(command):
     )
     @click.option(
         "--trust-code",
+        "trust_code",
+        cls=Option,
+        aliases=code_aliases,
         is_flag=True,
         help="Load a TorchScript / .pt2 / AOTInductor file without a signature or pin: it runs code when loaded.",
     )

@@ -68,9 +68,7 @@ def test_verify_loads_a_package_only_when_trusted(package: Path) -> None:
     untrusted = CliRunner().invoke(export_cli, ["--verify", str(package), "--weights", str(WEIGHTS)])
     assert untrusted.exit_code == 1
     assert "runs code when loaded and is not trusted" in untrusted.output and "--trust-code" in untrusted.output
-    trusted = CliRunner().invoke(
-        export_cli, ["--verify", str(package), "--weights", str(WEIGHTS), "--trust-native-code"]
-    )
+    trusted = CliRunner().invoke(export_cli, ["--verify", str(package), "--weights", str(WEIGHTS), "--trust-code"])
     assert trusted.exit_code == 0, trusted.output
 
 

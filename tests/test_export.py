@@ -361,6 +361,17 @@ def test_cli_verify_json_report(exported) -> None:
     }
 
 
+def test_trust_native_code_is_a_hidden_old_spelling_of_trust_code(exported) -> None:
+    args = ["--verify", str(exported / "fmnist_mlp.pt2"), "--weights", str(exported / "weights.pt")]
+    refused = CliRunner().invoke(export_cli, args)
+    assert refused.exit_code == 1 and "not trusted" in refused.output  # the flag below is what trusts it
+    result = CliRunner().invoke(export_cli, [*args, "--trust-native-code"])
+    assert result.exit_code == 0, result.output
+    assert "note: --trust-native-code is now --trust-code" in result.stderr
+    shown = CliRunner().invoke(export_cli, ["--help"]).output
+    assert "--trust-code" in shown and "--trust-native-code" not in shown
+
+
 # --- the committed artifacts --------------------------------------------------------------
 
 
