@@ -971,3 +971,20 @@ def test_each_worker_process_gets_the_same_trust(tmp_path: Path, monkeypatch) ->
     monkeypatch.setenv(*next(iter(config_to_environment(untrusted).items())))
     with pytest.raises(ModelError, match="not trusted"):
         from_environment()
+
+
+def test_a_damaged_model_is_refused_at_start_in_one_line(tmp_path: Path) -> None:
+    """The runtime's error reaches the command's one mapping (launch.Command): one line, exit 1, no traceback."""
+    model = tmp_path / "damaged.onnx"
+    model.write_bytes(b"not a protobuf at all")
+    refused = subprocess.run(
+        [sys.executable, "-m", "fmnist_deploy.serving.cli", "--model", str(model), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"Error: {model}: not an ONNX model (protobuf: Error parsing message with type 'onnx.ModelProto')"
+    ], refused.stderr
+    assert refused.stdout == ""
