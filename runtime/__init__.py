@@ -82,7 +82,8 @@ def load(
         takes = ", ".join(cls.options) if cls.options else "none"
         raise OptionError(f"the {name} backend does not take {', '.join(unknown)}; its options: {takes}")
     side: dict[str, Any] = {}
-    if kinds.kind_named(path).sidecar:  # a weights file carries a digest of its own content instead
+    kind = kinds.kind_named(path) or kinds.READER[name].default_kind  # a name no kind claims: the backend's kind
+    if kind.sidecar:  # a weights file carries a digest of its own content instead
         try:
             side, note = sidecar_check(path)
         except IntegrityError as exc:
