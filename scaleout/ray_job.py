@@ -789,6 +789,33 @@ def read_answers(output: Path) -> Any:
     return pq.read_table(output)
 
 
+CONNECT_TIMEOUT_S = 5.0  # how long a cluster's address may take to accept a TCP connection
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise ConnectionError unless `address` (`ray://host:port` or `host:port`) accepts a TCP connection within
+    `timeout` seconds. Other forms (`auto`, `local`, no port) are left to Ray."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address in ("auto", "local"):
+        return
+    try:
+        parts = urlsplit(address if "://" in address else f"//{address}")
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number or out of range
+        raise ConnectionError("not an address (ray://host:port, host:port, auto)") from None
+    if not host or port is None:
+        return
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except TimeoutError:
+        raise ConnectionError(f"no connection within {timeout:g} s") from None
+    except OSError as exc:
+        raise ConnectionError(str(exc.strerror or exc).lower()) from None
+
+
 def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Join the cluster at `address` (`auto`, `ray://host:port`), or start a local instance sized to this machine."""
     import ray
@@ -796,6 +823,7 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
+        check_reachable(address)  # before Ray's own connect, which waits ~30 s for nothing
         from fmnist_deploy.launch import ORT_TELEMETRY_VARIABLE
 
         # A cluster's workers do not inherit this process's environment: pass on ONNX Runtime's telemetry choice.

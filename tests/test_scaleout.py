@@ -362,3 +362,25 @@ def test_more_actors_than_the_cluster_has_cpus_is_refused_instead_of_waiting(loc
     )
     assert result.exit_code == 1 and "--actors 3 needs 3 CPUs (one per actor); the Ray cluster has 2" in result.output
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("form", ["ray://127.0.0.1:{port}", "127.0.0.1:{port}"])
+def test_an_address_where_nothing_listens_fails_at_once_in_one_line(form: str, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = form.format(port=port)
+    done = subprocess.run(
+        [sys.executable, "-m", "fmnist_deploy.scaleout.cli", str(ARTIFACTS / "samples")]
+        + ["--output", str(tmp_path / "out.jsonl"), "--address", address],
+        capture_output=True,
+        text=True,
+        timeout=20,  # Ray's own connect would wait ~30 s before failing
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr  # a runtime failure, not a usage error
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"Error: cannot reach Ray at {address}: ") and "Traceback" not in done.stderr
+    assert not (tmp_path / "out.jsonl").exists()
