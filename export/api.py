@@ -178,6 +178,12 @@ def run_export(
 
     `progress` is called with a short description before each step (load, each format, each gate).
     """
+    folders = [f for f in formats if f in KIND and KIND[f].folder]
+    if folders:  # written into the output folder itself, on its own: fmnist-export --format NAME --output FOLDER
+        raise ExportError(
+            f"{', '.join(folders)} is a folder, not a file of the export set; use fmnist-export "
+            f"--format {folders[0]} --output FOLDER"
+        )
     if int8 and "onnx" not in formats:
         raise ExportError("--quantize int8 quantises the ONNX file: use it with --format onnx or all")
     step = progress or (lambda _: None)

@@ -18,8 +18,12 @@ from fmnist_deploy.kinds import KIND, exported_kinds
 from fmnist_deploy.models import models_dir
 from fmnist_deploy.trust import Trust, trust_options
 
-# every kind with an exporter (fmnist_deploy.kinds), plus all (the portable, reproducible set) and a Triton repository
-FORMAT_CHOICES = (*(k.name for k in exported_kinds()), "all", "triton")
+# every kind with an exporter (fmnist_deploy.kinds), all (the portable, reproducible set), then the folder kinds
+FORMAT_CHOICES = (
+    *(k.name for k in exported_kinds() if not k.folder),
+    "all",
+    *(k.name for k in exported_kinds() if k.folder),
+)
 DEFAULT_WEIGHTS = Path("artifacts") / WEIGHTS_NAME
 
 
@@ -159,8 +163,8 @@ def main(
             if not report.passed:
                 raise GateError(report)
             return
-        if fmt == "triton":
-            _export_triton(weights, out_dir, opset or DEFAULT_OPSET, data_dir, progress, as_json)
+        if fmt in KIND and KIND[fmt].folder:
+            _export_folder(fmt, weights, out_dir, opset or DEFAULT_OPSET, data_dir, progress, as_json)
             return
         formats = ALL_FORMATS if fmt == "all" else (fmt,)
         with warnings.catch_warnings(record=True) as caught:
@@ -199,22 +203,31 @@ def main(
         _echo_written([r.path for r in results])
 
 
-def _export_triton(weights: Path, repository: Path, opset: int, data_dir: Path | None, progress, as_json: bool) -> None:
-    """`--format triton`: the gated ONNX file laid out as a Triton model repository, checked against Triton's
-    own ModelConfig schema, plus a KServe InferenceService manifest."""
+def _export_folder(
+    fmt: str, weights: Path, repository: Path, opset: int, data_dir: Path | None, progress, as_json: bool
+) -> None:
+    """A folder kind (`--format triton`, fmnist_deploy.kinds): the file it is made from, exported and gated in a
+    scratch folder, derived into the output folder itself; its report is that file's gate report (named by
+    the copy inside the folder) plus the folder's own checks (for Triton: config.pbtxt parsed as Triton's
+    ModelConfig, labels, the model file)."""
     import tempfile
 
     from fmnist_deploy.export.api import run_export
-    from fmnist_deploy.export.checks import Check, GateError
-    from fmnist_deploy.export.triton_repository import check_repository, write_repository
+    from fmnist_deploy.export.checks import GateError
+    from fmnist_deploy.export.formats import FORMATS
 
+    kind, exporter = KIND[fmt], FORMATS[fmt]
+    folder = repository / kind.file_name
     with tempfile.TemporaryDirectory() as scratch:
-        (result,) = run_export(weights, ("onnx",), Path(scratch), opset=opset, data_dir=data_dir, progress=progress)
-        progress(f"writing the Triton model repository into {repository}")
-        written = write_repository(result.path, repository)
+        (result,) = run_export(
+            weights, (kind.source,), Path(scratch), opset=opset, data_dir=data_dir, progress=progress
+        )
+        progress(f"writing the {kind.description.removeprefix('a ')} into {repository}")
+        exporter.derive(result.path, folder)
+    written = exporter.written(folder)
     report = result.report
-    report.file = f"{repository}/fmnist_mlp/1/model.onnx"
-    report.checks.extend(Check(name, ok, detail) for name, ok, detail in check_repository(repository))
+    report.file = str(exporter.model_file(folder))
+    report.checks.extend(exporter.structure_checks(folder, opset))
     _echo_reports([report], as_json)
     if not report.passed:
         raise GateError(report)

@@ -53,6 +53,6 @@ def format_of(path: Path) -> str:
     """The format a file's name says it is (`.onnx`, `.torchscript`, `.pt2`, `.aoti.pt2`, ...): the longest suffix wins."""
     kind = kind_named(path)
     if kind is None or kind.name not in FORMATS:
-        known = ", ".join(k.suffix for k in exported_kinds())
+        known = ", ".join(k.suffix for k in exported_kinds() if not k.folder)
         raise ModelError(f"{path}: unknown model file type; expected one of {known}")
     return kind.name

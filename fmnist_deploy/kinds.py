@@ -80,6 +80,11 @@ class FileKind:
         return STEM + self.suffix
 
     @property
+    def folder(self) -> bool:
+        """A folder of files (the Triton repository), not one file: `fmnist-export` writes it on its own."""
+        return not self.suffix
+
+    @property
     def bytes_kind(self) -> FileKind:
         """The kind its bytes are (int8 is an ONNX file): itself, or the kind it is made from."""
         return self if self.sniff is not None or self.source is None else KIND[self.source]
@@ -149,6 +154,17 @@ KINDS: tuple[FileKind, ...] = (
         packaged=False,
     ),
     FileKind("pt", ".pt", "a torch.save weights file (.pt)", _pt, None, sidecar=False),
+    # a folder: written into the output folder itself (the repository), around a copy of the gated ONNX file
+    FileKind(
+        "triton",
+        "",
+        "a Triton model repository",
+        None,
+        "fmnist_deploy.export.triton_format",
+        "onnx",
+        packaged=False,
+        sidecar=False,
+    ),
 )
 READERS: tuple[Reader, ...] = (
     Reader("onnxruntime", "fmnist_deploy.runtime.onnxruntime_backend:OnnxRuntimeBackend", ("onnx", "int8", "ort")),

@@ -45,9 +45,24 @@ def test_export_formats_are_the_registry_exporters() -> None:
         assert callable(getattr(module, writes)), (name, writes)
         for function in ("read_metadata", "structure_checks", "runners"):
             assert callable(getattr(module, function)), (name, function)
+        if KIND[name].folder:  # no file name says it is one: written on its own, never through the export set
+            continue
         assert formats.format_of(Path(KIND[name].file_name)) == name
-    assert set(cli.FORMAT_CHOICES) == {*exported, "all", "triton"}
+    assert list(cli.FORMAT_CHOICES) == [*(n for n in exported if not KIND[n].folder), "all", "triton"]
     assert api.ALL_FORMATS == ("onnx", "torchscript", "pt2")  # portable, reproducible, made from the weights
+
+
+def test_the_triton_repository_is_a_folder_kind_made_from_the_onnx_file() -> None:
+    from fmnist_deploy.export import api, cli
+    from fmnist_deploy.export.checks import ExportError
+
+    triton = KIND["triton"]
+    assert [k.name for k in KINDS if k.folder] == ["triton"]
+    assert (triton.folder, triton.source, triton.readers, triton.packaged) == (True, "onnx", (), False)
+    assert kinds.kind_named("fmnist_mlp") is None and triton.bytes_kind is KIND["onnx"]
+    assert not hasattr(cli, "_export_triton")
+    with pytest.raises(ExportError, match="triton is a folder"):  # refused before any work
+        api.run_export(ARTIFACTS / "fmnist_mlp.pt", ("triton",), Path("unused"))
 
 
 def test_packaged_defaults_and_package_data_follow_the_registry() -> None:
