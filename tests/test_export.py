@@ -85,8 +85,9 @@ def test_every_format_round_trips_with_eager_outputs(exported, source) -> None:
 
 def test_gate_completeness_every_format_has_a_round_trip_case() -> None:
     assert set(ALL_FORMATS) == {n.split(".")[-1] for n in EXPORTED}
-    # aoti is compiled for this machine (tests/test_aoti.py); int8 and ort are made from the ONNX file (below)
-    assert set(FORMATS) == {*ALL_FORMATS, "aoti", "int8", "ort"}
+    # aoti is compiled for this machine (tests/test_aoti.py); int8, ort and the Triton repository are made
+    # from the ONNX file (below, and tests/test_serving.py for the repository)
+    assert set(FORMATS) == {*ALL_FORMATS, "aoti", "int8", "ort", "triton"}
 
 
 def test_files_describe_themselves(exported) -> None:
