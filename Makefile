@@ -93,11 +93,11 @@ bench: setup data bench-deps
 # parity on both devices and training speed, every report into artifacts/bench/cuda. `benchmarks/cuda.sh
 # --dry-run` says what it would run and whether this machine can.
 bench-cuda:
-	benchmarks/cuda.sh --out artifacts/bench/cuda
+	benchmarks/cuda.sh --output artifacts/bench/cuda
 
 # The offline bundle for a GPU machine without network (≤ 64 MiB): this tree, the data set's gz files and the
 # wheels that machine's Python lacks (benchmarks/gpu-machine-packages.txt). There: `cd project &&
-# benchmarks/cuda.sh --python python3 --offline --out ../reports`. CUDA_BUNDLE=DIR to write it elsewhere;
+# benchmarks/cuda.sh --python python3 --offline --output ../reports`. CUDA_BUNDLE=DIR to write it elsewhere;
 # CUDA_BUNDLE_ARGS=--without-project for data and wheels alone, when this tree travels by other means
 # (then there: `benchmarks/cuda.sh --python python3 --offline --from DIR`; .gpu-bundle/ is git-ignored for that).
 CUDA_BUNDLE ?= build/cuda-bundle

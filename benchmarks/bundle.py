@@ -1,7 +1,7 @@
 """The offline GPU bundle's plumbing, standard library only (it runs before anything is installed).
 
     python benchmarks/bundle.py missing --have PACKAGES.txt [--pyproject pyproject.toml]
-    python benchmarks/bundle.py split FILE --size 60M --out DIR
+    python benchmarks/bundle.py split FILE --size 60M --output DIR
     python benchmarks/bundle.py join DIR
     python benchmarks/bundle.py size DIR --max 64M
     python benchmarks/bundle.py venv DIR
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("split", help="cut a file into parts")
     p.add_argument("file", type=Path)
     p.add_argument("--size", required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--output", "--out", dest="out", type=Path, required=True)
     p = commands.add_parser("join", help="join every split file in a folder")
     p.add_argument("folder", type=Path)
     p = commands.add_parser("size", help="fail when a folder is larger than --max")

@@ -4,13 +4,13 @@
 # within --budget seconds), logs to OUT/logs, and a failed step does not stop the rest; the reports
 # land in one folder, packed as OUT.tar.gz at the end, with summary.md holding the targets.
 #
-#   benchmarks/cuda.sh [--out DIR] [--python PY [--offline [--from DIR]]] [--data-dir DIR] [--quick]
+#   benchmarks/cuda.sh [--output DIR] [--python PY [--offline [--from DIR]]] [--data-dir DIR] [--quick]
 #                      [--budget S] [--dry-run]
 #   benchmarks/cuda.sh --bundle DIR [--target-packages FILE] [--python-version X.Y] [--without-project]
 #                      [--wheels-from DIR] [--max-size 64M] [--ort-gpu VERSION [--split-size 60M]
 #                      [--parts-dir DIR]] [--data-dir DIR] [--dry-run]
 #
-#   --out DIR        where the reports go (default artifacts/bench/cuda)
+#   --output DIR     where the reports go (default artifacts/bench/cuda; --out is the old name)
 #   --python PY      an interpreter whose torch sees the GPU, used as it is; without --offline the
 #                    project is installed into it (pip install -e .); without --python, .venv is built
 #                    with `make setup` and onnxruntime-gpu swapped in (needs the internet)
@@ -56,7 +56,7 @@ usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 need() { [ -n "${2:-}" ] || { echo "cuda.sh: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
     case "$1" in
-        --out) need "$1" "${2:-}"; OUT="$2"; shift 2 ;;
+        --output | --out) need "$1" "${2:-}"; OUT="$2"; shift 2 ;;
         --python) need "$1" "${2:-}"; PY="$2"; shift 2 ;;
         --data-dir) need "$1" "${2:-}"; DATA="$2"; shift 2 ;;
         --from) need "$1" "${2:-}"; FROM="$2"; shift 2 ;;
@@ -132,10 +132,10 @@ if [ -n "$BUNDLE" ]; then
     if [ -n "$ORT_GPU" ]; then
         PARTS_DIR="${PARTS_DIR:-${BUNDLE%/}.ort-gpu}"
         bdo "${DL[@]}" -d "$PARTS_DIR/whole" "onnxruntime-gpu==$ORT_GPU"
-        show python3 benchmarks/bundle.py split "$PARTS_DIR/whole/onnxruntime_gpu-$ORT_GPU-*.whl" --size "$SPLIT_SIZE" --out "$PARTS_DIR"
+        show python3 benchmarks/bundle.py split "$PARTS_DIR/whole/onnxruntime_gpu-$ORT_GPU-*.whl" --size "$SPLIT_SIZE" --output "$PARTS_DIR"
         if [ "$DRY" = 0 ]; then
             for whl in "$PARTS_DIR"/whole/onnxruntime_gpu-*.whl; do
-                python3 benchmarks/bundle.py split "$whl" --size "$SPLIT_SIZE" --out "$PARTS_DIR" || exit 1
+                python3 benchmarks/bundle.py split "$whl" --size "$SPLIT_SIZE" --output "$PARTS_DIR" || exit 1
             done
             rm -rf "$PARTS_DIR/whole"
         fi
@@ -148,7 +148,7 @@ Python $PYVER interpreter with torch lacks (from $(basename "$HAVE")), for a mac
 
 On the GPU machine (about 8 minutes; every report into one folder and one .tar.gz):
 
-    cd project && benchmarks/cuda.sh --python python3 --offline --out ../reports
+    cd project && benchmarks/cuda.sh --python python3 --offline --output ../reports
 
 (With --without-project, run the same from the project's own tree with --from THIS_FOLDER.)
 onnxruntime-gpu travels apart, split: copy its parts into wheels/ and the run joins them.
@@ -254,7 +254,7 @@ run environment 60 "$PYX" -m fmnist_deploy.benchmarks.cuda_summary --environment
 
 # The committed TorchScript / .pt2 files must load in this torch; those that do not are re-exported here.
 ARTS=artifacts
-run reexport 180 "$PYX" -m fmnist_deploy.benchmarks.reexport --artifacts artifacts --out "$OUT/models" "${data_args[@]}"
+run reexport 180 "$PYX" -m fmnist_deploy.benchmarks.reexport --artifacts artifacts --output "$OUT/models" "${data_args[@]}"
 [ "$DRY" = 0 ] && [ -f "$OUT/models/reexport.json" ] && ARTS="$OUT/models"
 
 # The CUDA tests; a skip means something the GPU run should have checked was not: it fails the run
@@ -266,16 +266,16 @@ bench=("$PYX" -m fmnist_deploy.benchmarks.cli)
 # torch.compile recompiles per batch size and aoti builds for a minute: the GPU grid leaves them out.
 backends=(--backend onnxruntime --backend ort-session --backend torchscript --backend pt2 --backend eager --backend numpy)
 if [ "$QUICK" = 1 ]; then
-    grid=(--batches 1,100,1000,10000 --budget 0.2 --ceiling-rounds 0)
+    grid=(--sizes 1,100,1000,10000 --seconds 0.2 --ceiling-rounds 0)
 else
-    grid=(--batches 1,8,32,100,1000,10000,100000 --budget 0.25 --ceiling-rounds 2 --e2e-max-batch 100)
+    grid=(--sizes 1,8,32,100,1000,10000,100000 --seconds 0.25 --ceiling-rounds 2 --e2e-max-batch 100)
 fi
-run latency 200 "${bench[@]}" latency --artifacts "$ARTS" --device cpu --device cuda "${backends[@]}" "${grid[@]}" "${data_args[@]}" --out-dir "$OUT"
-run parity 90 "${bench[@]}" parity --artifacts "$ARTS" --device cpu --device cuda "${data_args[@]}" --out-dir "$OUT"
-run train-speed 90 "${bench[@]}" train --device cuda "${data_args[@]}" --out-dir "$OUT"
+run latency 200 "${bench[@]}" latency --artifacts "$ARTS" --device cpu --device cuda "${backends[@]}" "${grid[@]}" "${data_args[@]}" --output "$OUT"
+run parity 90 "${bench[@]}" parity --artifacts "$ARTS" --device cpu --device cuda "${data_args[@]}" --output "$OUT"
+run train-speed 90 "${bench[@]}" train --device cuda "${data_args[@]}" --output "$OUT"
 # The course recipe, 100 epochs, with the GPU-resident data set and the CUDA-graphed step: the step's
 # seconds (steps.tsv) and the history's per-epoch seconds are the numbers.
-run train-100-epochs 120 "$PYX" -m fmnist_deploy.training.cli --device cuda --epochs 100 --out "$OUT/train" "${data_args[@]}"
+run train-100-epochs 120 "$PYX" -m fmnist_deploy.training.cli --device cuda --epochs 100 --output "$OUT/train" "${data_args[@]}"
 run summary 30 "$PYX" -m fmnist_deploy.benchmarks.cuda_summary "$OUT"
 
 if [ "$DRY" = 1 ]; then

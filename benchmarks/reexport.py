@@ -6,7 +6,7 @@ this torch, through the same gate as `fmnist-export`, into a copy of the artifac
 folder; both torch versions are recorded in `reexport.json` there. The folder the run
 should use is printed on standard output; one line per re-exported file on stderr.
 
-    python -m fmnist_deploy.benchmarks.reexport --artifacts artifacts --out OUT/models [--data-dir DIR]
+    python -m fmnist_deploy.benchmarks.reexport --artifacts artifacts --output OUT/models [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ def check_and_reexport(artifacts: Path, out: Path, data_dir: Path | None = None)
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--artifacts", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True)
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Where re-exports go.")
+@click.option(
+    "--output", "out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Where re-exports go."
+)
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
 def main(artifacts: Path, out: Path, data_dir: Path | None) -> None:
     """Print the artifacts folder to use: ARTIFACTS, or OUT holding files re-exported in this torch."""

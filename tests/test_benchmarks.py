@@ -235,8 +235,8 @@ def test_latency_lists_what_is_not_installed_instead_of_stopping(data, monkeypat
 
 def test_latency_cli_fails_only_for_an_explicit_backend_that_cannot_run(tmp_path: Path, data, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)
-    args = ["latency", "--device", "cpu", "--batches", "1", "--budget", "0.01", "--min-repetitions", "3"]
-    args += ["--e2e-max-batch", "0", "--ceiling-rounds", "0", "--out-dir", str(tmp_path), "--data-dir", str(data.root)]
+    args = ["latency", "--device", "cpu", "--sizes", "1", "--seconds", "0.01", "--min-calls", "3"]
+    args += ["--e2e-max-batch", "0", "--ceiling-rounds", "0", "--output", str(tmp_path), "--data-dir", str(data.root)]
     result = CliRunner().invoke(bench_cli, [*args, "--backend", "numpy", "--backend", "openvino"])
     assert result.exit_code == 1
     assert "--backend asked for what cannot run here: openvino/cpu: not installed: pip install" in result.output
@@ -248,7 +248,7 @@ def test_latency_cli_fails_only_for_an_explicit_backend_that_cannot_run(tmp_path
 def test_parity_without_openvino_passes_with_a_not_installed_row(tmp_path: Path, data, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)
     result = CliRunner().invoke(
-        bench_cli, ["parity", "--device", "cpu", "--out-dir", str(tmp_path), "--data-dir", str(data.root)]
+        bench_cli, ["parity", "--device", "cpu", "--output", str(tmp_path), "--data-dir", str(data.root)]
     )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "parity.json").read_text())
@@ -592,7 +592,7 @@ CUDA_SCRIPT = REPO / "benchmarks" / "cuda.sh"
 def test_cuda_script_dry_run_lists_every_step_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "reports"
     done = subprocess.run(
-        ["bash", str(CUDA_SCRIPT), "--dry-run", "--quick", "--out", str(out)], capture_output=True, text=True
+        ["bash", str(CUDA_SCRIPT), "--dry-run", "--quick", "--output", str(out)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     steps = [line for line in done.stderr.splitlines() if line.startswith("[")]
@@ -605,7 +605,7 @@ def test_cuda_script_dry_run_lists_every_step_and_writes_nothing(tmp_path: Path)
         "-m pytest -q -p no:cacheprovider -m cuda",
         "fmnist_deploy.benchmarks.junit",
         "latency --artifacts artifacts --device cpu --device cuda",
-        "--batches 1,100,1000,10000",
+        "--sizes 1,100,1000,10000",
         "parity --artifacts artifacts --device cpu --device cuda",
         "train --device cuda",
         "fmnist_deploy.training.cli --device cuda --epochs 100",
@@ -622,7 +622,7 @@ def test_cuda_script_dry_run_lists_every_step_and_writes_nothing(tmp_path: Path)
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="checks the no-GPU refusal")
 def test_cuda_script_without_a_gpu_stops_before_anything(tmp_path: Path) -> None:
-    done = subprocess.run(["bash", str(CUDA_SCRIPT), "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    done = subprocess.run(["bash", str(CUDA_SCRIPT), "--output", str(tmp_path / "r")], capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.strip() == "cuda.sh: no NVIDIA GPU here (nvidia-smi is missing or lists none); nothing was run"
     assert not (tmp_path / "r").exists()
@@ -657,7 +657,7 @@ def test_cuda_script_offline_dry_run_installs_only_from_the_bundle(tmp_path: Pat
         "-m pip install --no-index --no-deps --no-build-isolation --no-cache-dir -e .",
         "-m fmnist_deploy.training.data --data-dir /b/data",
         "latency --artifacts artifacts --device cpu --device cuda",
-        "--batches 1,8,32,100,1000,10000,100000",
+        "--sizes 1,8,32,100,1000,10000,100000",
     ):
         assert expected in text, expected
     assert "make setup" not in text and "pip download" not in text and "onnxruntime-gpu==" not in text

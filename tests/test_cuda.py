@@ -272,7 +272,7 @@ def test_the_bundle_dry_run_fetches_for_the_target_interpreter_and_writes_nothin
     assert "wheels the target lacks (from benchmarks/gpu-machine-packages.txt): imagecodecs>=2024.1.1" in text
     assert "pip download --quiet --no-deps --only-binary=:all: --python-version 3.13 --implementation cp" in text
     assert f"-d {tmp_path}/b/wheels imagecodecs>=2024.1.1" in text
-    assert "onnxruntime-gpu==1.31.1" in text and f"--size 60M --out {tmp_path}/b.ort-gpu" in text
+    assert "onnxruntime-gpu==1.31.1" in text and f"--size 60M --output {tmp_path}/b.ort-gpu" in text
     assert not (tmp_path / "b").exists()
 
 
@@ -291,7 +291,7 @@ def _offline_run(tmp_path: Path, out: Path, budget: int) -> subprocess.Completed
     closed = "http://127.0.0.1:9"  # nothing listens: any network use fails
     env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
     env |= {"PIP_NO_INDEX": "1", "https_proxy": closed, "http_proxy": closed, "HTTPS_PROXY": closed}
-    args = ("--python", sys.executable, "--offline", "--from", str(bundle_dir), "--out", str(out))
+    args = ("--python", sys.executable, "--offline", "--from", str(bundle_dir), "--output", str(out))
     return _script(*args, "--budget", str(budget), env=env)
 
 

@@ -27,12 +27,12 @@ COMMANDS = ("fmnist-train", "fmnist-export", "fmnist-predict", "fmnist-bench", "
 def _arguments(name: str, tmp_path: Path, data_root: Path) -> list[str]:
     """A real piece of work for each command, small enough for a test."""
     return {
-        "fmnist-train": ["--limit", "200", "--epochs", "2", "--device", "cpu", "--out", str(tmp_path / "run")],
+        "fmnist-train": ["--limit", "200", "--epochs", "2", "--device", "cpu", "--output", str(tmp_path / "run")],
         "fmnist-export": ["--verify", str(ARTIFACTS / "fmnist_mlp.onnx")],
         "fmnist-predict": [str(SAMPLES)],
-        "fmnist-bench": ["latency", "--backend", "numpy", "--batches", "1", "--budget", "0.01"]
+        "fmnist-bench": ["latency", "--backend", "numpy", "--sizes", "1", "--seconds", "0.01"]
         + ["--min-repetitions", "2", "--e2e-max-batch", "0", "--ceiling-rounds", "0"]
-        + ["--data-dir", str(data_root), "--out-dir", str(tmp_path / "bench")],
+        + ["--data-dir", str(data_root), "--output", str(tmp_path / "bench")],
         "fmnist-batch": [str(SAMPLES), "--output", str(tmp_path / "rows.jsonl"), "--actors", "1"],
         "fmnist-serve": ["--port", "0"],
     }[name]
@@ -144,7 +144,7 @@ def test_fmnist_train_main_path_and_ctrl_c_after_an_epoch(tmp_path: Path, data) 
     from it is test_training's)."""
     proc = subprocess.Popen(
         [console_script("fmnist-train"), "--limit", "200", "--epochs", "50", "--device", "cpu"]
-        + ["--out", str(tmp_path / "run"), "--data-dir", str(data.root)],
+        + ["--output", str(tmp_path / "run"), "--data-dir", str(data.root)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -383,7 +383,7 @@ def test_export_sign_then_predict_with_the_trusted_key(tmp_path: Path, data) -> 
                 "torchscript",
                 "--weights",
                 str(weights),
-                "--out-dir",
+                "--output",
                 str(out),
                 "--data-dir",
                 str(data.root),
