@@ -145,7 +145,9 @@ def _load(
 @options.invert()
 @options.image_column()
 @options.as_json("One JSON object per input and line (JSON Lines), errors included.")
-@options.output_file("Write every record to FILE (.jsonl or .csv) instead of standard output; replaced atomically.")
+@options.output_file(
+    "Write every record to FILE (.jsonl, .csv or .parquet) instead of standard output; replaced atomically."
+)
 @click.option("-0", "--null", is_flag=True, help="With `-`: file names on standard input end with NUL, not newline.")
 @trust_options
 def main(

@@ -90,9 +90,14 @@ def classify(items: list[Item], predictor: Predictor, k: int) -> list[Record]:
     return item_records(items, predictor.predict(np.stack(good)) if good else None, k)
 
 
-def csv_row(record: Record) -> dict[str, Any]:
+def fields(with_id: bool = False) -> tuple[str, ...]:
+    """The records' columns in order; `id` (fmnist-batch's --id-column) after index when asked."""
+    return (*FIELDS[:3], "id", *FIELDS[3:]) if with_id else FIELDS
+
+
+def csv_row(record: Record, with_id: bool = False) -> dict[str, Any]:
     """A record as one CSV row: top_k as `class:probability;...`, absent values empty."""
-    row = {key: "" if record.get(key) is None else record[key] for key in FIELDS}
+    row = {key: "" if record.get(key) is None else record[key] for key in fields(with_id)}
     row["top_k"] = ";".join(f"{t['class']}:{t['probability']}" for t in record.get("top_k") or [])
     return row
 
@@ -109,10 +114,10 @@ def arrow_schema(id_type: Any = None) -> Any:
 
 
 @contextmanager
-def record_writer(path: Path) -> Iterator[Writer]:
+def record_writer(path: Path, id_type: Any = None) -> Iterator[Writer]:
     """A writer of records into `path` (.jsonl, .csv or .parquet, by its suffix), streamed into a temporary
     file that replaces `path` only when the block ends without an error: memory holds one chunk of records,
-    and a failed or interrupted run leaves no half file."""
+    and a failed or interrupted run leaves no half file. `id_type` (an Arrow type) adds the `id` column."""
     if path.suffix not in OUTPUT_SUFFIXES:
         raise ValueError(f"{path}: expected a {', '.join(OUTPUT_SUFFIXES)} file")
     with atomic_path(path) as tmp:
@@ -120,7 +125,7 @@ def record_writer(path: Path) -> Iterator[Writer]:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            schema = arrow_schema()
+            schema = arrow_schema(id_type)
             with pq.ParquetWriter(tmp, schema) as parquet:
                 yield lambda records: parquet.write_table(pa.Table.from_pylist(records, schema=schema))
             return
@@ -128,9 +133,10 @@ def record_writer(path: Path) -> Iterator[Writer]:
             if path.suffix == ".jsonl":
                 yield lambda records: f.write("".join(json.dumps(r) + "\n" for r in records))
             else:
-                table = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
+                with_id = id_type is not None
+                table = csv.DictWriter(f, fieldnames=fields(with_id), lineterminator="\n")
                 table.writeheader()
-                yield lambda records: table.writerows(csv_row(r) for r in records)
+                yield lambda records: table.writerows(csv_row(r, with_id) for r in records)
 
 
 def write_records(path: Path, records: Iterable[Record]) -> None:
@@ -146,6 +152,7 @@ __all__ = [
     "arrow_schema",
     "classify",
     "csv_row",
+    "fields",
     "failure",
     "item_records",
     "record_writer",

@@ -34,7 +34,8 @@ def _quiet_ray_data() -> None:
 @options.command("fmnist-batch")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @options.output_file(
-    "Results, one row per image: a .parquet or .jsonl file (written atomically), or a folder (a name "
+    "Results, one row per image: a .parquet, .jsonl or .csv file (written atomically; the columns of "
+    "fmnist-predict --output), or a folder (a name "
     "without suffix) of Parquet files, one per unit of work, that Arrow and Ray read back in input order.",
     required=True,
     folder_ok=True,
@@ -106,7 +107,7 @@ def main(
         raise click.BadParameter(f"{model}: no such file", param_hint="--model")
     if output.suffix and output.suffix not in OUTPUT_SUFFIXES and not output.is_dir():
         raise click.BadParameter(
-            f"{output}: expected a {' or '.join(OUTPUT_SUFFIXES)} file, or a folder name (no suffix)",
+            f"{output}: expected a {', '.join(OUTPUT_SUFFIXES)} file, or a folder name (no suffix)",
             param_hint="--output",
         )
     if not output.parent.is_dir():

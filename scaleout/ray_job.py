@@ -18,7 +18,7 @@ artifacts/bench/batch.md):
 - Every part file is named by its unit, so a retried unit (a killed actor, a lost node)
   rewrites the same file, a killed job resumes with `--resume` by skipping the units whose
   part exists, and the folder reads back in input order (`pyarrow.parquet.read_table`,
-  `ray.data.read_parquet`). A single-file output (.parquet or .jsonl) is those parts joined
+  `ray.data.read_parquet`). A single-file output (.parquet, .jsonl or .csv) is those parts joined
   once at the end, atomically.
 
 Workers import only the torch-free runtime (onnxruntime, numpy, Pillow, pyarrow). The model
@@ -45,11 +45,10 @@ import numpy as np
 from fmnist_deploy.errors import FmnistError
 from fmnist_deploy.runtime.images import IMAGE_SUFFIXES
 from fmnist_deploy.runtime.inputs import is_batch_name
-from fmnist_deploy.runtime.records import arrow_schema
+from fmnist_deploy.runtime.records import OUTPUT_SUFFIXES, arrow_schema, record_writer
 from fmnist_deploy.runtime.tables import TABLE_SUFFIXES
 
 LIST_SUFFIXES = (".txt", ".lst")  # a text file listing input paths, one per line
-OUTPUT_SUFFIXES = (".parquet", ".jsonl")
 PART_PREFIX = "part-"
 MANIFEST = "_job.json"  # leading underscore: Arrow and Ray's Parquet readers skip it
 STAGES = ("decode", "model", "answers", "write")  # what an actor reports the seconds of, per unit
@@ -64,7 +63,7 @@ class JobConfig:
     """What a batch job reads, how it runs, where it writes."""
 
     model: Path
-    output: Path  # .parquet / .jsonl: one file; anything else: a folder of part files
+    output: Path  # .parquet / .jsonl / .csv: one file; anything else: a folder of part files
     address: str | None = None  # None: a local Ray instance sized to this machine
     actors: int = 2
     batch_size: int = 1024  # images per unit of work, per model call and per part file
@@ -77,7 +76,7 @@ class JobConfig:
 
     @property
     def partitioned(self) -> bool:
-        """Whether the output is a folder of part files (any name without .parquet / .jsonl)."""
+        """Whether the output is a folder of part files (any name without .parquet / .jsonl / .csv)."""
         return self.output.suffix not in OUTPUT_SUFFIXES or self.output.is_dir()
 
 
@@ -595,7 +594,7 @@ def check_job(config: JobConfig) -> None:
         )
     if config.output.suffix and config.output.suffix not in OUTPUT_SUFFIXES and not config.output.is_dir():
         raise BatchError(
-            f"{config.output}: expected a {' or '.join(OUTPUT_SUFFIXES)} output file, or a folder name (no suffix) "
+            f"{config.output}: expected a {', '.join(OUTPUT_SUFFIXES)} output file, or a folder name (no suffix) "
             "for one Parquet file per unit of work"
         )
     if config.output.exists() and not config.output.is_dir() and config.partitioned:
@@ -759,28 +758,24 @@ def run_job(
 
 
 def _join_parts(folder: Path, units: int, output: Path, id_type: Any) -> None:
-    """The part files, in unit order, as one .parquet or .jsonl file, written atomically."""
+    """The part files, in unit order, as one .parquet, .jsonl or .csv file (fmnist-predict's writer), atomically."""
     import pyarrow.parquet as pq
 
-    from fmnist_deploy.atomic import atomic_path
-
-    parts = (folder / part_name(number) for number in range(units))
-    with atomic_path(output) as tmp:
-        if output.suffix == ".parquet":
-            with pq.ParquetWriter(tmp, arrow_schema(id_type)) as writer:
-                for part in parts:
-                    writer.write_table(pq.read_table(part))
-        else:
-            with open(tmp, "w", encoding="utf-8") as sink:
-                for part in parts:
-                    sink.write("".join(json.dumps(r) + "\n" for r in pq.read_table(part).to_pylist()))
+    with record_writer(output, id_type) as write:
+        for number in range(units):
+            write(pq.read_table(folder / part_name(number)).to_pylist())
 
 
 def read_answers(output: Path) -> Any:
-    """A job's answers (a .parquet / .jsonl file, or a folder of part files) as one Arrow table, in input order."""
+    """A job's answers (a .parquet / .jsonl / .csv file, or a folder of part files) as one Arrow table, in input
+    order (a CSV's top_k stays its `class:probability;...` text)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if output.suffix == ".csv" and output.is_file():
+        import pyarrow.csv as pcsv
+
+        return pcsv.read_csv(output)
     if output.suffix == ".jsonl" and output.is_file():
         return pa.Table.from_pylist([json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()])
     if output.is_dir():

@@ -265,13 +265,16 @@ def test_cuda_without_a_gpu_is_a_usage_error_everywhere(command: str, tmp_path: 
     ("args", "needle"),
     [
         (["--model", "nope.onnx", "--output", "o.jsonl"], "nope.onnx: no such file"),
-        (["--output", "m.csv"], "m.csv: expected a .parquet or .jsonl file"),
+        (["--output", "m.txt"], "m.txt: expected a .jsonl, .csv, .parquet file"),
         (["--output", "/nonexistent-folder/o.jsonl"], "the folder /nonexistent-folder does not exist"),
     ],
 )
 def test_batch_usage_errors_exit_2_before_ray_starts(args: list[str], needle: str) -> None:
-    result = CliRunner().invoke(launch.command("batch"), [str(SAMPLE), *args])
-    assert result.exit_code == 2 and needle in result.output, result.output
+    runner = CliRunner()
+    with runner.isolated_filesystem():
+        result = runner.invoke(launch.command("batch"), [str(SAMPLE), *args])
+        assert result.exit_code == 2 and needle in result.output, result.output
+        assert not list(Path().iterdir())
 
 
 def test_a_reader_closing_the_pipe_is_not_a_failure() -> None:

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from fmnist_deploy.contract import ACCURACY_SLACK_IMAGES
+from fmnist_deploy.runtime.records import fields as records_fields
 from fmnist_deploy.training.checkpoint import load_weights
 from fmnist_deploy.training.data import raw_dir
 from tests.conftest import ARTIFACTS
@@ -109,6 +110,20 @@ def test_rows_equal_fmnist_predict_row_for_row(
         assert ray.data.read_parquet(str(output)).count() == 2002  # a later job reads the folder back
 
 
+def test_a_csv_output_is_fmnist_predicts_csv_byte_for_byte(local_ray, tmp_path: Path) -> None:
+    from fmnist_deploy.runtime.cli import main as predict_cli
+
+    samples = ARTIFACTS / "samples"
+    mine, theirs = tmp_path / "batch.csv", tmp_path / "predict.csv"
+    result = CliRunner().invoke(batch_cli, [str(samples), "--output", str(mine), "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(predict_cli, [str(samples), "--output", str(theirs), "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    text = mine.read_text()
+    assert text.splitlines()[0] == ",".join(records_fields())
+    assert len(text.splitlines()) == 1 + len(list(samples.glob("*.png"))) and text == theirs.read_text()
+
+
 def test_accuracy_on_the_idx_file_equals_the_recorded_one(local_ray, data, tmp_path: Path) -> None:
     output = tmp_path / "test_set.parquet"
     counts = run_job(JobConfig(model=MODEL, output=output, actors=2), [raw_dir(data.root) / "t10k-images-idx3-ubyte"])
@@ -186,7 +201,7 @@ def test_a_killed_job_resumes_from_its_part_files(local_ray, png_folder: Path, t
     [
         (["--model", "nope.onnx"], "nope.onnx: no such file", 2),
         (["--model", str(ARTIFACTS / "fmnist_mlp.pt2")], "the Ray path runs ONNX files", 1),
-        (["--output", "answers.csv"], "expected a .parquet or .jsonl file, or a folder name", 2),
+        (["--output", "answers.txt"], "expected a .jsonl, .csv, .parquet file, or a folder name", 2),
     ],
 )
 def test_a_bad_job_fails_fast_before_any_work(
