@@ -51,7 +51,7 @@ def _quiet_ray_data() -> None:
     type=click.IntRange(min=1),
     default=2,
     show_default=True,
-    help="Predictor actors, each holding one ONNX Runtime session.",
+    help="Predictor actors, each holding one ONNX Runtime session (never more than the job has units of work).",
 )
 @click.option(
     "--batch-size",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -704,7 +705,7 @@ def run_job(
             },
             batch_size=1,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=config.actors),
+            compute=ray.data.ActorPoolStrategy(size=min(config.actors, len(todo))),  # no actor without a unit
             num_cpus=config.cpus_per_actor,
             # Ray Data's own defaults for actor pools: a killed actor is restarted and its units retried,
             # without limit (max_restarts / max_task_retries -1; tests/test_scaleout.py kills one).
@@ -811,6 +812,10 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise ConnectionError(str(exc.strerror or exc).lower()) from None
 
 
+def _quiet_default_auth(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Join the cluster at `address` (`auto`, `ray://host:port`), or start a local instance sized to this machine."""
     import ray
@@ -826,6 +831,9 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
         runtime_env = {"env_vars": {ORT_TELEMETRY_VARIABLE: choice}} if choice is not None else None
         ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     else:
+        # A new local instance keeps Ray's default, token authentication, without Ray's line announcing that default
+        # (a warning that authentication is off still prints).
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_quiet_default_auth)
         ray.init(
             num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False
         )

@@ -399,3 +399,24 @@ def test_an_address_where_nothing_listens_fails_at_once_in_one_line(form: str, t
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith(f"Error: cannot reach Ray at {address}: ") and "Traceback" not in done.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_job_with_fewer_units_than_actors_starts_an_actor_per_unit(local_ray, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    counts = run_job(
+        JobConfig(model=MODEL, output=tmp_path / "a.jsonl", actors=2), [ARTIFACTS / "samples"], pid_folder=pids
+    )
+    assert (counts["rows"], counts["units"]) == (10, 1)
+    assert len(list(pids.iterdir())) == 1  # the second actor would load the model for nothing
+
+
+def test_a_local_instance_starts_without_rays_line_announcing_its_default_authentication(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    done = subprocess.run(
+        [sys.executable, "-m", "fmnist_deploy.scaleout.cli", str(ARTIFACTS / "samples"), "--output", str(tmp_path / "a.jsonl")],
+        capture_output=True, text=True, timeout=300, check=False, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Token authentication" not in done.stderr
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 10
