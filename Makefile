@@ -30,7 +30,7 @@ data: setup
 	$(BIN)/python -m fmnist_deploy.training.data
 
 test: setup data embed-deps bench-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # Only the embedding tests: Node.js (the golden vectors, the image command) and the page in Chromium.
 test-embed: setup data embed-deps
