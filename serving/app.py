@@ -154,11 +154,15 @@ class ModelStore:
         for note in (str(w.message).splitlines()[0] for w in caught):
             if note not in self.notes:
                 self.notes.append(note)
-        if config is None or not config.input:  # a single file, or a folder without config.pbtxt: Triton's
-            # auto-completed configuration, from what the loaded file is
+        if config is None or not config.input or not config.output:  # a single file, or a configuration without
+            # its tensors: Triton's auto-completed configuration, from what the loaded file is (the repository has
+            # checked that the tensors a configuration declares are the model's)
             platform = predictor.describe().platform
             completed = single_file_config(name, platform, self.serve.max_request_images, self.serve.max_delay_ms)
             if config is not None:
+                for section in ("input", "output"):
+                    if getattr(config, section):
+                        completed.ClearField(section)
                 completed.MergeFrom(config)
             config = completed
         return ServedModel(name, version, predictor, config, self.serve, self.metrics)

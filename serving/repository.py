@@ -62,6 +62,7 @@ def read_model(folder: Path) -> ModelFolder:
         raise RepositoryError(f"{folder}: platform/backend {kind!r} is not served here; expected onnxruntime_onnx")
     if not config.backend:
         config.backend = BACKEND_OF_PLATFORM[config.platform]
+    _check_tensors(folder, config)
     file_name = config.default_model_filename or DEFAULT_FILES[kind]
     if file_name in (".", "..") or Path(file_name).name != file_name:
         raise RepositoryError(f"{folder}: default_model_filename {file_name!r} is not a file name")
@@ -78,6 +79,39 @@ def read_model(folder: Path) -> ModelFolder:
     if not model.selected:
         raise RepositoryError(f"{folder}: no version folder with {file_name} matches the version policy")
     return model
+
+
+def _check_tensors(folder: Path, config: Any) -> None:
+    """The inputs and outputs a configuration declares must be the contract's: Triton refuses, at load, a
+    configuration that contradicts its model, rather than answering /config with tensors the model has not."""
+    # With max_batch_size 0 the dims carry the batch dimension, or Triton's auto-completion gives the model's batching
+    batches = ([],) if config.max_batch_size > 0 else ([-1], [])
+    images = [[*batch, *IMAGE_SHAPE] for batch in batches]
+    _check_section(folder, "input", config.input, {INPUT_NAME: (mc.TYPE_UINT8, images)})
+    scores = [[*batch, N_CLASSES] for batch in batches]
+    _check_section(folder, "output", config.output, dict.fromkeys(OUTPUT_NAMES, (mc.TYPE_FP32, scores)))
+
+
+def _check_section(folder: Path, section: str, tensors: Any, expected: dict[str, tuple[int, list[list[int]]]]) -> None:
+    names = [tensor.name for tensor in tensors]
+    if len(set(names)) != len(names):
+        raise RepositoryError(f"{folder}: config.pbtxt names an {section} twice: {', '.join(names)}")
+    for tensor in tensors:
+        if tensor.name not in expected:
+            known = ", ".join(repr(name) for name in expected)
+            raise RepositoryError(
+                f"{folder}: config.pbtxt {section} {tensor.name!r} is not the model's; expected {known}"
+            )
+        data_type, shapes = expected[tensor.name]
+        if tensor.data_type != data_type or list(tensor.dims) not in shapes:
+            raise RepositoryError(
+                f"{folder}: config.pbtxt {section} {tensor.name!r} is {_tensor_text(tensor.data_type, tensor.dims)};"
+                f" the model's is {_tensor_text(data_type, shapes[0])}"
+            )
+
+
+def _tensor_text(data_type: int, dims: Any) -> str:
+    return f"{mc.DataType.Name(data_type)} {list(dims)}"
 
 
 def _read_config(folder: Path) -> Any:

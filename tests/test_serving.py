@@ -631,6 +631,73 @@ def _repository(tmp_path: Path, name: str = "garments") -> Path:
     return repository
 
 
+CONTRADICTIONS = {
+    "another input name": (
+        'input [{ name: "zz" data_type: TYPE_UINT8 dims: [28, 28] }]',
+        "input 'zz' is not the model's",
+    ),
+    "a float input": (
+        'input [{ name: "image" data_type: TYPE_FP32 dims: [28, 28] }]',
+        "input 'image' is TYPE_FP32 [28, 28]; the model's is TYPE_UINT8 [28, 28]",
+    ),
+    "other dims": (
+        'input [{ name: "image" data_type: TYPE_UINT8 dims: [-1, 99999999999] }]',
+        "input 'image' is TYPE_UINT8 [-1, 99999999999]; the model's is TYPE_UINT8 [28, 28]",
+    ),
+    "an input twice": (
+        'input [{ name: "image" data_type: TYPE_UINT8 dims: [28, 28] }, { name: "image" data_type: TYPE_UINT8 '
+        "dims: [28, 28] }]",
+        "names an input twice",
+    ),
+    "an unknown output": ('output [{ name: "scores" data_type: TYPE_FP32 dims: [10] }]', "output 'scores' is not"),
+    "an output of 11 classes": (
+        'output [{ name: "probabilities" data_type: TYPE_FP32 dims: [11] }]',
+        "output 'probabilities' is TYPE_FP32 [11]; the model's is TYPE_FP32 [10]",
+    ),
+    "no batching, other dims": (
+        'max_batch_size: 0 input [{ name: "image" data_type: TYPE_UINT8 dims: [-1, 784] }]',
+        "input 'image' is TYPE_UINT8 [-1, 784]; the model's is TYPE_UINT8 [-1, 28, 28]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CONTRADICTIONS)
+def test_a_configuration_that_contradicts_the_model_is_refused_in_one_line(tmp_path: Path, case: str) -> None:
+    from fmnist_deploy.serving.repository import RepositoryError, read_model
+
+    tensors, message = CONTRADICTIONS[case]
+    folder = _repository(tmp_path) / "garments"
+    batching = "" if "max_batch_size" in tensors else "max_batch_size: 64\n"
+    (folder / "config.pbtxt").write_text(f'platform: "onnxruntime_onnx"\n{batching}{tensors}\n')
+    with pytest.raises(RepositoryError, match="config.pbtxt ") as refused:
+        read_model(folder)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_exported_configuration_and_partial_ones_are_served_with_the_models_tensors(tmp_path: Path) -> None:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from fmnist_deploy.serving.app import ModelStore, ServeConfig
+    from fmnist_deploy.serving.repository import read_model
+    from fmnist_deploy.serving.stats import Metrics
+
+    repository = _repository(tmp_path)
+    folder = repository / "garments"
+    assert [t.name for t in read_model(folder).config.input] == ["image"]  # what fmnist-export writes
+    unbatched = 'input [{ name: "image" data_type: TYPE_UINT8 dims: [-1, 28, 28] }]\n'
+    for text, inputs, outputs in (
+        ('max_batch_size: 8 output [{ name: "logits" data_type: TYPE_FP32 dims: [10] }]\n', ["image"], ["logits"]),
+        ('input [{ name: "image" data_type: TYPE_UINT8 dims: [28, 28] }]\n', ["image"], ["logits", "probabilities"]),
+        (unbatched, ["image"], ["logits", "probabilities"]),
+    ):
+        (folder / "config.pbtxt").write_text(f'platform: "onnxruntime_onnx"\n{text}')
+        store = ModelStore(ServeConfig(model_repository=str(repository)), Metrics())
+        store.load_all()
+        config = store.models["garments"]["2"].config
+        assert ([t.name for t in config.input], [t.name for t in config.output]) == (inputs, outputs), text
+        assert all(t.data_type == mc.TYPE_FP32 for t in config.output)
+
+
 def reference_names() -> tuple[str, ...]:
     from fmnist_deploy.contract import CLASS_NAMES
 
