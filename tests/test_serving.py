@@ -886,6 +886,35 @@ def test_grpc_answers_bit_for_bit_what_http_answers(images, reference) -> None:
             g.get_model_metadata("nope")
 
 
+def test_grpc_bytes_that_are_no_message_are_invalid_argument_and_unimplemented_methods_say_so() -> None:
+    grpc = pytest.importorskip("grpc", reason="the gRPC test needs tritonclient[grpc]")
+    from tritonclient.grpc import service_pb2 as pb
+
+    with serving("--grpc-port", "0") as (url, proc):
+        with grpc.insecure_channel(_announced_grpc(proc)) as channel:
+            raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
+            with pytest.raises(grpc.RpcError) as refused:
+                raw(b"\xff\xff\xff\xff not a protobuf", timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+            assert refused.value.details().startswith("not a ModelInferRequest message")
+            status = channel.unary_unary(
+                "/inference.GRPCInferenceService/SystemSharedMemoryStatus",
+                request_serializer=pb.SystemSharedMemoryStatusRequest.SerializeToString,
+            )
+            with pytest.raises(grpc.RpcError) as unimplemented:
+                status(pb.SystemSharedMemoryStatusRequest(), timeout=30)
+            assert unimplemented.value.code() == grpc.StatusCode.UNIMPLEMENTED, unimplemented.value
+            live = channel.unary_unary(
+                "/inference.GRPCInferenceService/ServerLive",
+                request_serializer=pb.ServerLiveRequest.SerializeToString,
+                response_deserializer=pb.ServerLiveResponse.FromString,
+            )
+            assert live(pb.ServerLiveRequest(), timeout=30).live
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err, err[-2000:]
+
+
 def test_access_log_as_json_lines_on_standard_output(images) -> None:
     with serving("--access-log", "--access-log-format", "json") as (url, proc):
         assert httpx.post(f"http://{url}/v2/models/{MODEL}/infer", json=_one_image_logits(images[0])).status_code == 200
