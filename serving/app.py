@@ -437,6 +437,11 @@ async def _bad_request(request: Request, exc: Exception) -> Response:
     return _error(str(exc), getattr(exc, "status", 400))
 
 
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # A fault of the server itself: JSON as every answer, without the exception's text (its traceback is logged)
+    return _error(f"internal server error ({type(exc).__name__}); the server's log has the details", 500)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     messages = {
@@ -505,6 +510,7 @@ def create_app(config: ServeConfig) -> Starlette:
             ProtocolError: _bad_request,
             BodyError: _bad_request,
             HTTPException: _http_error,
+            Exception: _internal_error,
         },
     )
     app.state.serve = config

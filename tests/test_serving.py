@@ -947,6 +947,20 @@ def test_a_failing_model_is_one_json_500_counted_as_backend(images) -> None:
         assert 'nv_inference_request_failure{model="fmnist_mlp",reason="BACKEND",version="1"} 1.0' in metrics
 
 
+def test_a_fault_of_the_server_itself_is_a_json_500_without_its_text() -> None:
+    from starlette.testclient import TestClient
+
+    from fmnist_deploy.serving.app import ServeConfig, create_app
+
+    app = create_app(ServeConfig(model=str(ARTIFACTS / "fmnist_mlp.onnx")))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        app.state.metrics = None  # /metrics now fails inside the handler: an AttributeError
+        response = client.get("/metrics")
+        assert response.status_code == 500 and response.headers["content-type"] == "application/json"
+        assert response.json() == {"error": "internal server error (AttributeError); the server's log has the details"}
+        assert client.get("/v2/health/live").status_code == 200
+
+
 @pytest.mark.parametrize(
     "request_bytes",
     [
