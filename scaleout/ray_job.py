@@ -298,12 +298,13 @@ class Classifier:
         from fmnist_deploy.runtime import load
 
         # The model arrives as bytes: a cluster's nodes need not see the driver's file. load() checks them as
-        # it checks any file (its sidecar digest included), from a private copy.
-        self.home = tempfile.mkdtemp(prefix="fmnist-batch-model-")
-        Path(self.home, model_name).write_bytes(model)
-        if sidecar is not None:
-            Path(self.home, f"{model_name}.json").write_bytes(sidecar)
-        self.predictor = load(Path(self.home, model_name), backend="onnxruntime", threads=1)
+        # it checks any file (its sidecar digest included), from a private copy, removed once the session holds
+        # the model (the backend reads file and sidecar at load only).
+        with tempfile.TemporaryDirectory(prefix="fmnist-batch-model-") as home:
+            Path(home, model_name).write_bytes(model)
+            if sidecar is not None:
+                Path(home, f"{model_name}.json").write_bytes(sidecar)
+            self.predictor = load(Path(home, model_name), backend="onnxruntime", threads=1)
         self.folder = Path(folder)
         self.top_k = int(config["top_k"])
         self.invert = bool(config["invert"])

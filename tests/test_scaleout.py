@@ -402,13 +402,17 @@ def test_an_address_where_nothing_listens_fails_at_once_in_one_line(form: str, t
 
 
 def test_a_job_with_fewer_units_than_actors_starts_an_actor_per_unit(local_ray, tmp_path: Path) -> None:
+    import tempfile
+
     pids = tmp_path / "pids"
     pids.mkdir()
+    copies = set(Path(tempfile.gettempdir()).glob("fmnist-batch-model-*"))  # the actors' private model copies
     counts = run_job(
         JobConfig(model=MODEL, output=tmp_path / "a.jsonl", actors=2), [ARTIFACTS / "samples"], pid_folder=pids
     )
     assert (counts["rows"], counts["units"]) == (10, 1)
     assert len(list(pids.iterdir())) == 1  # the second actor would load the model for nothing
+    assert set(Path(tempfile.gettempdir()).glob("fmnist-batch-model-*")) == copies  # removed once loaded
 
 
 def test_a_local_instance_starts_without_rays_line_announcing_its_default_authentication(tmp_path: Path) -> None:
