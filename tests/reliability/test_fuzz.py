@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def _fuzz(runs: int, tmp_path: Path, capsys) -> None:
         timeout=900,
         check=False,
         cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # the fuzzer's scratch folder lies under the test's
     )
     assert result.returncode == 0, result.stderr[-3000:]
     done = re.search(r"Done (\d+) runs", result.stderr)

@@ -3,7 +3,9 @@ or the documented error (InputError), never another exception, a hang or a huge 
 
 from __future__ import annotations
 
+import atexit
 import io
+import shutil
 import struct
 import tempfile
 import zlib
@@ -24,6 +26,7 @@ EXAMPLES = settings()  # the profile (tests/reliability/conftest.py) sets the nu
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
 MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "F")
 SCRATCH = Path(tempfile.mkdtemp(prefix="fmnist-properties-"))
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 
 
 def _outcome_of_file(blob: bytes, suffix: str, invert: bool = False) -> np.ndarray | None:
