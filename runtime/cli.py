@@ -18,6 +18,7 @@ from PIL import Image
 from fmnist_deploy import launch, options
 from fmnist_deploy.models import default_model
 from fmnist_deploy.runtime import BACKENDS, Predictor, backend_for, load
+from fmnist_deploy.runtime.input_kinds import documented
 from fmnist_deploy.runtime.inputs import chunks, iter_items
 from fmnist_deploy.runtime.records import OUTPUT_SUFFIXES, classify, record_writer
 from fmnist_deploy.trust import Trust, trust_options
@@ -150,6 +151,7 @@ def _load(
 )
 @click.option("-0", "--null", is_flag=True, help="With `-`: file names on standard input end with NUL, not newline.")
 @trust_options
+@documented
 def main(
     paths: tuple[str, ...],
     model: Path | None,
@@ -164,10 +166,8 @@ def main(
     null: bool,
     trust: Trust,
 ) -> None:
-    """Classify PATHS: image files (PNG, JPEG, BMP, GIF, TIFF, WebP, ...), .npy batches
-    (uint8 [N,28,28]), IDX files, Parquet / Arrow tables of image bytes, or folders of them
-    (walked in sorted order); `-` reads more file names (not image bytes) from standard input,
-    one per line, or NUL-separated with -0/--null.
+    """Classify PATHS: {inputs}, or folders of them (walked in sorted order); `-` reads more
+    file names (not image bytes) from standard input, one per line, or NUL-separated with -0/--null.
 
     One line per image on stdout (with --json, one JSON record per input, failures as
     records with an "error" field); problems also on stderr. Exit 1 if any input failed,

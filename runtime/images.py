@@ -60,8 +60,6 @@ SUPPORTED_MODES = {
 DECODE_BYTES_PER_PIXEL = {"1": 4, "L": 4, "P": 5, "RGB": 8, "RGBA": 8, "RGBX": 8, "RGBa": 8, "CMYK": 8}
 WIDE_MODE_BYTES_PER_PIXEL = 28  # I, F, I;16*, and the two-band modes through their conversions
 MAX_DECODE_BYTES = 768 * 1024 * 1024  # per image (times the number of decode processes)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
-BATCH_SUFFIXES = {".npy", ".idx", ".ubyte", ".gz"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Chunks that may precede IDAT without changing the 8-bit pixels Pillow's convert("L") sees.
 PNG_NEUTRAL_CHUNKS = {b"IHDR", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"tEXt", b"zTXt", b"iTXt", b"tIME"}
@@ -273,7 +271,8 @@ def read_batch(path: Path, start: int = 0, stop: int | None = None) -> np.ndarra
     `start`/`stop` select images [start, stop): of an uncompressed IDX file only those bytes are read.
     """
     _check_file_size(path)
-    if path.suffix == ".npy":
+    kind = path.suffix.lower()
+    if kind == ".npy":
         try:
             array = np.load(path, allow_pickle=False, mmap_mode="r")
         # numpy parses the header's dict literal with the tokenizer: a damaged one raises its errors too
@@ -285,7 +284,7 @@ def read_batch(path: Path, start: int = 0, stop: int | None = None) -> np.ndarra
         if array.dtype != np.uint8 or array.shape[-2:] != IMAGE_SHAPE or array.ndim not in (2, 3):
             raise InputError(f"{path}: expected uint8 [N,28,28] or [28,28], got {describe(array)}")
         return (array[None] if array.ndim == 2 else array)[start:stop]
-    if path.suffix != ".gz":
+    if kind != ".gz":
         return _uncompressed_idx(path, start, stop)[1]
     try:
         # Streamed: the header says how many bytes follow, which is checked against the limit before
@@ -304,7 +303,7 @@ def read_batch(path: Path, start: int = 0, stop: int | None = None) -> np.ndarra
 def batch_count(path: Path) -> int:
     """How many images a batch file holds, checked as read_batch checks it, without reading the images of an
     uncompressed IDX file (header and size) or a .npy file (memory-mapped); a .gz is inflated once, streamed."""
-    if path.suffix in (".gz", ".npy"):
+    if path.suffix.lower() in (".gz", ".npy"):
         return int(read_batch(path).shape[0])
     _check_file_size(path)
     return _uncompressed_idx(path, 0, 0)[0]

@@ -25,8 +25,8 @@ import numpy as np
 
 from fmnist_deploy.contract import IMAGE_SHAPE
 from fmnist_deploy.runtime.errors import InputError
-from fmnist_deploy.runtime.images import BATCH_SUFFIXES, IMAGE_SUFFIXES, read_batch, read_image
-from fmnist_deploy.runtime.tables import TABLE_SUFFIXES, is_table_name
+from fmnist_deploy.runtime.images import read_batch, read_image
+from fmnist_deploy.runtime.input_kinds import IMAGE, by_name, input_kind
 
 # Image files one decode task reads. A process pool's hand-off costs a fraction of a millisecond per
 # task: measured on 2 cores (6 000 PNG files), 32 files per task gave ~29 µs per image, 512 ~14 µs.
@@ -47,16 +47,6 @@ class Item(NamedTuple):
     index: int = -1  # its index in that file; -1 for a file that is one image
 
 
-def is_batch_name(name: str) -> bool:
-    """Whether a file name names a .npy / IDX batch file rather than an image."""
-    return _suffix(name) in BATCH_SUFFIXES or "idx3" in name
-
-
-def _suffix(name: str) -> str:
-    dot = name.rfind(".")
-    return name[dot:] if dot > 0 else ""  # as Path.suffix: a leading dot is a hidden file's name, not a suffix
-
-
 def walk(paths: Iterable[Path]) -> Iterator[Path]:
     """Files named, and the files under folders named, each folder walked in sorted order.
 
@@ -68,8 +58,9 @@ def walk(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 def walk_kinds(paths: Iterable[str | Path]) -> Iterator[tuple[str, str]]:
-    """walk(), each path (a str) with what it is: image, batch, table (Parquet / Arrow), empty (a folder with
-    nothing to read) or missing.
+    """walk(), each path (a str) with what it is: an input kind's name (runtime.input_kinds; a file named on
+    its own that no kind claims is an image, for the decoder to judge), empty (a folder with nothing to read)
+    or missing.
 
     One stat per path named; the files under a folder come from its directory entries,
     without a stat or a Path object each, in the order `sorted(folder.rglob("*"))` gives.
@@ -82,22 +73,18 @@ def walk_kinds(paths: Iterable[str | Path]) -> Iterator[tuple[str, str]]:
             yield path, "missing"
             continue
         if not is_dir:
-            yield path, _kind(os.path.basename(path))
+            yield path, (input_kind(os.path.basename(path)) or IMAGE).name
             continue
         found = sorted(_files_under(path, ()))
         if not found:
             yield path, "empty"
         for parts, full in found:
-            yield full, _kind(parts[-1])
-
-
-def _kind(name: str) -> str:
-    return "table" if is_table_name(name) else "batch" if is_batch_name(name) else "image"
+            yield full, (input_kind(parts[-1]) or IMAGE).name
 
 
 def _files_under(folder: str, parts: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
-    """(path parts below the walk's root, path) of each image or batch file under a folder; symlinked folders
-    are not followed (as Path.rglob), unreadable folders are skipped (as Path.rglob)."""
+    """(path parts below the walk's root, path) of each file under a folder that an input kind claims; symlinked
+    folders are not followed (as Path.rglob), unreadable folders are skipped (as Path.rglob)."""
     try:
         with os.scandir(folder) as listing:
             entries = list(listing)
@@ -107,11 +94,7 @@ def _files_under(folder: str, parts: tuple[str, ...]) -> Iterator[tuple[tuple[st
         try:
             if entry.is_dir() and not entry.is_symlink():
                 yield from _files_under(entry.path, (*parts, entry.name))
-            elif entry.is_file() and (
-                _suffix(entry.name).lower() in IMAGE_SUFFIXES
-                or is_batch_name(entry.name)
-                or _suffix(entry.name).lower() in TABLE_SUFFIXES
-            ):
+            elif entry.is_file() and input_kind(entry.name) is not None:
                 yield (*parts, entry.name), entry.path
         except OSError:
             continue
@@ -165,7 +148,8 @@ def _items(names: list[str], decoded: Decoded, invert: bool, file: str | None = 
     ]
 
 
-def _batch_items(path: str, invert: bool) -> Iterator[Item]:
+def batch_items(path: str, *, invert: bool = False, image_column: str = "image") -> Iterator[Item]:
+    """The images of a .npy / IDX batch file, `path[i]` naming each (`image_column` is the table readers')."""
     try:
         batch = read_batch(Path(path))
         if batch.shape[0] == 0:
@@ -181,7 +165,7 @@ def _batch_items(path: str, invert: bool) -> Iterator[Item]:
         yield Item(f"{path}[{i}]", 255 - image if invert else image, path=path, index=i)
 
 
-def _table_items(path: str, invert: bool, image_column: str) -> Iterator[Item]:
+def table_items(path: str, *, invert: bool = False, image_column: str = "image") -> Iterator[Item]:
     """The images of a Parquet / Arrow table of image bytes, a row group at a time; `path[row]` names each."""
     from fmnist_deploy.runtime.tables import decode_cells, read_group, table_groups
 
@@ -208,7 +192,7 @@ def _tasks(paths: Iterable[str | Path], invert: bool, image_column: str) -> Iter
     """The inputs in order: lists of image files to decode together, or iterators of items ready as they are."""
     images: list[str] = []
     for path, kind in walk_kinds(paths):
-        if kind == "image":
+        if kind == IMAGE.name:
             images.append(path)
             if len(images) == FILES_PER_TASK:
                 yield images
@@ -217,14 +201,12 @@ def _tasks(paths: Iterable[str | Path], invert: bool, image_column: str) -> Iter
         if images:
             yield images
             images = []
-        if kind == "batch":
-            yield _batch_items(path, invert)
-        elif kind == "table":
-            yield _table_items(path, invert, image_column)
-        elif kind == "empty":
+        if kind == "empty":
             yield iter([Item(path, None, f"{path}: no images found under this folder", path=path)])
-        else:
+        elif kind == "missing":
             yield iter([Item(path, None, f"{path}: no such file or folder", path=path)])
+        else:
+            yield by_name(kind).items(path, invert=invert, image_column=image_column)
     if images:
         yield images
 

@@ -129,7 +129,7 @@ class Predictor:
     def predict_files(
         self, paths: Iterable[str | Path], *, invert: bool = False, chunk: int = 1024, workers: int | None = None
     ) -> FilesPrediction:
-        """Classify image files, .npy / IDX batch files and folders with exactly `fmnist-predict`'s preprocessing.
+        """Classify files of every input kind (`runtime.input_kinds`) and folders of them, exactly as fmnist-predict.
 
         A file that cannot be read is listed in `errors`; the others are still answered.
         Image files are decoded by `workers` processes (default: one per core; 1 decodes

@@ -25,14 +25,8 @@ from fmnist_deploy.runtime import images
 from fmnist_deploy.runtime.errors import InputError
 from fmnist_deploy.runtime.parquet_pages import check_pages
 
-TABLE_SUFFIXES = (".parquet", ".arrow", ".feather")
 MAX_CELL_BYTES = 16 * 1024 * 1024  # one image's bytes (the image files' fast-path limit too)
 MAX_GROUP_BYTES = 512 * 1024 * 1024  # one row group, uncompressed, by its footer and by its page headers
-
-
-def is_table_name(name: str) -> bool:
-    """Whether a file name names a Parquet / Arrow table."""
-    return name.lower().endswith(TABLE_SUFFIXES)
 
 
 def _pyarrow() -> Any:

@@ -18,6 +18,7 @@ import click
 
 from fmnist_deploy import launch, options
 from fmnist_deploy.models import default_model
+from fmnist_deploy.runtime.input_kinds import documented
 
 
 def _quiet_ray_data() -> None:
@@ -66,6 +67,7 @@ def _quiet_ray_data() -> None:
 @options.overwrite("Start over where a killed job left part files (deletes them).")
 @options.image_column()
 @click.option("--id-column", default=None, help="A column of Parquet / Arrow inputs to carry into every answer.")
+@documented
 def main(
     inputs: tuple[Path, ...],
     output: Path,
@@ -80,8 +82,7 @@ def main(
     id_column: str | None,
     overwrite: bool,
 ) -> None:
-    """Classify INPUTS (image files, folders, .npy / IDX batch files, Parquet / Arrow files of image bytes,
-    or .txt files listing paths) on Ray.
+    """Classify INPUTS on Ray: {inputs}, folders of them, or .txt files listing paths.
 
     Every row has the input, its file and index within a batch or table file, the id
     (--id-column), the class, its probability, the top k, and an error for an input that

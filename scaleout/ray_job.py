@@ -43,11 +43,10 @@ from typing import Any
 
 import numpy as np
 
+from fmnist_deploy.contract import IMAGE_SHAPE
 from fmnist_deploy.errors import FmnistError
-from fmnist_deploy.runtime.images import IMAGE_SUFFIXES
-from fmnist_deploy.runtime.inputs import is_batch_name
+from fmnist_deploy.runtime.input_kinds import IMAGE, InputKind, by_name, input_kind
 from fmnist_deploy.runtime.records import OUTPUT_SUFFIXES, arrow_schema, record_writer
-from fmnist_deploy.runtime.tables import TABLE_SUFFIXES
 
 LIST_SUFFIXES = (".txt", ".lst")  # a text file listing input paths, one per line
 PART_PREFIX = "part-"
@@ -100,8 +99,13 @@ def _unit(
     start: int = -1,
     stop: int = -1,
     error: str = "",
+    input_kind: str = "",
 ) -> dict[str, Any]:
-    """One unit of work (a row of the job's input dataset; every unit has every field)."""
+    """One unit of work (a row of the job's input dataset; every unit has every field).
+
+    kind: files (image files decoded together), batch (a slice of a batch file), table (a row
+    group), read (a whole file, through its input kind's reader), error (nothing to read).
+    """
     return {
         "kind": kind,
         "paths": paths or [],
@@ -110,6 +114,7 @@ def _unit(
         "start": start,
         "stop": stop,
         "error": error,
+        "input": input_kind,
     }
 
 
@@ -136,18 +141,22 @@ class _Planner:
         self.flush()
         self.units.append(unit)
 
-    def file(self, path: str, kind: str | None) -> None:
-        """A file by its kind (`_kind`); one whose name says nothing is an image, for the decoder to judge."""
-        if kind == "table":
-            self.table(path)
-        elif kind == "batch":
-            self.batch(path)
+    def file(self, path: str, kind: InputKind | None) -> None:
+        """A file by its input kind; one whose name no kind claims is an image, for the decoder to judge. A kind
+        this planner cannot slice (no method named for it) is one unit, read whole by its kind's reader."""
+        kind = kind or IMAGE
+        split = getattr(self, f"split_{kind.name}", None)
+        if split is not None:
+            split(path)
         else:
-            self.image(path)
+            self.add(_unit("read", path=path, input_kind=kind.name))
 
-    def batch(self, path: str) -> None:
+    def split_image(self, path: str) -> None:
+        self.image(path)
+
+    def split_batch(self, path: str) -> None:
         """Slices of a .npy / IDX file, from its header; a file whose header is unreadable is one unit that
-        the actor turns into the same error row fmnist-predict gives."""
+        the actor reads whole, to the same error row fmnist-predict gives."""
         from fmnist_deploy.runtime.errors import InputError
         from fmnist_deploy.runtime.images import batch_count
 
@@ -156,12 +165,12 @@ class _Planner:
         except InputError:
             n = 0
         if not n:
-            self.add(_unit("batch", path=path))
+            self.add(_unit("read", path=path, input_kind="batch"))
             return
         for start in range(0, n, self.size):
             self.add(_unit("batch", path=path, start=start, stop=min(start + self.size, n)))
 
-    def table(self, path: str) -> None:
+    def split_table(self, path: str) -> None:
         """A unit per row group of a Parquet file (an Arrow IPC file: per record batch), from its footer."""
         from fmnist_deploy.runtime.errors import InputError
         from fmnist_deploy.runtime.tables import table_groups
@@ -205,8 +214,8 @@ def _walk_into(planner: _Planner, folder: str, *, tasks: list[Any] | None = None
                     assert tasks is not None
                     tasks.append((len(planner.units), remote.remote(entry.path, planner.size, planner.image_column)))
             else:
-                kind = _kind(entry.name)
-                if kind == "image" and entry.is_file():  # the bulk of a tree: kept short
+                kind = input_kind(entry.name)
+                if kind is IMAGE and entry.is_file():  # the bulk of a tree: kept short
                     planner.images.append(entry.path)
                     if len(planner.images) == planner.size:
                         planner.flush()
@@ -214,17 +223,6 @@ def _walk_into(planner: _Planner, folder: str, *, tasks: list[Any] | None = None
                     planner.file(entry.path, kind)
         except OSError:
             continue
-
-
-def _kind(name: str) -> str | None:
-    """What a listed file is, from its name alone: image, batch, table, or None (not an input)."""
-    dot = name.rfind(".")
-    suffix = name[dot:].lower() if dot > 0 else ""  # as Path.suffix: a leading dot is a hidden file's name
-    if suffix in IMAGE_SUFFIXES and "idx3" not in name:
-        return "image"
-    if suffix in TABLE_SUFFIXES:
-        return "table"
-    return "batch" if is_batch_name(name) else None
 
 
 def plan(inputs: list[Path], size: int, image_column: str = "image", *, remote: bool = True) -> list[dict[str, Any]]:
@@ -252,7 +250,7 @@ def plan(inputs: list[Path], size: int, image_column: str = "image", *, remote: 
             continue
         planner = _Planner(size, image_column)
         if not stat.S_ISDIR(mode):
-            planner.file(path, _kind(os.path.basename(path)))
+            planner.file(path, input_kind(os.path.basename(path)))
             planner.flush()
             units += planner.units
             continue
@@ -374,7 +372,7 @@ class Classifier:
         return n, bad
 
     def _rows(self, unit: dict[str, Any]) -> Iterator[_Rows]:
-        from fmnist_deploy.runtime.inputs import _batch_items, decode_files
+        from fmnist_deploy.runtime.inputs import decode_files
 
         kind, path = unit["kind"], str(unit["path"])
         if kind == "files":
@@ -384,21 +382,32 @@ class Classifier:
             else:
                 images, errors = decode_files(paths, self.invert)
             yield _Rows(paths, paths, [-1] * len(paths), images, errors)
-        elif kind == "batch" and int(unit["start"]) >= 0:
+        elif kind == "batch":
             yield self._batch_slice(path, int(unit["start"]), int(unit["stop"]))
-        elif kind == "batch":  # a header that could not be read: the error fmnist-predict words
-            items = list(_batch_items(path, self.invert))
-            images = np.zeros((len(items), 28, 28), np.uint8)
-            for i, item in enumerate(items):
-                if item.image is not None:
-                    images[i] = item.image
-            yield _Rows(
-                [it.name for it in items], [path] * len(items), [-1] * len(items), images, [it.error for it in items]
-            )
+        elif kind == "read":
+            yield from self._read(path, by_name(str(unit["input"])))
         elif kind == "table":
             yield from self._table(path, int(unit["group"]), int(unit["start"]), int(unit["stop"]))
         else:
             yield _Rows([path], [path], [-1], np.zeros((1, 28, 28), np.uint8), [str(unit["error"])])
+
+    def _read(self, path: str, kind: InputKind) -> Iterator[_Rows]:
+        """A whole file through its input kind's reader, exactly as fmnist-predict reads it, `batch_size` images
+        at a time (a batch file whose header could not be read gives fmnist-predict's error row)."""
+        from fmnist_deploy.runtime.inputs import chunks
+
+        for items in chunks(kind.items(path, invert=self.invert, image_column=self.image_column), self.batch_size):
+            images = np.zeros((len(items), *IMAGE_SHAPE), np.uint8)
+            for i, item in enumerate(items):
+                if item.image is not None:
+                    images[i] = item.image
+            yield _Rows(
+                [item.name for item in items],
+                [item.path or path for item in items],
+                [item.index for item in items],
+                images,
+                [item.error for item in items],
+            )
 
     def _batch_slice(self, path: str, start: int, stop: int) -> _Rows:
         from fmnist_deploy.runtime.errors import InputError

@@ -361,7 +361,7 @@ def test_a_unit_that_killed_its_actor_is_decoded_an_image_a_process_the_next_tim
         MODEL.read_bytes(), (ARTIFACTS / "fmnist_mlp.onnx.json").read_bytes(), MODEL.name, str(folder), config
     )
     unit = {"unit": [3], "kind": ["files"], "paths": [files], "path": [""], "group": [-1], "start": [-1], "stop": [-1],
-            "error": [""]}  # fmt: skip
+            "error": [""], "input": [""]}  # fmt: skip
     summary = actor({key: np.array(value, dtype=object) for key, value in unit.items()})
     assert (summary["rows"][0], summary["failed"][0]) == (40, 1)
     rows = read_answers(folder / part_name(3)).to_pylist()
