@@ -11,6 +11,7 @@ any check failed. The gate only reads: a report file is written where one is ask
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,15 +231,37 @@ def _verify_file(
             report.add("loads", False, first_line(exc, limit=400))
             return
     current = resolve(path)  # the new file of an export committed but still renaming (fmnist_deploy.exportset)
+    if not kind.code:
+        _verify_loaded(report, path, current, fmt, expected_opset, refs, as_data)
+        return
+    # A file that runs code is loaded from a private copy of the very bytes whose trust was just checked:
+    # a file swapped after the check (in a folder others can write) is never what runs.
+    with tempfile.TemporaryDirectory(prefix="fmnist-gate-") as private:
+        checked = Path(private) / current.name
+        checked.write_bytes(data)
+        _verify_loaded(report, path, checked, fmt, expected_opset, refs, as_data)
+
+
+def _verify_loaded(
+    report: GateReport,
+    path: Path,
+    readable: Path,
+    fmt: ExportFormat,
+    expected_opset: int | None,
+    refs: References,
+    as_data: str | None,
+) -> None:
+    """The gate's checks of a file its format's loader reads from `readable` (for `path`, whose sidecar counts)."""
+    kind = KIND[fmt.NAME]
     try:
-        meta = fmt.read_metadata(current)
+        meta = fmt.read_metadata(readable)
         # Without an explicit request, the opset the file claims is the one it must have.
-        structure = fmt.structure_checks(current, expected_opset if expected_opset is not None else meta.get("opset"))
-        runners = fmt.runners(current) if as_data is None else {}
+        structure = fmt.structure_checks(readable, expected_opset if expected_opset is not None else meta.get("opset"))
+        runners = fmt.runners(readable) if as_data is None else {}
     except Exception as exc:  # noqa: BLE001 - any loader failure means the file is unusable; it is reported, not hidden
         report.add("loads", False, f"{type(exc).__name__}: {first_line(exc)}")
         return
-    report.add("loads", True, f"{current.stat().st_size} bytes")
+    report.add("loads", True, f"{readable.stat().st_size} bytes")
     # a kind made from another kind's file carries that file's metadata (int8, ort: their format is onnx)
     same_weights = _metadata_checks(report, path, kind.source or kind.name, meta, refs.weights_sha256)
     report.checks.extend(structure)

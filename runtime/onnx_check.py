@@ -5,8 +5,8 @@ every step fills memory, a `ConstantOfShape` of a huge shape allocates it, a cus
 operator loads code from a registered library, external data reads other files. So before a
 session exists the file is parsed (size-capped) and refused, in one line, unless it holds only
 the operators this exporter writes (the fp32 graph and the int8 one), in the standard domain,
-with no subgraph, no function, no external or sparse data, and initializers shaped as the
-contract's layers are.
+with no subgraph, no function, no external or sparse data, initializers shaped as the
+contract's layers are, and every product (Gemm, MatMul, MatMulInteger) taken with one of them.
 """
 
 from __future__ import annotations
@@ -137,6 +137,24 @@ def _check_wiring(path: Path, graph) -> None:
             raise _refuse(path, f"flattens from axis {attributes['axis']}, not 1")
         if node.op_type == "Transpose" and attributes.get("perm") != [1, 0]:
             raise _refuse(path, f"transposes with perm {attributes.get('perm', 'reversed')}, not [1, 0]")
+    _check_products(path, graph, set(constants))
+
+
+# Operators that pass a weight on unchanged in value (the exporter transposes or casts a weight on its way
+# to a product); their output is a weight when every input is one.
+WEIGHT_PRESERVING = frozenset({"Cast", "Identity", "Reshape", "Transpose"})
+PRODUCTS = frozenset({"Gemm", "MatMul", "MatMulInteger"})
+
+
+def _check_products(path: Path, graph, weights: set[str]) -> None:
+    """A product's second operand must be a weight of the file (an initializer or a Constant, or one of them
+    transposed or cast): the batch times itself transposed is an (N, N) result, gigabytes from one request."""
+    for node in graph.node:
+        if node.op_type in WEIGHT_PRESERVING and all(name in weights for name in node.input if name):
+            weights.update(node.output)
+        if node.op_type in PRODUCTS and (len(node.input) < 2 or node.input[1] not in weights):
+            operand = node.input[1] if len(node.input) > 1 else "nothing"
+            raise _refuse(path, f"its {node.op_type} node multiplies by {operand!r}, which is not a weight of the file")
 
 
 def helper_value(attribute):

@@ -91,6 +91,38 @@ def test_untrusted_torchscript_is_refused_by_export_verify(tmp_path: Path) -> No
     assert victim.read_bytes() == b"intact"
 
 
+def test_export_verify_runs_the_bytes_it_checked_not_a_file_swapped_in_after(tmp_path: Path, monkeypatch) -> None:
+    """The trust check and the loader read one snapshot: a trusted file replaced by a hostile one right after
+    the check (someone else's write into a shared folder) is run as the trusted bytes, so nothing of the
+    hostile file runs, and the gate fails: the file on disk is no longer what it checked."""
+    from fmnist_deploy.export import gate
+    from fmnist_deploy.export.api import verify_file
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"intact")
+    evil = evil_torchscript(tmp_path, victim).read_bytes()
+    model = tmp_path / "fmnist_mlp.torchscript"
+    shutil.copy(ARTIFACTS / "fmnist_mlp.torchscript", model)  # trusted by content: the packaged file
+    shutil.copy(ARTIFACTS / "fmnist_mlp.torchscript.json", tmp_path / "fmnist_mlp.torchscript.json")
+    checked = []
+
+    def check_then_swap(path, data, name, trust):
+        gate_check(path, data, name, trust)
+        checked.append(data)
+        model.write_bytes(evil)  # the window between the check and the loader
+
+    gate_check = gate.require_trusted
+    monkeypatch.setattr(gate, "require_trusted", check_then_swap)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = verify_file(model, weights_path=None, golden_path=ARTIFACTS / "golden.npz")
+    assert checked and model.read_bytes() == evil, "the swap happened after the check"
+    assert victim.read_bytes() == b"intact", "the swapped-in file's code never ran"
+    # the trusted bytes ran and matched; the file now on disk is not them, which its sidecar check says
+    assert [c.name for c in report.failures] == ["sidecar"] and "replac" in report.failures[0].detail
+    assert all(c.ok for c in report.checks if c.name.startswith(("loads", "torchscript:")))
+
+
 def test_a_pinned_or_signed_file_loads_and_a_tampered_one_does_not(tmp_path: Path) -> None:
     model = tmp_path / "fmnist_mlp.torchscript"
     shutil.copy(ARTIFACTS / "fmnist_mlp.torchscript", model)
@@ -278,6 +310,24 @@ def _broadcast_model(reshape: bool):
     return _contract_graph(nodes, init)
 
 
+def _square_model(op: str):
+    """The batch multiplied by itself transposed: (N, N) floats, 64 GB for N = 131 072 images of 100 MB."""
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["f", "flat"], ["x"]),
+        *(
+            [helper.make_node("Gemm", ["x", "x"], ["logits"], transB=1)]
+            if op == "Gemm"
+            else [
+                helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]),
+                helper.make_node(op, ["x", "xt"], ["logits"]),
+            ]
+        ),
+        helper.make_node("Relu", ["logits"], ["probabilities"]),
+    ]
+    return _contract_graph(nodes, [helper.make_tensor("flat", TensorProto.INT64, [2], [-1, 784])])
+
+
 def _custom_op_model():
     nodes = [
         helper.make_node("Evil", ["image"], ["logits"], domain="com.attacker"),
@@ -304,8 +354,20 @@ def _external_data_model(tmp_path: Path):
         (lambda _: _sparse_constant_model(), "holds a sparse tensor"),
         (lambda _: _broadcast_model(True), "reshapes to [-1, 1], not [-1, 784]"),
         (lambda _: _broadcast_model(False), "flattens from axis 0, not 1"),
+        (lambda _: _square_model("Gemm"), "Gemm node multiplies by 'x', which is not a weight of the file"),
+        (lambda _: _square_model("MatMul"), "MatMul node multiplies by 'xt', which is not a weight of the file"),
     ],
-    ids=["loop", "constant_of_shape", "custom_op", "external_data", "sparse_constant", "reshape", "flatten"],
+    ids=[
+        "loop",
+        "constant_of_shape",
+        "custom_op",
+        "external_data",
+        "sparse_constant",
+        "reshape",
+        "flatten",
+        "gemm_square",
+        "matmul_square",
+    ],  # fmt: skip
 )
 def test_onnx_graphs_off_the_contract_are_refused_in_one_line(tmp_path: Path, build, needle: str) -> None:
     path = tmp_path / "hostile.onnx"
