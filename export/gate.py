@@ -38,7 +38,7 @@ from fmnist_deploy.exportset import read_current, resolve
 from fmnist_deploy.integrity import IntegrityError, inspect_pt2, sidecar_check
 from fmnist_deploy.kinds import KIND
 from fmnist_deploy.machine import environment
-from fmnist_deploy.runtime.onnx_check import MAX_ONNX_BYTES, check_onnx
+from fmnist_deploy.runtime.onnx_check import MAX_ONNX_BYTES, check_model_bytes
 from fmnist_deploy.trust import Trust, require_trusted
 
 BATCH_SIZES = (1, 2, 7, 100, 10_000)
@@ -213,9 +213,9 @@ def _verify_file(
         return
     as_data = None  # an ONNX graph off the contract: its structure is still checked (as data), never run
     kind = KIND[fmt.NAME]
-    if kind.bytes_kind.name == "onnx":  # .onnx and .int8.onnx
+    if kind.bytes_kind.name in ("onnx", "ort"):  # .onnx, .int8.onnx and the ONNX Runtime format
         try:  # checked as data first, as the runtime does
-            check_onnx(path, read_current(path, MAX_ONNX_BYTES, "model file"))
+            check_model_bytes(path, read_current(path, MAX_ONNX_BYTES, "model file"))
         except IntegrityError as exc:
             as_data = first_line(exc, limit=400)
     if kind.code:

@@ -41,6 +41,7 @@ ALLOWED_OPS = frozenset(
     }
 )
 STANDARD_DOMAINS = ("", "ai.onnx")
+CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's own operators (built in, no library loaded)
 MAX_INITIALIZER_ELEMENTS = 784 * 128  # the largest layer of the contract's network
 
 
@@ -62,7 +63,7 @@ def _refuse(path: Path, what: str) -> IntegrityError:
 def check_onnx(path: Path, data: bytes) -> None:
     """Raise IntegrityError (one line) unless `data`, the bytes of `path`, hold the contract's graph in shape."""
     from google.protobuf.message import DecodeError
-    from onnx import AttributeProto, ModelProto, TensorProto
+    from onnx import ModelProto
 
     if len(data) > MAX_ONNX_BYTES:
         raise _refuse(path, f"{len(data):,} bytes, over the {MAX_ONNX_BYTES:,} byte limit")
@@ -71,7 +72,28 @@ def check_onnx(path: Path, data: bytes) -> None:
         model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise IntegrityError(f"{path}: not an ONNX model (protobuf: {str(exc)[:80] or type(exc).__name__})") from None
-    custom = sorted({o.domain for o in model.opset_import if o.domain not in STANDARD_DOMAINS})
+    check_model(path, model)
+
+
+def check_model_bytes(path: Path, data: bytes) -> None:
+    """check_onnx, or for the ONNX Runtime format (its flatbuffer identifier, whatever the file's name) check_ort."""
+    if data[4:8] == b"ORTM":
+        from fmnist_deploy.runtime.ort_check import check_ort
+
+        check_ort(path, data)
+    else:
+        check_onnx(path, data)
+
+
+def check_model(path: Path, model, *, domains: tuple[str, ...] = STANDARD_DOMAINS, contrib=frozenset()) -> None:
+    """The checks of a parsed graph (an ONNX ModelProto; the ONNX Runtime format's graph is read into one).
+
+    `domains`: the operator domains the model may import; `contrib`: operators of ONNX Runtime's own
+    com.microsoft domain it may hold (the fused ones ONNX Runtime writes into an .ort file).
+    """
+    from onnx import AttributeProto, TensorProto
+
+    custom = sorted({o.domain for o in model.opset_import if o.domain not in domains})
     if custom:
         raise _refuse(path, f"imports the custom operator domain {custom[0]!r}")
     if len(model.functions):
@@ -80,11 +102,12 @@ def check_onnx(path: Path, data: bytes) -> None:
     if len(graph.node) > MAX_NODES:
         raise _refuse(path, f"{len(graph.node)} nodes, over the {MAX_NODES} limit")
     for node in graph.node:
-        if node.domain not in STANDARD_DOMAINS:
+        standard = node.domain in STANDARD_DOMAINS
+        if not standard and not (node.domain == CONTRIB_DOMAIN and node.op_type in contrib):
             raise _refuse(
                 path, f"node {node.name or node.op_type!r} is the custom operator {node.domain}::{node.op_type}"
             )
-        if node.op_type not in ALLOWED_OPS:
+        if standard and node.op_type not in ALLOWED_OPS:
             raise _refuse(path, f"holds a {node.op_type} node, an operator this exporter never writes")
         for attribute in node.attribute:
             if attribute.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) or attribute.HasField("g"):
@@ -126,7 +149,7 @@ def _check_wiring(path: Path, graph) -> None:
             shape = constants.get(node.input[1]) if len(node.input) > 1 else None
             try:
                 target = numpy_helper.to_array(shape).tolist() if shape is not None else None
-            except (ValueError, TypeError) as exc:  # data of another length or type than it declares
+            except (ValueError, TypeError, KeyError) as exc:  # data of another length or type than it declares, or no type
                 raise _refuse(path, f"has a Reshape shape that is not a valid tensor ({str(exc)[:80]})") from None
             # [-1, 784], or [k, 784] (a fixed batch, which the gate names): neither can make a column
             flat = isinstance(target, list) and len(target) == 2 and target[1] == FLAT[1]
@@ -143,7 +166,8 @@ def _check_wiring(path: Path, graph) -> None:
 # Operators that pass a weight on unchanged in value (the exporter transposes or casts a weight on its way
 # to a product); their output is a weight when every input is one.
 WEIGHT_PRESERVING = frozenset({"Cast", "Identity", "Reshape", "Transpose"})
-PRODUCTS = frozenset({"Gemm", "MatMul", "MatMulInteger"})
+# the products, ONNX's and the fused ones of ONNX Runtime's format
+PRODUCTS = frozenset({"Gemm", "MatMul", "MatMulInteger", "FusedGemm", "FusedMatMul", "DynamicQuantizeMatMul"})
 
 
 def _check_products(path: Path, graph, weights: set[str]) -> None:
@@ -176,4 +200,4 @@ def _check_tensor(path: Path, tensor, where: str, TensorProto) -> None:  # noqa:
         raise _refuse(path, f"{where} has {elements:,} elements, over the contract's {MAX_INITIALIZER_ELEMENTS:,}")
 
 
-__all__ = ["ALLOWED_OPS", "MAX_ONNX_BYTES", "check_onnx"]
+__all__ = ["ALLOWED_OPS", "MAX_ONNX_BYTES", "check_model", "check_model_bytes", "check_onnx"]

@@ -20,11 +20,11 @@ import numpy as np
 from fmnist_deploy.contract import IMAGE_SHAPE, INPUT_NAME, N_CLASSES, OUTPUT_NAMES
 from fmnist_deploy.exportset import read_current
 from fmnist_deploy.integrity import IntegrityError
-from fmnist_deploy.kinds import KIND, kind_named, wrong_kind_hint
+from fmnist_deploy.kinds import wrong_kind_hint
 from fmnist_deploy.runtime.base import Backend
 from fmnist_deploy.runtime.errors import DeviceError, ModelError, OptionError, first_line
 from fmnist_deploy.runtime.metadata import check_metadata, read_sidecar
-from fmnist_deploy.runtime.onnx_check import MAX_ONNX_BYTES, check_onnx
+from fmnist_deploy.runtime.onnx_check import MAX_ONNX_BYTES, check_model_bytes
 
 CUDA_INSTALL_HINT = "pip install onnxruntime-gpu (it replaces onnxruntime: pip uninstall onnxruntime first)"
 DEFAULT_GRAPH_CACHE = 8  # batch sizes captured per session; ORT keeps every captured graph until the session ends
@@ -145,8 +145,7 @@ class OnnxRuntimeBackend(Backend):
             providers = ["CPUExecutionProvider"]
         try:  # read once, bounded, checked as data; the session is built from these same bytes
             data = read_current(path, MAX_ONNX_BYTES, "model file")
-            if kind_named(path) is not KIND["ort"]:  # an .ort flatbuffer is not a ModelProto: its graph is
-                check_onnx(path, data)  # checked by _check_io once the session has read it
+            check_model_bytes(path, data)  # an ONNX protobuf or, by its identifier, an .ort flatbuffer
         except IntegrityError as exc:
             raise ModelError(f"{exc}{wrong_kind_hint(path, self.name)}") from None
         self._session_args = (data, options)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from onnx import TensorProto, helper
 
 from fmnist_deploy.contract import sha256_file
+from fmnist_deploy.integrity import IntegrityError
 from fmnist_deploy.runtime import ModelError, load
 from fmnist_deploy.runtime.cli import main as predict_cli
 from fmnist_deploy.trust import MANIFEST_NAME, Trust, sign_file, signature_path
@@ -119,7 +121,7 @@ def test_export_verify_runs_the_bytes_it_checked_not_a_file_swapped_in_after(tmp
     assert checked and model.read_bytes() == evil, "the swap happened after the check"
     assert victim.read_bytes() == b"intact", "the swapped-in file's code never ran"
     # the trusted bytes ran and matched; the file now on disk is not them, which its sidecar check says
-    assert [c.name for c in report.failures] == ["sidecar"] and "replac" in report.failures[0].detail
+    assert [c.name for c in report.failures] == ["sidecar"] and "does not match" in report.failures[0].detail
     assert all(c.ok for c in report.checks if c.name.startswith(("loads", "torchscript:")))
 
 
@@ -328,6 +330,17 @@ def _square_model(op: str):
     return _contract_graph(nodes, [helper.make_tensor("flat", TensorProto.INT64, [2], [-1, 784])])
 
 
+def _untyped_shape_model():
+    """A Reshape whose shape tensor has a data type ONNX does not define (found by fuzzing the .ort check)."""
+    shape = TensorProto(name="flat", dims=[2], data_type=32, raw_data=np.array([-1, 784], np.int64).tobytes())
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["f", "flat"], ["logits"]),
+        helper.make_node("Relu", ["logits"], ["probabilities"]),
+    ]
+    return _contract_graph(nodes, [shape])
+
+
 def _custom_op_model():
     nodes = [
         helper.make_node("Evil", ["image"], ["logits"], domain="com.attacker"),
@@ -356,6 +369,7 @@ def _external_data_model(tmp_path: Path):
         (lambda _: _broadcast_model(False), "flattens from axis 0, not 1"),
         (lambda _: _square_model("Gemm"), "Gemm node multiplies by 'x', which is not a weight of the file"),
         (lambda _: _square_model("MatMul"), "MatMul node multiplies by 'xt', which is not a weight of the file"),
+        (lambda _: _untyped_shape_model(), "has a Reshape shape that is not a valid tensor"),
     ],
     ids=[
         "loop",
@@ -367,6 +381,7 @@ def _external_data_model(tmp_path: Path):
         "flatten",
         "gemm_square",
         "matmul_square",
+        "untyped_shape",
     ],  # fmt: skip
 )
 def test_onnx_graphs_off_the_contract_are_refused_in_one_line(tmp_path: Path, build, needle: str) -> None:
@@ -374,6 +389,80 @@ def test_onnx_graphs_off_the_contract_are_refused_in_one_line(tmp_path: Path, bu
     path.write_bytes(build(tmp_path).SerializeToString())
     line = _one_line_error(_predict("--model", str(path)))
     assert needle in line and "refused before ONNX Runtime loads it" in line, line
+
+
+def _as_ort(model, path: Path) -> Path:
+    """The graph saved by ONNX Runtime itself in its own format, unoptimised (as a hostile supplier could)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.optimized_model_filepath = str(path)
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    assert path.read_bytes()[4:8] == b"ORTM"
+    return path
+
+
+@pytest.mark.parametrize(
+    ("build", "needle"),
+    [
+        (_loop_model, "Loop node"),
+        (lambda: _square_model("Gemm"), "Gemm node multiplies by 'x', which is not a weight of the file"),
+        (lambda: _broadcast_model(True), "reshapes to [-1, 1], not [-1, 784]"),
+        (_custom_op_model, "custom operator"),
+    ],
+    ids=["loop", "gemm_square", "reshape", "custom_op"],
+)
+def test_ort_format_graphs_off_the_contract_are_refused_as_their_onnx_twins(tmp_path: Path, build, needle) -> None:
+    """An .ort file is read into an ONNX graph and checked as one: the attacks above, saved by ONNX Runtime in
+    its own format, and an ONNX protobuf merely named .ort (checked by its bytes, not its name)."""
+    model = build()
+    if "custom" in needle:  # ONNX Runtime will not save a graph whose operator it has no kernel for
+        files = [tmp_path / "renamed.ort"]
+    else:
+        files = [_as_ort(model, tmp_path / "hostile.ort"), tmp_path / "renamed.ort"]
+    (tmp_path / "renamed.ort").write_bytes(model.SerializeToString())
+    for path in files:
+        line = _one_line_error(_predict("--model", str(path)))
+        assert needle in line and "refused before ONNX Runtime loads it" in line, (path.name, line)
+
+
+def test_exported_ort_files_pass_and_damaged_ones_are_one_line(tmp_path: Path) -> None:
+    from fmnist_deploy.export.ort_format import derive
+    from fmnist_deploy.runtime.ort_check import check_ort
+
+    for name in ("fmnist_mlp.onnx", "fmnist_mlp.int8.onnx"):
+        path = tmp_path / name.replace(".onnx", ".ort")
+        derive(ARTIFACTS / name, path)
+        data = path.read_bytes()
+        check_ort(path, data)
+        assert len(load(path).predict(np.zeros((2, 28, 28), np.uint8)).labels) == 2
+    rng = random.Random(20261205)  # seeded: a failure names the case and repeats
+    cases = []
+    for i in range(300):  # flipped bytes, truncations, absurd offsets and lengths
+        damaged = bytearray(data)
+        if i % 3 == 0:
+            for _ in range(rng.randint(1, 8)):
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        elif i % 3 == 1:
+            damaged = damaged[: rng.randrange(8, len(damaged))]
+        else:
+            at = rng.randrange(0, len(damaged) - 4) & ~3
+            damaged[at : at + 4] = rng.choice([b"\xff\xff\xff\x7f", b"\x00\x00\x00\x80", rng.randbytes(4)])
+        cases.append(bytes(damaged))
+    for i, damaged in enumerate(cases):
+        try:
+            check_ort(path, damaged)  # a change the check cannot see (a weight's bits) passes: the sidecar's digest
+        except IntegrityError:  # and the gate are what notice those
+            pass
+        except Exception as exc:  # noqa: BLE001 - the point: nothing else escapes
+            raise AssertionError(f"case {i}: {type(exc).__name__}: {exc}") from None
+    for damaged in (data[:100], data[:8] + b"\xff" * 64, b"\x00\x00\x00\x00ORTM"):
+        with pytest.raises(
+            IntegrityError, match=r"not a readable ONNX Runtime format file|refused before ONNX Runtime"
+        ):
+            check_ort(path, damaged)
 
 
 def test_an_onnx_file_over_the_size_cap_is_refused(tmp_path: Path, monkeypatch) -> None:
