@@ -149,7 +149,8 @@ def _check_wiring(path: Path, graph) -> None:
             shape = constants.get(node.input[1]) if len(node.input) > 1 else None
             try:
                 target = numpy_helper.to_array(shape).tolist() if shape is not None else None
-            except (ValueError, TypeError, KeyError) as exc:  # data of another length or type than it declares, or no type
+            # data of another length or type than it declares (ValueError, TypeError), or of no ONNX type (KeyError)
+            except (ValueError, TypeError, KeyError) as exc:
                 raise _refuse(path, f"has a Reshape shape that is not a valid tensor ({str(exc)[:80]})") from None
             # [-1, 784], or [k, 784] (a fixed batch, which the gate names): neither can make a column
             flat = isinstance(target, list) and len(target) == 2 and target[1] == FLAT[1]

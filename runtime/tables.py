@@ -5,8 +5,10 @@ plain binary or the `{bytes, path}` struct Hugging Face `datasets` writes for it
 feature, beside any other columns (labels, ids) that are never read unless asked for. The
 unit of reading is the row group (an IPC file's record batch): its size is declared in the
 footer and checked before any data is read, and checked again by its pages' own headers
-(`parquet_pages`: the footer's sizes are the supplier's word) before pyarrow decodes a page; its images are decoded `batch` rows at a time,
-each exactly as `images.read_image` decodes a file holding those bytes.
+(`parquet_pages`: the footer's sizes are the supplier's word) before pyarrow decodes a page, or, in
+an IPC file, by the length each compressed buffer declares (`arrow_bounds`) before pyarrow inflates
+it; its images are decoded `batch` rows at a time, each exactly as `images.read_image` decodes a
+file holding those bytes.
 
 fmnist-predict reads these files for small runs; fmnist-batch plans one unit of work per row
 group. pyarrow is the optional `scale` extra.
@@ -22,6 +24,7 @@ import numpy as np
 
 from fmnist_deploy.contract import IMAGE_SHAPE
 from fmnist_deploy.runtime import images
+from fmnist_deploy.runtime.arrow_bounds import check_ipc_batches
 from fmnist_deploy.runtime.errors import InputError
 from fmnist_deploy.runtime.parquet_pages import check_pages
 
@@ -66,7 +69,8 @@ def table_groups(path: str, image_column: str) -> list[int]:
                     )
             rows = [group.num_rows for group in groups]
         else:
-            with pa.memory_map(path) as source:
+            check_ipc_batches(path, MAX_GROUP_BYTES)  # compressed buffers declare their size: bounded before
+            with pa.memory_map(path) as source:  # pyarrow inflates any of them
                 reader = pa.ipc.open_file(source)
                 schema = reader.schema
                 rows = []
@@ -132,6 +136,7 @@ def read_group(
             check_pages(path, group, columns, MAX_GROUP_BYTES)
             batches = pq.ParquetFile(path).iter_batches(batch, row_groups=[group], columns=columns)
         else:
+            check_ipc_batches(path, MAX_GROUP_BYTES)  # the file may have changed since it was planned
             with pa.memory_map(path) as source:
                 whole = pa.ipc.open_file(source).get_batch(group).select(columns)
                 whole.validate(full=True)  # offsets and lengths checked before a value is read

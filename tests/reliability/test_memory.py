@@ -84,3 +84,63 @@ def test_a_damaged_gz_batch_file_is_an_input_error(tmp_path: Path) -> None:
         path.write_bytes(damaged)
         with pytest.raises(InputError, match=f"{path}: "):
             read_batch(path)
+
+
+def test_a_compressed_arrow_batch_is_bounded_by_what_it_declares_before_it_is_inflated(tmp_path: Path) -> None:
+    """An Arrow IPC file of ~100 KB whose one record batch inflates to 1 GB of image bytes (Zstandard): refused
+    from the lengths its buffers declare, before pyarrow allocates them, with the good input still answered."""
+    pa = pytest.importorskip("pyarrow", reason="tables need the optional pyarrow package: pip install '.[scale]'")
+    bomb = tmp_path / "bomb.arrow"
+    column = pa.array([bytes(1 << 20)] * 1024, pa.binary())  # 1 GB of zeros, once, in this process
+    table = pa.table({"image": column})
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with pa.OSFile(str(bomb), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
+    del table, column
+    assert bomb.stat().st_size < 1 << 20
+    command = [sys.executable, "-c", MEASURE, sys.executable, "-m", "fmnist_deploy.runtime.cli", str(bomb), str(SAMPLE)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    peak_mb = int(result.stderr.rsplit("peak-rss-kb ", 1)[1]) / 1024
+    stderr = result.stderr.rsplit("peak-rss-kb ", 1)[0]
+    assert result.returncode == 1, stderr
+    assert result.stdout.splitlines() == [f"{SAMPLE}: Ankle boot (0.673)"]
+    assert "record batch 0 holds 1073" in stderr and "bytes once decompressed, over the" in stderr, stderr
+    assert peak_mb <= 512, f"peak RSS {peak_mb:.0f} MB: the batch was inflated"
+    print(f"\nfmnist-predict on a 1 GB Arrow bomb: peak RSS {peak_mb:.0f} MB")
+
+
+def test_damaged_arrow_metadata_is_a_one_line_input_error(tmp_path: Path) -> None:
+    """The batch bound reads the footer and messages itself: damage anywhere gives InputError or a pass (a
+    change it cannot see, for pyarrow's own checks), never another exception; seeded, so a failure repeats."""
+    import random
+
+    pa = pytest.importorskip("pyarrow", reason="tables need the optional pyarrow package: pip install '.[scale]'")
+    from fmnist_deploy.runtime.arrow_bounds import check_ipc_batches
+    from fmnist_deploy.runtime.errors import InputError
+
+    table = pa.table({"image": [SAMPLE.read_bytes()] * 30, "label": pa.array(["a", "b", "c"] * 10).dictionary_encode()})
+    good = tmp_path / "good.arrow"
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    with pa.OSFile(str(good), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
+        writer.write_table(table, max_chunksize=10)
+    data = good.read_bytes()
+    check_ipc_batches(str(good), 1 << 20)
+    rng = random.Random(20261205)
+    damaged = tmp_path / "damaged.arrow"
+    for case in range(300):
+        variant = bytearray(data)
+        if case % 3 == 0:
+            for _ in range(rng.randint(1, 8)):
+                variant[rng.randrange(len(variant))] = rng.randrange(256)
+        elif case % 3 == 1:
+            variant = variant[: rng.randrange(0, len(variant))]
+        else:  # an absurd offset, length or count where the metadata lies (the footer, near the end)
+            at = rng.randrange(max(0, len(variant) - 600), len(variant) - 4)
+            variant[at : at + 4] = rng.choice([b"\xff\xff\xff\x7f", b"\x00\x00\x00\x80", rng.randbytes(4)])
+        damaged.write_bytes(bytes(variant))
+        try:
+            check_ipc_batches(str(damaged), 1 << 20)
+        except InputError as exc:
+            assert "\n" not in str(exc) and str(damaged) in str(exc), (case, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the point: nothing else escapes
+            raise AssertionError(f"case {case}: {type(exc).__name__}: {exc}") from None
