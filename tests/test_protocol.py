@@ -256,3 +256,16 @@ def test_a_json_false_in_the_data_is_refused() -> None:
     body = json.dumps(_json_body(input_data=data)).encode()
     assert b"false" in body and b"true" not in body
     assert "UINT8 data must be integers from 0 to 255" in _refused(body)
+
+
+def test_a_binary_fp32_output_carries_no_json_values_and_a_json_one_every_value() -> None:
+    from fmnist_deploy.serving.protocol import output_tensor
+
+    logits = np.arange(20, dtype=np.float32).reshape(2, 10) / 8  # exact in float32 and in JSON
+    probabilities = np.full((2, 10), 0.1, np.float32)
+    names = tuple(f"c{i}" for i in range(10))
+    datatype, shape, raw, values = output_tensor(Requested("logits", True, 0), logits, probabilities, names)
+    assert (datatype, shape, values) == ("FP32", [2, 10], [])  # the bytes alone: no list of 20 floats built
+    assert np.frombuffer(raw, "<f4").tolist() == [i / 8 for i in range(20)]
+    datatype, shape, raw, values = output_tensor(Requested("probabilities", False, 0), logits, probabilities, names)
+    assert (datatype, shape) == ("FP32", [2, 10]) and values == [np.float32(0.1).item()] * 20

@@ -18,7 +18,6 @@ import argparse
 import fnmatch
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,7 @@ STAGES = ("training", "export", "runtime", "benchmarks", "scaleout", "serving")
 TARGETS = {
     "fmnist_deploy/contract.py": ["contract_problems"],
     "fmnist_deploy/export/gate.py": ["compare", "_parity"],
-    "fmnist_deploy/runtime/base.py": ["check_images", "describe"],
+    "fmnist_deploy/runtime/arrays.py": ["check_images", "describe"],
     "fmnist_deploy/runtime/__init__.py": ["_check_sidecar_metadata"],
     "fmnist_deploy/runtime/images.py": ["_check_file_size", "_payload_mismatch", "_idx_payload_bytes"],
     "fmnist_deploy/serving/protocol.py": ["*"],
@@ -60,7 +59,7 @@ EQUIVALENT: dict[str, str] = {
     "fmnist_deploy.serving.protocol.x_output_tensor__mutmut_16": "numpy reads `kind` case-insensitively: 'STABLE' is 'stable'",
     "fmnist_deploy.serving.protocol.x_output_tensor__mutmut_24": _LE,
     "fmnist_deploy.serving.protocol.x_output_tensor__mutmut_26": _LE,
-    "fmnist_deploy.serving.protocol.x_output_tensor__mutmut_34": "reshape(-2) infers the size as reshape(-1) does",
+    "fmnist_deploy.serving.protocol.x_output_tensor__mutmut_36": "reshape(-2) infers the size as reshape(-1) does",
     "fmnist_deploy.serving.protocol.x_check_input__mutmut_35": "IMAGE_SHAPE is square: [1] * [1] equals [0] * [1]",
     "fmnist_deploy.serving.protocol.x__json_tensor__mutmut_23": "'XXiuXX' holds 'i' and 'u'; no numpy dtype kind is 'X'",
     "fmnist_deploy.atomic.x_write_text_atomic__mutmut_7": "codec names are case-insensitive: 'UTF-8' is 'utf-8'",
@@ -75,7 +74,7 @@ EQUIVALENT: dict[str, str] = {
 # check_images' first test is a fast path for the common case; every input it stops taking goes through the full
 # check below it, which accepts and refuses exactly the same inputs (a slower path, same answers)
 for _n in (6, 9, 10, 11):
-    EQUIVALENT[f"fmnist_deploy.runtime.base.x_check_images__mutmut_{_n}"] = (
+    EQUIVALENT[f"fmnist_deploy.runtime.arrays.x_check_images__mutmut_{_n}"] = (
         "a fast path's condition: the full check decides the same"  # noqa: E501
     )
 # Not equivalent, but out of reach of in-process tests: mutmut switches a mutant on when its function is called, and
@@ -100,6 +99,13 @@ HISTORY = """\
 - Held out: 20 mutants written by hand, none of them mutmut's nor the ones the edge tests were written for, applied
   one at a time with the relevant test file (`python tests/mutation/held_out.py`): 20 of 20 caught.\
 """
+
+
+def _this_machine() -> str:
+    """The CPU and its cores, as the benchmark reports name a machine (never its host name)."""
+    from fmnist_deploy.machine import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def patterns() -> list[str]:
@@ -239,7 +245,7 @@ def main() -> int:
     parser.add_argument("--fresh", action="store_true", help="start over: rebuild the mirror, forget results")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the results so far")
     parser.add_argument("--max-children", type=int, default=1, help="mutants run at once (default 1)")
-    parser.add_argument("--machine", default=platform.node(), help="named in the report")
+    parser.add_argument("--machine", default=_this_machine(), help="named in the report")
     args = parser.parse_args()
     if args.fresh and WORK.exists():
         shutil.rmtree(WORK)
