@@ -29,11 +29,18 @@ def check_ipc_batches(path: str, limit: int) -> None:
     `limit` bytes once its buffers are decompressed (or its metadata is not a valid Arrow file's)."""
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            dictionaries = 0
             for kind, index, size, compressed in _batches(data):
                 if size > limit:
                     raise InputError(
                         f"{path}: {kind} {index} holds {size} bytes{' once decompressed' if compressed else ''}, "
                         f"over the {limit} byte limit; rewrite it with smaller batches"
+                    )
+                dictionaries += size if kind == "dictionary batch" else 0
+                if dictionaries > limit:  # deltas add up: every record batch is read with all of them
+                    raise InputError(
+                        f"{path}: its dictionary batches hold {dictionaries} bytes together, over the {limit} byte "
+                        "limit"
                     )
     except (ValueError, OSError) as exc:  # ValueError: mmap of an empty file
         raise InputError(f"{path}: not a readable {Path(path).suffix[1:]} file ({exc})") from None
@@ -93,11 +100,25 @@ def _batches(data: mmap.mmap):
     if footer_length <= 0 or footer_start < 8:
         raise _Malformed(f"a footer of {footer_length} bytes")
     footer = _table(data, footer_start)
+    blocks = []  # (offset, metadata length, body length, kind, index)
     for field, kind in ((2, "dictionary batch"), (3, "record batch")):
         start, count = _vector(data, footer, field, BLOCK_BYTES, size // BLOCK_BYTES)
         for i in range(count):
             offset, meta_length, body_length = struct.unpack_from("<qi4xq", data, start + i * BLOCK_BYTES)
-            yield kind, i, *_batch_bytes(data, offset, meta_length, body_length)
+            blocks.append((offset, meta_length, body_length, kind, i))
+    _disjoint(blocks, footer_start)
+    for offset, meta_length, body_length, kind, i in blocks:
+        yield kind, i, *_batch_bytes(data, offset, meta_length, body_length)
+
+
+def _disjoint(blocks: list[tuple[int, int, int, str, int]], end: int) -> None:
+    """Each block its own bytes between the magic and the footer: a footer listing one batch many times would
+    have pyarrow read it (and apply a dictionary delta) again for every listing."""
+    previous_end = 8
+    for offset, meta_length, body_length, kind, index in sorted(blocks):
+        if offset < previous_end or meta_length < 0 or body_length < 0 or offset + meta_length + body_length > end:
+            raise _Malformed(f"{kind} {index} overlaps another batch or the footer")
+        previous_end = offset + meta_length + body_length
 
 
 def _batch_bytes(data: mmap.mmap, offset: int, meta_length: int, body_length: int) -> tuple[int, bool]:

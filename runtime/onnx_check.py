@@ -43,6 +43,7 @@ ALLOWED_OPS = frozenset(
 STANDARD_DOMAINS = ("", "ai.onnx")
 CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's own operators (built in, no library loaded)
 MAX_INITIALIZER_ELEMENTS = 784 * 128  # the largest layer of the contract's network
+MAX_ATTRIBUTE_VALUES = 64  # a list attribute (perm, value_ints, ...): the exporter writes at most 2 values
 
 
 def _layer_shapes() -> set[tuple[int, ...]]:
@@ -110,6 +111,13 @@ def check_model(path: Path, model, *, domains: tuple[str, ...] = STANDARD_DOMAIN
         if standard and node.op_type not in ALLOWED_OPS:
             raise _refuse(path, f"holds a {node.op_type} node, an operator this exporter never writes")
         for attribute in node.attribute:
+            values = len(attribute.ints) + len(attribute.floats) + len(attribute.strings) + len(attribute.tensors)
+            if values > MAX_ATTRIBUTE_VALUES:  # a Constant's value_ints is a tensor too, outside the initializers
+                raise _refuse(
+                    path,
+                    f"node {node.name or node.op_type!r} has an attribute of {values:,} values, over the "
+                    f"{MAX_ATTRIBUTE_VALUES} limit",
+                )
             if attribute.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) or attribute.HasField("g"):
                 raise _refuse(path, f"node {node.name or node.op_type!r} holds a subgraph")
             if attribute.HasField("sparse_tensor") or len(attribute.sparse_tensors):

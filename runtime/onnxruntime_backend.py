@@ -219,7 +219,10 @@ class OnnxRuntimeBackend(Backend):
             bound.run()
             logits, probs = bound.binding.copy_outputs_to_cpu()  # GPU -> host, the bound outputs in order
             return logits, probs
-        logits, probs = self._call(self._names, {INPUT_NAME: images}, None)
+        try:
+            logits, probs = self._call(self._names, {INPUT_NAME: images}, None)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors (a graph that fails at run)
+            raise ModelError(f"ONNX Runtime run failed ({first_line(exc)})") from None
         return logits, probs
 
     def bind(self, batch: int) -> _Bound:

@@ -144,3 +144,46 @@ def test_damaged_arrow_metadata_is_a_one_line_input_error(tmp_path: Path) -> Non
             assert "\n" not in str(exc) and str(damaged) in str(exc), (case, str(exc))
         except Exception as exc:  # noqa: BLE001 - the point: nothing else escapes
             raise AssertionError(f"case {case}: {type(exc).__name__}: {exc}") from None
+
+
+def test_a_footer_listing_one_batch_twice_is_refused(tmp_path: Path) -> None:
+    """pyarrow reads a batch (and applies a dictionary delta) once per listing: a 65 KB file listing one 500 MB
+    batch 2 000 times passed a bound taken per listing. Blocks must each hold their own bytes."""
+    pa = pytest.importorskip("pyarrow", reason="tables need the optional pyarrow package: pip install '.[scale]'")
+    from fmnist_deploy.runtime import arrow_bounds
+    from fmnist_deploy.runtime.errors import InputError
+
+    path = tmp_path / "twice.arrow"
+    table = pa.table({"image": [SAMPLE.read_bytes()] * 4})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=2)
+    arrow_bounds.check_ipc_batches(str(path), 1 << 20)
+    data = bytearray(path.read_bytes())
+    footer_start = len(data) - 10 - int.from_bytes(data[-10:-6], "little")
+    start, count = arrow_bounds._vector(data, arrow_bounds._table(data, footer_start), 3, 24, 100)
+    assert count == 2
+    data[start + 24 : start + 48] = data[start : start + 24]  # record batch 0 listed again in place of 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="record batch 1 overlaps another batch"):
+        arrow_bounds.check_ipc_batches(str(path), 1 << 20)
+
+
+def test_dictionary_deltas_are_bounded_together(tmp_path: Path) -> None:
+    """Every record batch is read with all the dictionary deltas before it: their sum is bounded, not each."""
+    pa = pytest.importorskip("pyarrow", reason="tables need the optional pyarrow package: pip install '.[scale]'")
+    from fmnist_deploy.runtime.arrow_bounds import check_ipc_batches
+    from fmnist_deploy.runtime.errors import InputError
+
+    path = tmp_path / "deltas.arrow"
+    labels = pa.dictionary(pa.int32(), pa.binary())
+    schema = pa.schema([("image", pa.binary()), ("label", labels)])
+    options = pa.ipc.IpcWriteOptions(emit_dictionary_deltas=True)
+    values: list[bytes] = []
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
+        for i in range(4):  # each batch adds a 1 000-byte label to the dictionary: a delta of ~1 KB
+            values.append(bytes([65 + i]) * 1000)
+            label = pa.DictionaryArray.from_arrays(pa.array([i], pa.int32()), pa.array(values, pa.binary()))
+            writer.write_batch(pa.record_batch([pa.array([b"x"], pa.binary()), label], schema=schema))
+    check_ipc_batches(str(path), 8000)  # 4 deltas of ~1 KB: ~4 KB together
+    with pytest.raises(InputError, match=r"its dictionary batches hold \d+ bytes together, over the 3000 byte"):
+        check_ipc_batches(str(path), 3000)  # each delta alone is under 3 000 bytes

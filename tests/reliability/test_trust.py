@@ -341,6 +341,18 @@ def _untyped_shape_model():
     return _contract_graph(nodes, [shape])
 
 
+def _value_ints_model():
+    """A Constant holding 100 000 values in its value_ints attribute (a tensor outside the initializers: the
+    live chain of Adds built on such constants took gigabytes per request)."""
+    nodes = [
+        helper.make_node("Constant", [], ["big"], value_ints=[0] * 100_000),
+        helper.make_node("Cast", ["big"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Relu", ["f"], ["logits"]),
+        helper.make_node("Relu", ["f"], ["probabilities"]),
+    ]
+    return _contract_graph(nodes)
+
+
 def _custom_op_model():
     nodes = [
         helper.make_node("Evil", ["image"], ["logits"], domain="com.attacker"),
@@ -370,6 +382,7 @@ def _external_data_model(tmp_path: Path):
         (lambda _: _square_model("Gemm"), "Gemm node multiplies by 'x', which is not a weight of the file"),
         (lambda _: _square_model("MatMul"), "MatMul node multiplies by 'xt', which is not a weight of the file"),
         (lambda _: _untyped_shape_model(), "has a Reshape shape that is not a valid tensor"),
+        (lambda _: _value_ints_model(), "has an attribute of 100,000 values, over the 64 limit"),
     ],
     ids=[
         "loop",
@@ -382,6 +395,7 @@ def _external_data_model(tmp_path: Path):
         "gemm_square",
         "matmul_square",
         "untyped_shape",
+        "value_ints",
     ],  # fmt: skip
 )
 def test_onnx_graphs_off_the_contract_are_refused_in_one_line(tmp_path: Path, build, needle: str) -> None:
@@ -463,6 +477,24 @@ def test_exported_ort_files_pass_and_damaged_ones_are_one_line(tmp_path: Path) -
             IntegrityError, match=r"not a readable ONNX Runtime format file|refused before ONNX Runtime"
         ):
             check_ort(path, damaged)
+
+
+def test_a_graph_that_fails_while_running_is_one_line(tmp_path: Path) -> None:
+    """A graph the check lets through (a fixed batch of 2) that ONNX Runtime refuses at run time for 1 image:
+    one line naming ONNX Runtime's reason, exit 1, never its traceback."""
+    import onnx
+
+    model = onnx.load(str(ARTIFACTS / "fmnist_mlp.onnx"))
+    reshape = next(node for node in model.graph.node if node.op_type == "Reshape")
+    shape = next(t for t in model.graph.initializer if t.name == reshape.input[1])
+    shape.CopyFrom(helper.make_tensor(shape.name, TensorProto.INT64, [2], [2, 784]))
+    path = tmp_path / "fixed-batch.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = _predict("--model", str(path))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.stderr.strip().splitlines()  # a note that no sidecar vouches for the file, then the error
+    assert lines[-1].startswith("Error: ONNX Runtime run failed ([ONNXRuntimeError]"), lines
+    assert len([line for line in lines if not line.startswith("note: ")]) == 1, lines
 
 
 def test_an_onnx_file_over_the_size_cap_is_refused(tmp_path: Path, monkeypatch) -> None:
