@@ -20,26 +20,26 @@ MAX_NODES = 256  # the committed graphs: 10 (fp32) and 22 (int8) nodes
 # What fmnist-export writes: the fp32 graph (Cast, Reshape, Gemm, Relu, Softmax) and the int8 graph
 # (DynamicQuantizeLinear, MatMulInteger, Mul, Add); the rest is what the same layers export as with
 # other opsets or exporter versions (Div/Sub for the normalisation, MatMul + Add for Gemm, Flatten).
-ALLOWED_OPS = frozenset(
-    {
-        "Add",
-        "Cast",
-        "Constant",
-        "Div",
-        "DynamicQuantizeLinear",
-        "Flatten",
-        "Gemm",
-        "Identity",
-        "MatMul",
-        "MatMulInteger",
-        "Mul",
-        "Relu",
-        "Reshape",
-        "Softmax",
-        "Sub",
-        "Transpose",
-    }
-)
+# Each with the attributes its current ONNX definition has: an attribute of another version of the
+# operator (Reshape-1's `shape`) is refused, since a runtime that does not re-check the graph would obey it.
+ALLOWED_OPS: dict[str, frozenset[str]] = {
+    "Add": frozenset(),
+    "Cast": frozenset({"to", "saturate", "round_mode"}),
+    "Constant": frozenset({"value", "value_float", "value_floats", "value_int", "value_ints"}),
+    "Div": frozenset(),
+    "DynamicQuantizeLinear": frozenset(),
+    "Flatten": frozenset({"axis"}),
+    "Gemm": frozenset({"alpha", "beta", "transA", "transB"}),
+    "Identity": frozenset(),
+    "MatMul": frozenset(),
+    "MatMulInteger": frozenset(),
+    "Mul": frozenset(),
+    "Relu": frozenset(),
+    "Reshape": frozenset({"allowzero"}),
+    "Softmax": frozenset({"axis"}),
+    "Sub": frozenset(),
+    "Transpose": frozenset({"perm"}),
+}
 STANDARD_DOMAINS = ("", "ai.onnx")
 CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's own operators (built in, no library loaded)
 MAX_INITIALIZER_ELEMENTS = 784 * 128  # the largest layer of the contract's network
@@ -86,7 +86,9 @@ def check_model_bytes(path: Path, data: bytes) -> None:
         check_onnx(path, data)
 
 
-def check_model(path: Path, model, *, domains: tuple[str, ...] = STANDARD_DOMAINS, contrib=frozenset()) -> None:
+def check_model(
+    path: Path, model, *, domains: tuple[str, ...] = STANDARD_DOMAINS, contrib: dict[str, frozenset[str]] | None = None
+) -> None:
     """The checks of a parsed graph (an ONNX ModelProto; the ONNX Runtime format's graph is read into one).
 
     `domains`: the operator domains the model may import; `contrib`: operators of ONNX Runtime's own
@@ -99,6 +101,7 @@ def check_model(path: Path, model, *, domains: tuple[str, ...] = STANDARD_DOMAIN
         raise _refuse(path, f"imports the custom operator domain {custom[0]!r}")
     if len(model.functions):
         raise _refuse(path, f"defines {len(model.functions)} local function(s)")
+    contrib = contrib or {}
     graph = model.graph
     if len(graph.node) > MAX_NODES:
         raise _refuse(path, f"{len(graph.node)} nodes, over the {MAX_NODES} limit")
@@ -110,7 +113,22 @@ def check_model(path: Path, model, *, domains: tuple[str, ...] = STANDARD_DOMAIN
             )
         if standard and node.op_type not in ALLOWED_OPS:
             raise _refuse(path, f"holds a {node.op_type} node, an operator this exporter never writes")
+        known = ALLOWED_OPS[node.op_type] if standard else contrib[node.op_type]
         for attribute in node.attribute:
+            if attribute.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) or attribute.HasField("g"):
+                raise _refuse(path, f"node {node.name or node.op_type!r} holds a subgraph")
+            if attribute.HasField("sparse_tensor") or len(attribute.sparse_tensors):
+                raise _refuse(path, f"node {node.name or node.op_type!r} holds a sparse tensor")
+            if attribute.name not in known:
+                raise _refuse(
+                    path,
+                    f"node {node.name or node.op_type!r} has the attribute {attribute.name!r}, not one the exporter "
+                    f"writes on {node.op_type}",
+                )
+            if attribute.name == "activation" and attribute.s != b"Relu":  # a fused Gemm: the contract's Relu only
+                raise _refuse(
+                    path, f"node {node.name or node.op_type!r} fuses the activation {attribute.s[:40]!r}, not Relu"
+                )
             values = len(attribute.ints) + len(attribute.floats) + len(attribute.strings) + len(attribute.tensors)
             if values > MAX_ATTRIBUTE_VALUES:  # a Constant's value_ints is a tensor too, outside the initializers
                 raise _refuse(
@@ -118,10 +136,6 @@ def check_model(path: Path, model, *, domains: tuple[str, ...] = STANDARD_DOMAIN
                     f"node {node.name or node.op_type!r} has an attribute of {values:,} values, over the "
                     f"{MAX_ATTRIBUTE_VALUES} limit",
                 )
-            if attribute.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) or attribute.HasField("g"):
-                raise _refuse(path, f"node {node.name or node.op_type!r} holds a subgraph")
-            if attribute.HasField("sparse_tensor") or len(attribute.sparse_tensors):
-                raise _refuse(path, f"node {node.name or node.op_type!r} holds a sparse tensor")
             for tensor in [attribute.t] if attribute.HasField("t") else []:
                 _check_tensor(path, tensor, f"{node.op_type} constant", TensorProto)
             for tensor in attribute.tensors:

@@ -33,8 +33,14 @@ ORT_DOMAINS = (
 )
 # The com.microsoft operators its fixed CPU optimisations turn the contract's layers into (fp32: Gemm + Relu;
 # int8: DynamicQuantizeLinear + MatMulInteger + Mul + Add; MatMul + Add from other exporter versions).
-ORT_CONTRIB_OPS = frozenset({"FusedGemm", "FusedMatMul", "DynamicQuantizeMatMul"})
+ORT_CONTRIB_OPS: dict[str, frozenset[str]] = {  # with the attributes the converter writes on each
+    "FusedGemm": frozenset({"alpha", "beta", "transA", "transB", "activation"}),
+    "FusedMatMul": frozenset({"alpha", "transA", "transB", "transBatchA", "transBatchB"}),
+    "DynamicQuantizeMatMul": frozenset(),
+}
 MAX_ENTRIES = 64  # inputs, outputs or attributes of one node, dimensions of one tensor; the contract's use at most 5
+MAX_TENSORS = 512  # initializers and attribute tensors in all (the contract's graphs: 7 and 13 initializers)
+MAX_COPIED_BYTES = 1024  # a tensor's data read into the check (a shape: 16 bytes)
 
 
 def check_ort(path: Path, data: bytes) -> None:
@@ -43,6 +49,8 @@ def check_ort(path: Path, data: bytes) -> None:
         raise _refuse(path, f"{len(data):,} bytes, over the {MAX_ONNX_BYTES:,} byte limit")
     try:
         model = _as_onnx(path, data)
+    except IntegrityError:  # a bound of this reader, already in one line
+        raise
     except (IndexError, struct.error, ValueError, TypeError, AttributeError, OverflowError) as exc:
         raise IntegrityError(
             f"{path}: not a readable ONNX Runtime format file ({str(exc)[:80] or type(exc).__name__})"
@@ -74,11 +82,12 @@ def _as_onnx(path: Path, data: bytes) -> Any:
     for j in range(_bounded(ort_model.OpsetImportLength(), MAX_ENTRIES, "operator domains", path)):
         opset = ort_model.OpsetImport(j)
         model.opset_import.add(domain=_text(opset.Domain()), version=opset.Version())
+    reader = _Reader(path)
     nodes = graph.NodesLength()
     for j in range(min(nodes, MAX_NODES + 1)):  # one more than the limit: check_model refuses the count
-        _node(path, model.graph.node.add(), graph.Nodes(j))
+        reader.node(model.graph.node.add(), graph.Nodes(j))
     for j in range(_bounded(graph.InitializersLength(), MAX_NODES, "initializers", path)):
-        _tensor(path, model.graph.initializer.add(), graph.Initializers(j))
+        reader.tensor(model.graph.initializer.add(), graph.Initializers(j))
     if graph.SparseInitializersLength():
         model.graph.sparse_initializer.add()
     optimizations = graph.RuntimeOptimizations()
@@ -87,61 +96,74 @@ def _as_onnx(path: Path, data: bytes) -> Any:
     return model
 
 
-def _node(path: Path, proto: Any, node: Any) -> None:
-    proto.name, proto.op_type, proto.domain = _text(node.Name()), _text(node.OpType()), _text(node.Domain())
-    if node.Type() != 0:  # NodeType.Fused: a kernel ONNX Runtime compiled, not an operator of the graph
-        raise _refuse(path, f"node {proto.name or proto.op_type!r} is a fused node, not an operator")
-    proto.input.extend(_text(node.Inputs(k)) for k in range(_bounded(node.InputsLength(), MAX_ENTRIES, "inputs", path)))
-    count = _bounded(node.OutputsLength(), MAX_ENTRIES, "outputs", path)
-    proto.output.extend(_text(node.Outputs(k)) for k in range(count))
-    for k in range(_bounded(node.AttributesLength(), MAX_ENTRIES, "attributes", path)):
-        _attribute(path, proto.attribute.add(), node.Attributes(k))
+class _Reader:
+    """Nodes, attributes and tensors of the flatbuffer as ONNX protos, with a budget of tensors for the whole
+    file: a flatbuffer may point many tables at one block, so each reference costs, however small the file."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tensors = 0
 
-def _attribute(path: Path, proto: Any, attribute: Any) -> None:
-    """An attribute's value as ONNX holds it (the two formats number attribute types alike); a subgraph or a
-    sparse tensor is only marked, for check_model to refuse, never read."""
-    from onnx import AttributeProto
+    def node(self, proto: Any, node: Any) -> None:
+        path = self.path
+        proto.name, proto.op_type, proto.domain = _text(node.Name()), _text(node.OpType()), _text(node.Domain())
+        if node.Type() != 0:  # NodeType.Fused: a kernel ONNX Runtime compiled, not an operator of the graph
+            raise _refuse(path, f"node {proto.name or proto.op_type!r} is a fused node, not an operator")
+        count = _bounded(node.InputsLength(), MAX_ENTRIES, "inputs", path)
+        proto.input.extend(_text(node.Inputs(k)) for k in range(count))
+        count = _bounded(node.OutputsLength(), MAX_ENTRIES, "outputs", path)
+        proto.output.extend(_text(node.Outputs(k)) for k in range(count))
+        for k in range(_bounded(node.AttributesLength(), MAX_ENTRIES, "attributes", path)):
+            self.attribute(proto.attribute.add(), node.Attributes(k))
 
-    kind = attribute.Type()
-    proto.name, proto.type = _text(attribute.Name()), kind
-    if kind == AttributeProto.FLOAT:
-        proto.f = attribute.F()
-    elif kind == AttributeProto.INT:
-        proto.i = attribute.I()
-    elif kind == AttributeProto.STRING:
-        proto.s = attribute.S() or b""
-    elif kind == AttributeProto.FLOATS:
-        proto.floats.extend(
-            attribute.Floats(k) for k in range(_bounded(attribute.FloatsLength(), MAX_ENTRIES, "floats", path))
-        )
-    elif kind == AttributeProto.INTS:
-        proto.ints.extend(attribute.Ints(k) for k in range(_bounded(attribute.IntsLength(), MAX_ENTRIES, "ints", path)))
-    elif kind == AttributeProto.STRINGS:
-        count = _bounded(attribute.StringsLength(), MAX_ENTRIES, "strings", path)
-        proto.strings.extend(attribute.Strings(k) for k in range(count))
-    elif kind == AttributeProto.TENSOR and attribute.T() is not None:
-        _tensor(path, proto.t, attribute.T())
-    elif kind == AttributeProto.TENSORS:
-        for k in range(_bounded(attribute.TensorsLength(), MAX_ENTRIES, "tensors", path)):
-            _tensor(path, proto.tensors.add(), attribute.Tensors(k))
-    if kind in (AttributeProto.GRAPH, AttributeProto.GRAPHS) or attribute.G() is not None:
-        proto.g.SetInParent()
-    if kind in (AttributeProto.SPARSE_TENSOR, AttributeProto.SPARSE_TENSORS):
-        proto.sparse_tensor.SetInParent()
+    def attribute(self, proto: Any, attribute: Any) -> None:
+        """An attribute's value as ONNX holds it (the two formats number attribute types alike); a subgraph or a
+        sparse tensor is only marked, for check_model to refuse, never read."""
+        from onnx import AttributeProto
 
+        path = self.path
+        kind = attribute.Type()
+        proto.name, proto.type = _text(attribute.Name()), kind
+        if kind == AttributeProto.FLOAT:
+            proto.f = attribute.F()
+        elif kind == AttributeProto.INT:
+            proto.i = attribute.I()
+        elif kind == AttributeProto.STRING:
+            proto.s = attribute.S() or b""
+        elif kind == AttributeProto.FLOATS:
+            count = _bounded(attribute.FloatsLength(), MAX_ENTRIES, "floats", path)
+            proto.floats.extend(attribute.Floats(k) for k in range(count))
+        elif kind == AttributeProto.INTS:
+            count = _bounded(attribute.IntsLength(), MAX_ENTRIES, "ints", path)
+            proto.ints.extend(attribute.Ints(k) for k in range(count))
+        elif kind == AttributeProto.STRINGS:
+            count = _bounded(attribute.StringsLength(), MAX_ENTRIES, "strings", path)
+            proto.strings.extend(attribute.Strings(k) for k in range(count))
+        elif kind == AttributeProto.TENSOR and attribute.T() is not None:
+            self.tensor(proto.t, attribute.T())
+        elif kind == AttributeProto.TENSORS:
+            for k in range(_bounded(attribute.TensorsLength(), MAX_ENTRIES, "tensors", path)):
+                self.tensor(proto.tensors.add(), attribute.Tensors(k))
+        if kind in (AttributeProto.GRAPH, AttributeProto.GRAPHS) or attribute.G() is not None:
+            proto.g.SetInParent()
+        if kind in (AttributeProto.SPARSE_TENSOR, AttributeProto.SPARSE_TENSORS):
+            proto.sparse_tensor.SetInParent()
 
-def _tensor(path: Path, proto: Any, tensor: Any) -> None:
-    from onnx import TensorProto
+    def tensor(self, proto: Any, tensor: Any) -> None:
+        from onnx import TensorProto
 
-    proto.name, proto.data_type = _text(tensor.Name()), tensor.DataType()
-    dims = _bounded(tensor.DimsLength(), MAX_ENTRIES, "dimensions", path)
-    proto.dims.extend(tensor.Dims(k) for k in range(dims))
-    if tensor.RawDataLength():
-        proto.raw_data = tensor.RawDataAsNumpy().tobytes()
-    if tensor.ExternalDataOffset() >= 0:  # data in a file beside the model
-        proto.data_location = TensorProto.EXTERNAL
-        proto.external_data.add(key="offset", value=str(tensor.ExternalDataOffset()))
+        self.tensors += 1
+        _bounded(self.tensors, MAX_TENSORS, "tensors", self.path)
+        proto.name, proto.data_type = _text(tensor.Name()), tensor.DataType()
+        dims = _bounded(tensor.DimsLength(), MAX_ENTRIES, "dimensions", self.path)
+        proto.dims.extend(tensor.Dims(k) for k in range(dims))
+        # Only a small tensor's data is copied (a Reshape's target shape is read from it): the check needs the
+        # others' shapes alone, and many tensors may point at one large block of the file.
+        if 0 < tensor.RawDataLength() <= MAX_COPIED_BYTES:
+            proto.raw_data = tensor.RawDataAsNumpy().tobytes()
+        if tensor.ExternalDataOffset() >= 0:  # data in a file beside the model
+            proto.data_location = TensorProto.EXTERNAL
+            proto.external_data.add(key="offset", value=str(tensor.ExternalDataOffset()))
 
 
 __all__ = ["ORT_CONTRIB_OPS", "ORT_DOMAINS", "check_ort"]

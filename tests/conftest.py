@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -8,6 +9,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
+
+# The Ctrl-C tests send SIGINT to the commands they start. A shell without job control starts a background
+# job with SIGINT ignored, and an ignored signal stays ignored across fork and exec, so every command would
+# shrug it off: the suite restores Python's own handler (its children then start with the default), so it
+# behaves the same in a terminal, under CI, or as `make test &` from a script.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def console_script(name: str) -> str:

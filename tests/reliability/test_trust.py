@@ -353,6 +353,18 @@ def _value_ints_model():
     return _contract_graph(nodes)
 
 
+def _reshape_v1_model():
+    """A Reshape carrying Reshape-1's `shape` attribute: a runtime that does not re-check the graph against the
+    operator's current definition (ONNX Runtime's minimal builds, for .ort files) would reshape by it."""
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["f", "flat"], ["x"], shape=[-1, 1]),
+        helper.make_node("Relu", ["x"], ["logits"]),
+        helper.make_node("Relu", ["x"], ["probabilities"]),
+    ]
+    return _contract_graph(nodes, [helper.make_tensor("flat", TensorProto.INT64, [2], [-1, 784])])
+
+
 def _custom_op_model():
     nodes = [
         helper.make_node("Evil", ["image"], ["logits"], domain="com.attacker"),
@@ -383,6 +395,7 @@ def _external_data_model(tmp_path: Path):
         (lambda _: _square_model("MatMul"), "MatMul node multiplies by 'xt', which is not a weight of the file"),
         (lambda _: _untyped_shape_model(), "has a Reshape shape that is not a valid tensor"),
         (lambda _: _value_ints_model(), "has an attribute of 100,000 values, over the 64 limit"),
+        (lambda _: _reshape_v1_model(), "has the attribute 'shape', not one the exporter writes on Reshape"),
     ],
     ids=[
         "loop",
@@ -396,6 +409,7 @@ def _external_data_model(tmp_path: Path):
         "matmul_square",
         "untyped_shape",
         "value_ints",
+        "reshape_v1",
     ],  # fmt: skip
 )
 def test_onnx_graphs_off_the_contract_are_refused_in_one_line(tmp_path: Path, build, needle: str) -> None:
@@ -440,6 +454,45 @@ def test_ort_format_graphs_off_the_contract_are_refused_as_their_onnx_twins(tmp_
     for path in files:
         line = _one_line_error(_predict("--model", str(path)))
         assert needle in line and "refused before ONNX Runtime loads it" in line, (path.name, line)
+
+
+def test_an_ort_fused_gemm_must_fuse_relu(tmp_path: Path) -> None:
+    """ONNX Runtime's FusedGemm takes its activation by name: another than the contract's Relu is refused."""
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["f", "flat"], ["x"]),
+        helper.make_node(
+            "FusedGemm", ["x", "fc1.weight"], ["h"], domain="com.microsoft", transB=1, activation="Softplus"
+        ),
+        helper.make_node("Gemm", ["h", "fc2.weight"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    init = [
+        helper.make_tensor("flat", TensorProto.INT64, [2], [-1, 784]),
+        helper.make_tensor("fc1.weight", TensorProto.FLOAT, [128, 784], np.zeros(128 * 784, np.float32)),
+        helper.make_tensor("fc2.weight", TensorProto.FLOAT, [10, 128], np.zeros(1280, np.float32)),
+    ]
+    model = _contract_graph(nodes, init, domain_imports=("com.microsoft",))
+    path = _as_ort(model, tmp_path / "softplus.ort")
+    line = _one_line_error(_predict("--model", str(path)))
+    assert "fuses the activation b'Softplus', not Relu" in line, line
+
+
+def test_an_ort_file_has_a_budget_of_tensors_and_copies_only_small_ones(tmp_path: Path, monkeypatch) -> None:
+    """A flatbuffer can point many tables at one block: every reference costs, however small the file (a 16 MB
+    file referencing one 15 MB block 4 096 times made the reader copy 61 GB), so references are counted and
+    only a tensor of at most 1 KB (a shape) is copied into the check."""
+    from fmnist_deploy.export.ort_format import derive
+    from fmnist_deploy.runtime import ort_check
+
+    path = tmp_path / "fmnist_mlp.ort"
+    derive(ARTIFACTS / "fmnist_mlp.onnx", path)
+    model = ort_check._as_onnx(path, path.read_bytes())
+    copied = {t.name: len(t.raw_data) for t in model.graph.initializer}
+    assert copied["fc1.weight"] == 0 and 0 < max(copied.values()) <= ort_check.MAX_COPIED_BYTES, copied
+    monkeypatch.setattr(ort_check, "MAX_TENSORS", 3)  # the converted file has 7 initializers
+    with pytest.raises(IntegrityError, match="4 tensors, over the 3 limit; not the deployment contract's graph"):
+        ort_check.check_ort(path, path.read_bytes())
 
 
 def test_exported_ort_files_pass_and_damaged_ones_are_one_line(tmp_path: Path) -> None:
