@@ -33,7 +33,7 @@ MUTANTS = [
     ),  # fmt: skip
     ("export/gate.py", "BATCH_SIZES = (1, 2, 7, 100, 10_000)", "BATCH_SIZES = (1, 2, 7, 100)", [LIMITS]),
     ("export/gate.py", "drop_points <= limit,", "drop_points < limit,", [LIMITS]),
-    ("runtime/base.py", "or images.ndim not in (2, 3)", "or images.ndim not in (2, 3, 4)", [LIMITS]),
+    ("runtime/arrays.py", "or images.ndim not in (2, 3)", "or images.ndim not in (2, 3, 4)", [LIMITS]),
     ("runtime/images.py", "if held != declared:", "if held < declared:", [LIMITS]),
     ("runtime/images.py", "        return None  # Pillow's path words the refusal\n", "        pass\n", [LIMITS]),
     ("serving/protocol.py", "if not 0 <= split <= len(body):", "if False:", [PROTOCOL]),
