@@ -53,7 +53,8 @@ class _Malformed(Exception):
 
 
 def _table(buf: bytes | mmap.mmap, start: int) -> tuple[int, int]:
-    """(position of a flatbuffer's root table, position of its vtable) in `buf`, the flatbuffer at `start`."""
+    """(position of a table, position of its vtable) in `buf`, from the offset to it stored at `start` (a
+    flatbuffer's root, or a table field)."""
     pos = start + struct.unpack_from("<I", buf, start)[0]
     return pos, pos - struct.unpack_from("<i", buf, pos)[0]
 
@@ -72,10 +73,7 @@ def _field(buf: bytes | mmap.mmap, table: tuple[int, int], index: int) -> int:
 def _child(buf: bytes | mmap.mmap, table: tuple[int, int], index: int) -> tuple[int, int] | None:
     """The table field `index` points to, or None."""
     at = _field(buf, table, index)
-    if not at:
-        return None
-    pos = at + struct.unpack_from("<I", buf, at)[0]
-    return pos, pos - struct.unpack_from("<i", buf, pos)[0]
+    return _table(buf, at) if at else None
 
 
 def _vector(buf: bytes | mmap.mmap, table: tuple[int, int], index: int, item: int, limit: int) -> tuple[int, int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from fmnist_deploy.runtime.cli import main as predict_cli
 from fmnist_deploy.trust import MANIFEST_NAME, Trust, sign_file, signature_path
 from tests.conftest import ARTIFACTS
 from tests.reliability.crafted import evil_pt2, evil_torchscript, pt2_with_size, shell_marker_command, zip_bomb
+from tests.reliability.damage import damaged_copies
 
 SAMPLE = str(ARTIFACTS / "samples" / "0000_ankle_boot.png")
 THREE_WAYS = ("--trusted-key", "--pin-sha256", "--trust-code")
@@ -505,19 +505,8 @@ def test_exported_ort_files_pass_and_damaged_ones_are_one_line(tmp_path: Path) -
         data = path.read_bytes()
         check_ort(path, data)
         assert len(load(path).predict(np.zeros((2, 28, 28), np.uint8)).labels) == 2
-    rng = random.Random(20261205)  # seeded: a failure names the case and repeats
-    cases = []
-    for i in range(300):  # flipped bytes, truncations, absurd offsets and lengths
-        damaged = bytearray(data)
-        if i % 3 == 0:
-            for _ in range(rng.randint(1, 8)):
-                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
-        elif i % 3 == 1:
-            damaged = damaged[: rng.randrange(8, len(damaged))]
-        else:
-            at = rng.randrange(0, len(damaged) - 4) & ~3
-            damaged[at : at + 4] = rng.choice([b"\xff\xff\xff\x7f", b"\x00\x00\x00\x80", rng.randbytes(4)])
-        cases.append(bytes(damaged))
+    # flipped bytes, truncations, absurd offsets and lengths (seeded: a failure names the case and repeats)
+    cases = damaged_copies(data, 300, 20261205, keep=8, align=4)
     for i, damaged in enumerate(cases):
         try:
             check_ort(path, damaged)  # a change the check cannot see (a weight's bits) passes: the sidecar's digest
